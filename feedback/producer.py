@@ -1,0 +1,300 @@
+"""The event producer: non-blocking publish, durable spool when the broker is away.
+
+``publish(event)`` only encodes the event and hands it to a background sender
+thread; it never blocks on, or raises for, the broker. The sender sends with
+kafka-python (``acks='all'``, keyed by ``event.partition_key()``). A send that
+fails, or an event that arrives while the broker is unreachable, is appended
+to the fsynced :class:`~feedback.spool.Spool`. While the spool holds a backlog,
+new events go behind it, and the sender replays the backlog in order once the
+broker answers again, deleting spooled events only after they are
+acknowledged (a crash in between gives a duplicate, which the consumer drops
+by ``event_id``).
+
+What is lost on a hard crash: events still in the in-memory queue or in
+kafka-python's send buffer (milliseconds' worth). ``close()`` spools them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from prometheus_client import Counter
+
+from feedback.events import Event, encode, topic_for
+from feedback.settings import FeedbackSettings
+from feedback.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+Record = tuple[str, bytes, bytes]  # topic, key, value
+
+EVENTS_OUT = Counter(
+    "ratchet_feedback_events_produced",
+    "Feedback events handed to the broker or the spool, by outcome.",
+    ["outcome"],  # sent | spooled | replayed
+)
+
+
+def _broker_answers(servers: str) -> bool:
+    import socket
+
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+class EventProducer:
+    """Publishes events to Kafka without ever blocking or failing the caller."""
+
+    def __init__(self, settings: FeedbackSettings) -> None:
+        self._settings = settings
+        self._spool = Spool(settings.spool_dir)
+        self._queue: queue.Queue[Record] = queue.Queue()
+        self._kafka: KafkaProducer | None = None
+        self._healthy = False
+        self._inflight = 0
+        self._settled = threading.Condition()
+        self._busy = 0  # records taken off the queue but not yet sent or spooled
+        self._stop = threading.Event()
+        self._closed = False
+        self._last_probe = 0.0
+        self._last_error_log = 0.0
+        self._thread = threading.Thread(target=self._run, name="ratchet-producer", daemon=True)
+        self._thread.start()
+
+    # -- public API --------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Queue ``event`` for delivery; returns at once."""
+        if self._closed:
+            raise RuntimeError("publish() after close()")
+        self._queue.put((topic_for(event), event.partition_key(), encode(event)))
+
+    def backlog(self) -> int:
+        """Events in the durable spool, waiting for the broker."""
+        return len(self._spool)
+
+    def pending(self) -> int:
+        """Events accepted but not yet acknowledged by the broker nor spooled."""
+        with self._settled:
+            return self._queue.qsize() + self._busy + self._inflight
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every accepted event is acknowledged or spooled. True if it got there."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pending() == 0:
+                return True
+            time.sleep(0.01)
+        return self.pending() == 0
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, stop the sender, spool whatever is still undelivered."""
+        if self._closed:
+            return
+        self._closed = True
+        self.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout)
+        leftover: list[Record] = []
+        while True:
+            try:
+                leftover.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if leftover:
+            self._to_spool(leftover)
+        if self._kafka is not None:
+            try:
+                self._kafka.close(timeout=5)
+            except KafkaError:
+                logger.warning("kafka producer did not close cleanly", exc_info=True)
+        self._spool.close()
+
+    # -- sender thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception:  # the outermost loop: log and carry on
+                logger.exception("producer sender loop error")
+                time.sleep(0.5)
+
+    def _step(self) -> None:
+        batch = self._take(timeout=0.1)
+        if batch:
+            try:
+                if len(self._spool) > 0 or not self._usable():
+                    self._wait_inflight()
+                    self._to_spool(batch)
+                else:
+                    for record in batch:
+                        self._send(record)
+            finally:
+                with self._settled:
+                    self._busy -= len(batch)
+        if len(self._spool) > 0 and time.monotonic() - self._last_probe >= (
+            self._settings.spool_replay_interval_s
+        ):
+            self._replay()
+
+    def _take(self, timeout: float) -> list[Record]:
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < 1000:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        with self._settled:
+            self._busy += len(batch)
+        return batch
+
+    def _usable(self) -> bool:
+        """A connected producer we believe in, creating one if the broker answers."""
+        if self._healthy and self._kafka is not None:
+            return True
+        if time.monotonic() - self._last_probe < self._settings.spool_replay_interval_s:
+            return False
+        return self._probe()
+
+    def _probe(self) -> bool:
+        self._last_probe = time.monotonic()
+        if not _broker_answers(self._settings.kafka_bootstrap_servers):
+            return False
+        if self._kafka is None:
+            try:
+                self._kafka = self._make_kafka()
+            except KafkaError as exc:
+                self._log_error("broker not ready: %s", exc)
+                return False
+        self._healthy = True
+        return True
+
+    def _make_kafka(self) -> KafkaProducer:
+        s = self._settings
+        return KafkaProducer(
+            bootstrap_servers=[x.strip() for x in s.kafka_bootstrap_servers.split(",")],
+            client_id="ratchet-feedback",
+            acks="all",
+            # tansu answers InitProducerId with an error, so no idempotent producer:
+            # duplicates from retries are dropped by the consumer (event_id is the key),
+            # and one request in flight keeps retries from reordering a partition.
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
+            linger_ms=5,
+            request_timeout_ms=min(5000, s.producer_delivery_timeout_ms - 10),
+            delivery_timeout_ms=s.producer_delivery_timeout_ms,
+            max_block_ms=s.producer_max_block_ms,
+            reconnect_backoff_max_ms=1000,
+        )
+
+    def _send(self, record: Record) -> None:
+        topic, key, value = record
+        assert self._kafka is not None
+        try:
+            future = self._kafka.send(topic, key=key, value=value)
+        except KafkaError as exc:
+            self._healthy = False
+            self._log_error("send failed, spooling: %s", exc)
+            self._to_spool([record])
+            return
+        with self._settled:
+            self._inflight += 1
+        future.add_callback(self._on_sent)
+        future.add_errback(self._on_failed, record)
+
+    def _on_sent(self, _metadata: Any) -> None:
+        EVENTS_OUT.labels("sent").inc()
+        self._settle()
+
+    def _on_failed(self, record: Record, exc: Exception) -> None:
+        self._healthy = False
+        self._log_error("delivery failed, spooling: %s", exc)
+        try:
+            self._to_spool([record])
+        finally:
+            self._settle()
+
+    def _settle(self) -> None:
+        with self._settled:
+            self._inflight -= 1
+            self._settled.notify_all()
+
+    def _wait_inflight(self) -> None:
+        """Let earlier sends succeed or fail (and spool) before spooling newer events."""
+        limit = self._settings.producer_delivery_timeout_ms / 1000 * 2
+        with self._settled:
+            self._settled.wait_for(lambda: self._inflight == 0, timeout=limit)
+
+    def _to_spool(self, records: list[Record]) -> None:
+        self._spool.append(records)
+        EVENTS_OUT.labels("spooled").inc(len(records))
+
+    def _replay(self) -> None:
+        """Resend the backlog in order, deleting what the broker acknowledged."""
+        with self._settled:
+            if self._inflight:
+                return
+        if not self._probe():
+            return
+        assert self._kafka is not None
+        total = 0
+        while not self._stop.is_set():
+            rows = self._spool.peek(self._settings.spool_replay_batch)
+            if not rows:
+                break
+            try:
+                futures = [self._kafka.send(r.topic, key=r.key, value=r.value) for r in rows]
+                self._kafka.flush(timeout=self._settings.producer_delivery_timeout_ms / 1000 + 2)
+            except KafkaError as exc:
+                self._healthy = False
+                self._log_error("replay failed, will retry: %s", exc)
+                self._discard_kafka()
+                return
+            acked = 0
+            for fut in futures:
+                if not fut.succeeded():
+                    break
+                acked += 1
+            if acked:
+                self._spool.delete_through(rows[acked - 1].seq)
+                EVENTS_OUT.labels("replayed").inc(acked)
+                total += acked
+            if acked < len(rows):
+                self._healthy = False
+                self._log_error("replay stopped after %s events; broker away again", acked)
+                self._discard_kafka()
+                return
+        if total:
+            logger.info("replayed %s spooled events; backlog now %s", total, len(self._spool))
+
+    def _discard_kafka(self) -> None:
+        """Drop a producer that failed a replay; the next probe builds a fresh one."""
+        kafka, self._kafka = self._kafka, None
+        if kafka is not None:
+            try:
+                kafka.close(timeout=1)
+            except KafkaError:
+                logger.debug("closing a failed producer", exc_info=True)
+
+    def _log_error(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log > 5:
+            self._last_error_log = now
+            logger.warning(msg, *args)

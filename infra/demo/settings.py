@@ -1,0 +1,93 @@
+"""Settings of the demo driver: ``RATCHET_DEMO_*`` variables (and the shared
+``RATCHET_HOME``). ``RATCHET_DEMO_SIZE=tiny`` runs the same loop on the tiny
+test model with a handful of questions (the e2e test uses it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feedback.env_file import stack_env_file
+
+
+class DemoSettings(BaseSettings):
+    """How big the demo is and where it runs. Unset sizes follow ``size``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RATCHET_DEMO_", env_file=stack_env_file(), extra="ignore", populate_by_name=True
+    )
+
+    size: Literal["full", "tiny"] = Field(
+        default="full", description="full: SmolLM2-135M, all questions; tiny: the tiny test model."
+    )
+    home: Path = Field(
+        default=Path(".ratchet"),
+        validation_alias=AliasChoices("RATCHET_HOME", "RATCHET_DEMO_HOME"),
+        description="Ratchet's state directory; the demo keeps its files in demo/ below it.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the demo API listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of the demo API.")
+    model: Path | None = Field(
+        default=None,
+        description="Base model directory (default: models/base, or the tiny model for tiny).",
+    )
+    kb_dir: Path = Field(
+        default=Path(__file__).parent / "kb", description="Knowledge base to ingest."
+    )
+    asked: int | None = Field(default=None, ge=1, description="Questions the employees ask.")
+    held_out: int | None = Field(
+        default=None, ge=1, description="Questions kept out of feedback, asked before and after."
+    )
+    employees: int | None = Field(default=None, ge=1, description="Simulated employees.")
+    rounds: int | None = Field(
+        default=None, ge=1, description="Times each employee asks each of their questions."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="Reply length of the API.")
+    force_promote: bool = Field(
+        default=False,
+        description="Promote the candidate even if its gates fail (audited as force_promote).",
+    )
+    start_timeout_s: float = Field(default=600.0, gt=0, description="Wait for the API to be ready.")
+    swap_timeout_s: float = Field(default=600.0, gt=0, description="Wait for the hot swap.")
+    settle_timeout_s: float = Field(
+        default=120.0, gt=0, description="Wait for the consumer to store every rating."
+    )
+    fresh: bool = Field(default=False, description="Ignore what an earlier demo run left.")
+
+    @property
+    def tiny(self) -> bool:
+        return self.size == "tiny"
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.home / "demo"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def n_asked(self) -> int:
+        return self.asked or (6 if self.tiny else 24)
+
+    def n_held_out(self) -> int:
+        return self.held_out or (3 if self.tiny else 8)
+
+    def n_employees(self) -> int:
+        return self.employees or (2 if self.tiny else 4)
+
+    def n_rounds(self) -> int:
+        return self.rounds or (1 if self.tiny else 2)
+
+    def reply_tokens(self) -> int:
+        return self.max_tokens or (16 if self.tiny else 80)

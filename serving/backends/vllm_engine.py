@@ -1,0 +1,126 @@
+"""The default backend: vLLM's ``AsyncLLM`` in this process (CPU build here,
+CUDA build on GPU machines). The chat template comes from the model directory."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from serving.backends.base import (
+    Backend,
+    ChoiceDelta,
+    Generation,
+    SamplingOptions,
+    render_chat,
+    resolve_max_tokens,
+)
+from serving.errors import InvalidRequest
+from serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+
+class VLLMEngineBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, settings: ServingSettings, *, path: Path, version: str) -> None:
+        super().__init__(version=version, path=path, max_model_len=settings.max_model_len)
+        self._settings = settings
+        self._engine: Any = None
+        self._tokenizer: Any = None
+
+    async def start(self) -> None:
+        if not Path(self.path).is_dir():
+            raise FileNotFoundError(f"model directory {self.path} does not exist")
+        self._engine, self._tokenizer = await asyncio.to_thread(self._build)
+        logger.info("vLLM engine ready: version %s from %s", self.version, self.path)
+
+    def _build(self) -> tuple[Any, Any]:
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{self.path} has no chat template (tokenizer_config.json)")
+        args = AsyncEngineArgs(
+            model=self.path,
+            served_model_name=[self.version],
+            max_model_len=self._settings.max_model_len,
+            enforce_eager=self._settings.enforce_eager,
+            dtype=self._settings.dtype,
+            gpu_memory_utilization=self._settings.gpu_memory_utilization,
+            disable_log_stats=True,
+        )
+        engine = AsyncLLM.from_engine_args(args)
+        # The engine may cap the context window below what we asked for.
+        self.max_model_len = int(engine.model_config.max_model_len)
+        return engine, tokenizer
+
+    async def generate(
+        self, messages: list[dict[str, str]], options: SamplingOptions, request_id: str
+    ) -> Generation:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt_ids = render_chat(self._tokenizer, messages)
+        max_tokens = resolve_max_tokens(
+            len(prompt_ids),
+            options.max_tokens,
+            default=self._settings.default_max_tokens,
+            max_model_len=self.max_model_len,
+        )
+        kwargs: dict[str, Any] = {}
+        if options.temperature is not None:
+            kwargs["temperature"] = options.temperature
+        if options.top_p is not None:
+            kwargs["top_p"] = options.top_p
+        try:
+            params = SamplingParams(
+                n=options.n,
+                max_tokens=max_tokens,
+                stop=list(options.stop) or None,
+                seed=options.seed,
+                output_kind=RequestOutputKind.DELTA,
+                **kwargs,
+            )
+        except ValueError as exc:  # vLLM's own validation of sampling values
+            raise InvalidRequest(str(exc)) from exc
+        prompt = TokensPrompt(prompt_token_ids=prompt_ids)
+        return Generation(
+            prompt_token_ids=prompt_ids,
+            prompt_tokens=len(prompt_ids),
+            max_tokens=max_tokens,
+            deltas=self._deltas(prompt, params, request_id),
+        )
+
+    async def _deltas(
+        self, prompt: Any, params: Any, request_id: str
+    ) -> AsyncIterator[list[ChoiceDelta]]:
+        async for out in self._engine.generate(prompt, params, request_id):
+            yield [
+                ChoiceDelta(
+                    index=o.index,
+                    text=o.text,
+                    token_ids=list(o.token_ids),
+                    finish_reason=o.finish_reason,
+                )
+                for o in out.outputs
+            ]
+
+    async def check(self) -> None:
+        if self._engine is None or self._engine.errored:
+            raise RuntimeError("vLLM engine is not running")
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.shutdown)
+            del engine
+            gc.collect()  # run AsyncLLM.__del__ now, not at interpreter exit
+            logger.info("vLLM engine for version %s shut down", self.version)

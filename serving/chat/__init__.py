@@ -1,0 +1,1 @@
+"""OpenAI-compatible chat: wire models, the chat service, thin routes, grounding."""

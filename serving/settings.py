@@ -1,0 +1,133 @@
+"""Settings of the serving package (API server, model backend, auth, hot swap)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feedback.env_file import stack_env_file
+from feedback.settings import FeedbackSettings
+
+BackendName = Literal["vllm", "vllm-server", "transformers"]
+
+
+class ServingSettings(BaseSettings):
+    """How the chat API runs. Read from ``RATCHET_*`` variables, the standard
+    ``DATABASE_URL`` and ``KAFKA_BOOTSTRAP_SERVERS``, and ``.ratchet/stack.env``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RATCHET_", env_file=stack_env_file(), extra="ignore", populate_by_name=True
+    )
+
+    # Shared with the feedback package (producer, message ids).
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/ratchet",
+        validation_alias=AliasChoices("DATABASE_URL", "RATCHET_DATABASE_URL"),
+        description="Postgres DSN: API keys, model registry.",
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:19092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "RATCHET_KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers for the event producer.",
+    )
+    home: Path = Field(default=Path(".ratchet"), description="State directory (spool, logs).")
+    message_id_secret: str = Field(
+        default="ratchet-dev-secret-change-me", description="HMAC key that signs message ids."
+    )
+
+    # HTTP server
+    host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the API listens on.")
+
+    # Model and backend
+    model: Path = Field(
+        default=Path("models/base"),
+        description="Model directory served while the registry has no production version.",
+    )
+    backend: BackendName = Field(default="vllm", description="vllm | vllm-server | transformers.")
+    backend_url: str | None = Field(
+        default=None, description="Base URL of a remote vLLM OpenAI server (backend vllm-server)."
+    )
+    backend_api_key: str | None = Field(
+        default=None, description="Bearer key for the remote vLLM server, if it wants one."
+    )
+    max_model_len: int = Field(default=2048, ge=16, description="Context window (tokens).")
+    gpu_memory_utilization: float = Field(
+        default=0.1, gt=0, le=1, description="vLLM memory fraction (KV cache); 0.1 suits CPU."
+    )
+    dtype: str = Field(
+        default="auto", description="Weights dtype for the engine (auto, float32...)."
+    )
+    enforce_eager: bool = Field(default=True, description="vLLM: no CUDA graphs / compilation.")
+    default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when not given.")
+    max_n: int = Field(default=4, ge=1, description="Largest n (choices per request) accepted.")
+
+    # Hot swap
+    registry_poll_seconds: float = Field(
+        default=10.0, gt=0, description="How often to re-read the production version."
+    )
+    swap_drain_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest wait for in-flight requests before freeing an old engine.",
+    )
+    follow_registry: bool = Field(default=True, description="Follow the model registry (hot swap).")
+
+    # Auth and limits
+    auth: bool = Field(default=True, description="Require API keys (False only for local demos).")
+    rate_limit_per_minute: float = Field(
+        default=120.0, gt=0, description="Sustained requests per minute per API key."
+    )
+    rate_limit_burst: int = Field(default=20, ge=1, description="Requests a key may burst.")
+
+    # Knowledge bot
+    knowledge_bot: bool = Field(
+        default=False,
+        description="Ground answers in the knowledge base unless a request says not to.",
+    )
+    retrieval_k: int = Field(default=4, ge=1, le=50, description="Chunks put into the prompt.")
+
+    # Slack (serving/slack): mounted at POST /slack/events when token and signing secret are set.
+    slack_bot_token: str | None = Field(
+        default=None,
+        description="Slack bot token (xoxb-...); enables the Slack app with the secret.",
+    )
+    slack_signing_secret: str | None = Field(
+        default=None, description="Slack signing secret; requests with a bad signature get 401."
+    )
+    slack_app_token: str | None = Field(
+        default=None, description="Slack app-level token (xapp-...) for `ratchet slack --socket`."
+    )
+    slack_api_base_url: str = Field(
+        default="https://slack.com/api/",
+        description="Slack Web API base URL (tests use a local fake).",
+    )
+    slack_stream_interval_s: float = Field(
+        default=1.0, gt=0, description="Slack: seconds between chat.update calls while streaming."
+    )
+    slack_stream_chars: int = Field(
+        default=400, ge=1, description="Slack: update sooner once this many new characters arrived."
+    )
+
+    @property
+    def slack_enabled(self) -> bool:
+        """Whether the Slack app is configured for HTTP mode."""
+        return bool(self.slack_bot_token and self.slack_signing_secret)
+
+    def feedback_settings(self) -> FeedbackSettings:
+        """The feedback package's settings, as seen by serving."""
+        return FeedbackSettings(
+            database_url=self.database_url,
+            kafka_bootstrap_servers=self.kafka_bootstrap_servers,
+            home=self.home,
+            message_id_secret=self.message_id_secret,
+        )
+
+
+@lru_cache
+def get_settings() -> ServingSettings:
+    return ServingSettings()

@@ -1,0 +1,138 @@
+"""Auth (401), rate limits (429 + Retry-After), roles (403) and bad input
+(400/422), each with its exact status code and the OpenAI error body."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+
+from serving.auth import RateLimiter, User
+from serving.deps import CurrentUser, require_role
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def post(live_server, body, key="user", headers=None, raw=None):  # type: ignore[no-untyped-def]
+    h = {} if key is None else {"Authorization": f"Bearer {getattr(live_server.keys, key)}"}
+    h.update(headers or {})
+    url = live_server.base_url + "/v1/chat/completions"
+    if raw is not None:
+        return httpx.post(
+            url, content=raw, headers={**h, "Content-Type": "application/json"}, timeout=60
+        )
+    return httpx.post(url, json=body, headers=h, timeout=60)
+
+
+def assert_error(resp: httpx.Response, status: int, type_: str, code: str | None = None) -> str:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "code"}
+    assert err["type"] == type_
+    if code is not None:
+        assert err["code"] == code
+    assert err["message"]
+    return str(err["message"])
+
+
+def test_missing_invalid_and_malformed_keys_get_401(live_server) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": "m", "messages": HELLO}
+    r = post(live_server, body, key=None)
+    assert_error(r, 401, "authentication_error", "invalid_api_key")
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = post(live_server, body, key=None, headers={"Authorization": "Bearer rk_not-a-real-key"})
+    assert_error(r, 401, "authentication_error")
+    r = post(live_server, body, key=None, headers={"Authorization": "Basic abc"})
+    assert_error(r, 401, "authentication_error")
+    r = httpx.get(live_server.base_url + "/v1/models")
+    assert_error(r, 401, "authentication_error")
+
+
+def test_rate_limit_gives_429_with_retry_after(live_server) -> None:  # type: ignore[no-untyped-def]
+    state = live_server.state
+    saved = state.rate_limiter
+    state.rate_limiter = RateLimiter(per_minute=6, burst=2)
+    try:
+        models = live_server.base_url + "/v1/models"
+        auth = {"Authorization": f"Bearer {live_server.keys.user}"}
+        assert httpx.get(models, headers=auth).status_code == 200
+        assert httpx.get(models, headers=auth).status_code == 200
+        r = httpx.get(models, headers=auth)
+        assert_error(r, 429, "rate_limit_error", "rate_limit_exceeded")
+        assert 1 <= int(r.headers["Retry-After"]) <= 10
+        # Limits are per key: another key still gets through.
+        other = {"Authorization": f"Bearer {live_server.keys.user2}"}
+        assert httpx.get(models, headers=other).status_code == 200
+    finally:
+        state.rate_limiter = saved
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"model": "m", "messages": []}, 400, "at least one message"),
+        ({"model": "m"}, 422, "messages"),
+        ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, 422, "role"),
+        ({"model": "m", "messages": HELLO, "temperature": -0.5}, 422, "temperature"),
+        ({"model": "m", "messages": HELLO, "temperature": 3}, 422, "temperature"),
+        ({"model": "m", "messages": HELLO, "top_p": 1.5}, 422, "top_p"),
+        ({"model": "m", "messages": HELLO, "top_p": 0}, 422, "top_p"),
+        ({"model": "m", "messages": HELLO, "max_tokens": 0}, 422, "max_tokens"),
+        ({"model": "m", "messages": HELLO, "n": 0}, 422, "n"),
+        ({"model": "m", "messages": HELLO, "n": 50}, 400, "n=50"),
+        ({"model": "m", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
+        ({"model": "m", "messages": HELLO, "conversation_id": "nope"}, 422, "conversation_id"),
+        ({"model": "m", "messages": HELLO, "knowledge": True}, 400, "knowledge"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(live_server, body, status, fragment) -> None:  # type: ignore[no-untyped-def]
+    message = assert_error(post(live_server, body), status, "invalid_request_error")
+    assert fragment in message
+
+
+def test_prompt_longer_than_the_context_window_is_400(live_server) -> None:  # type: ignore[no-untyped-def]
+    long = " ".join(["keyword"] * 2000)
+    for stream in (False, True):
+        body = {"model": "m", "messages": [{"role": "user", "content": long}], "stream": stream}
+        message = assert_error(
+            post(live_server, body), 400, "invalid_request_error", "context_length_exceeded"
+        )
+        assert "512" in message
+
+
+def test_malformed_json_and_bad_conversation_header(live_server) -> None:  # type: ignore[no-untyped-def]
+    assert_error(post(live_server, None, raw=b"{not json"), 422, "invalid_request_error")
+    r = post(
+        live_server,
+        {"model": "m", "messages": HELLO},
+        headers={"X-Ratchet-Conversation-Id": "not-a-uuid"},
+    )
+    assert_error(r, 400, "invalid_request_error")
+    r = httpx.get(live_server.base_url + "/no/such/route")
+    assert_error(r, 404, "not_found_error")
+
+
+def test_require_role_lets_higher_roles_through_and_forbids_lower(live_server) -> None:  # type: ignore[no-untyped-def]
+    """require_role on a route of the real app (as the feedback/KB routers use it)."""
+    app: FastAPI = live_server.thread.app
+    path = "/_test/operator-only"
+    if not any(getattr(r, "path", None) == path for r in app.routes):
+
+        @app.get(path)
+        def operator_only(user: Annotated[User, Depends(require_role("operator"))]) -> dict:
+            return {"user": user.id, "role": user.role}
+
+        @app.get("/_test/whoami")
+        def whoami(user: CurrentUser) -> dict:
+            return {"user": user.id, "role": user.role}
+
+    base = live_server.base_url
+    keys = live_server.keys
+    r = httpx.get(base + path, headers={"Authorization": f"Bearer {keys.user}"})
+    assert_error(r, 403, "permission_error")
+    r = httpx.get(base + path, headers={"Authorization": f"Bearer {keys.operator}"})
+    assert r.status_code == 200 and r.json() == {"user": "olga", "role": "operator"}
+    r = httpx.get(base + "/_test/whoami", headers={"Authorization": f"Bearer {keys.user2}"})
+    assert r.json() == {"user": "bob", "role": "user"}

@@ -1,0 +1,349 @@
+"""Training's subcommands: ``model bootstrap``, ``train``, ``models ...``.
+
+Heavy imports (torch, transformers, trl) happen inside the handlers. Training
+and registry errors are printed as ``ratchet CMD: message`` (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _cli_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn training errors and unreachable databases into CLI messages."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        import psycopg
+
+        from serving.cli import CliError
+        from training.errors import TrainingError
+
+        try:
+            return func(args)
+        except TrainingError as exc:
+            raise CliError(str(exc)) from exc
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CliError(
+                f"cannot reach the database ({first}); is the stack up (make stack-up)?"
+            ) from exc
+
+    return wrapper
+
+
+def _connect(settings: Any) -> Any:
+    import psycopg
+
+    return psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5)
+
+
+def _model_bootstrap(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from training.base_model import bootstrap, weights_digest
+    from training.registry import ensure_base
+    from training.settings import TrainingSettings
+
+    settings = TrainingSettings()
+    path = bootstrap(settings, force=args.force)
+    print(f"base model ready at {path}")
+    try:
+        from feedback.db import migrate
+
+        migrate(settings.database_url)
+        with _connect(settings) as conn:
+            version = ensure_base(conn, str(path.resolve()), weights_digest(path))
+        print(f"registry: production version is {version.id} ({version.path})")
+    except psycopg.OperationalError:
+        print(
+            "registry: database not reachable; the base is registered on the first `ratchet train`"
+        )
+    return 0
+
+
+@_cli_errors
+def _train(args: argparse.Namespace) -> int:
+    from training.settings import TrainingSettings
+    from training.snapshot import JsonlSource
+
+    settings = TrainingSettings()
+    if args.auto_promote:
+        settings = settings.model_copy(update={"auto_promote": True})
+    source = JsonlSource(args.pairs_file, args.sft_file) if args.pairs_file else None
+    if args.every:
+        from training.scheduler import parse_interval, run_periodically
+
+        try:
+            every = parse_interval(args.every)
+        except ValueError as exc:
+            from serving.cli import CliError
+
+            raise CliError(str(exc)) from exc
+        run_periodically(
+            settings,
+            every_s=every,
+            min_new_pairs=args.min_new_pairs,
+            algo=args.algo,
+            size=args.size,
+            source=source,
+            max_cycles=args.max_cycles,
+        )
+        return 0
+    from training.cycle import run_cycle
+
+    result = run_cycle(
+        settings,
+        algo=args.algo,
+        size=args.size,
+        source=source,
+        min_new_pairs=args.min_new_pairs,
+        wait=args.wait,
+        progress=not args.quiet,
+    )
+    if result.status == "skipped":
+        print(result.message)
+        return 0
+    _print_gates(result.gate_report)
+    print(f"run {result.run_id}: {result.message}")
+    print(f"plot: {result.plot_path}")
+    if result.status == "candidate":
+        print(f"promote with: ratchet models promote {result.candidate_version} --reason '...'")
+    return 0
+
+
+def _print_gates(report: dict[str, Any] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not report:
+        console.print("no gate report (this version was not trained by Ratchet)")
+        return
+    table = Table(
+        title="Evaluation gates — " + ("[green]passed[/]" if report["passed"] else "[red]FAILED[/]")
+    )
+    for column in ("gate", "result", "value", "threshold", "details"):
+        table.add_column(column)
+    for name, gate in report.get("gates", {}).items():
+        details = {k: v for k, v in gate.items() if k not in ("passed", "value", "threshold")}
+        table.add_row(
+            name,
+            "[green]pass[/]" if gate["passed"] else "[red]fail[/]",
+            _fmt(gate.get("value")),
+            str(gate.get("threshold", "")),
+            ", ".join(f"{k}={_fmt(v)}" for k, v in details.items()),
+        )
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+@_cli_errors
+def _models_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from training.registry import list_versions
+    from training.settings import TrainingSettings
+
+    with _connect(TrainingSettings()) as conn:
+        versions = list_versions(conn)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": v.id,
+                        "status": v.status,
+                        "parent": v.parent_id,
+                        "gates_passed": v.gates_passed,
+                        "path": v.path,
+                        "created_at": v.created_at.isoformat(),
+                    }
+                    for v in versions
+                ]
+            )
+        )
+        return 0
+    table = Table(title="Model versions")
+    for column in ("version", "status", "parent", "gates", "created", "path"):
+        table.add_column(column)
+    colour = {"production": "bold green", "candidate": "cyan", "rejected": "red", "retired": "dim"}
+    for v in versions:
+        gates = "-" if v.gates_passed is None else ("passed" if v.gates_passed else "failed")
+        table.add_row(
+            v.id,
+            f"[{colour.get(v.status, '')}]{v.status}[/]",
+            v.parent_id or "-",
+            gates,
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+            v.path,
+        )
+    Console().print(table)
+    return 0
+
+
+@_cli_errors
+def _models_show(args: argparse.Namespace) -> int:
+    from training.errors import RegistryError
+    from training.registry import get_version
+    from training.runs import get_run
+    from training.settings import TrainingSettings
+
+    with _connect(TrainingSettings()) as conn:
+        version = get_version(conn, args.version)
+        if version is None:
+            raise RegistryError(f"no model version {args.version!r} (see `ratchet models list`)")
+        run = get_run(conn, version.training_run_id) if version.training_run_id else None
+    created = f"{version.created_at:%Y-%m-%d %H:%M}"
+    print(f"{version.id}: {version.status}  parent={version.parent_id or '-'}  created={created}")
+    print(f"path: {version.path}")
+    print(f"weights sha256: {version.weights_sha256}")
+    if run:
+        print(
+            f"training run: {run['id']} ({run['algo']}, {run['status']})  log: {run['logs_path']}"
+        )
+    reward = version.metrics.get("reward", {})
+    if reward:
+        print(
+            f"reward model held-out accuracy: {_fmt(reward.get('heldout_accuracy'))}"
+            f" on {reward.get('heldout_pairs')} pairs"
+        )
+    _print_gates(version.gate_report)
+    if run and run.get("plot_path"):
+        exists = Path(run["plot_path"]).exists()
+        print(f"plot: {run['plot_path']}" + ("" if exists else " (missing)"))
+    return 0
+
+
+def _actor(args: argparse.Namespace) -> str:
+    from training.cycle import default_actor
+    from training.settings import TrainingSettings
+
+    return args.actor or default_actor(TrainingSettings())
+
+
+@_cli_errors
+def _models_promote(args: argparse.Namespace) -> int:
+    from training.registry import promote
+    from training.settings import TrainingSettings
+
+    with _connect(TrainingSettings()) as conn:
+        version = promote(
+            conn, args.version, actor=_actor(args), reason=args.reason, force=args.force
+        )
+    print(f"{version.id} is now the production version")
+    return 0
+
+
+@_cli_errors
+def _models_rollback(args: argparse.Namespace) -> int:
+    from training.registry import rollback
+    from training.settings import TrainingSettings
+
+    with _connect(TrainingSettings()) as conn:
+        version = rollback(conn, actor=_actor(args), reason=args.reason)
+    print(f"rolled back: {version.id} is now the production version")
+    return 0
+
+
+@_cli_errors
+def _models_audit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from training.registry import audit_log
+    from training.settings import TrainingSettings
+
+    with _connect(TrainingSettings()) as conn:
+        entries = audit_log(conn, limit=args.limit)
+    table = Table(title="Registry audit log")
+    for column in ("at", "action", "actor", "from", "to", "reason"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(
+            f"{e.at:%Y-%m-%d %H:%M:%S}",
+            e.action,
+            e.actor,
+            e.from_version or "-",
+            e.to_version or "-",
+            e.reason or "",
+        )
+    Console().print(table)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    model = sub.add_parser("model", help="the base model")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    boot = model_sub.add_parser("bootstrap", help="make models/base from SmolLM2-135M-Instruct")
+    boot.add_argument("--force", action="store_true", help="rebuild even if present")
+    boot.set_defaults(func=_model_bootstrap)
+
+    train = sub.add_parser("train", help="run a training cycle (or one every --every)")
+    train.add_argument("--algo", choices=["ppo", "dpo"], default="ppo", help="policy optimisation")
+    train.add_argument(
+        "--size",
+        choices=["tiny", "demo", "full"],
+        default=None,
+        help="cycle size preset (default RATCHET_TRAIN_SIZE or demo)",
+    )
+    train.add_argument("--every", metavar="INTERVAL", help="run periodically, e.g. 6h, 30m")
+    train.add_argument(
+        "--min-new-pairs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="skip a cycle with fewer new preference pairs",
+    )
+    train.add_argument("--max-cycles", type=int, default=None, help=argparse.SUPPRESS)
+    train.add_argument(
+        "--wait", action="store_true", help="wait for a running cycle instead of exiting"
+    )
+    train.add_argument("--auto-promote", action="store_true", help="promote when all gates pass")
+    train.add_argument(
+        "--pairs-file", type=Path, help="train on a JSONL file of pairs instead of the store"
+    )
+    train.add_argument(
+        "--sft-file", type=Path, help="JSONL file of SFT examples (with --pairs-file)"
+    )
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train)
+
+    models = sub.add_parser("models", help="the model registry")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    ls = models_sub.add_parser("list", help="list model versions")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=_models_list)
+    show = models_sub.add_parser("show", help="a version's metrics, gate report and plot")
+    show.add_argument("version")
+    show.set_defaults(func=_models_show)
+    promote = models_sub.add_parser("promote", help="make a version the production version")
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    promote.add_argument(
+        "--force", action="store_true", help="promote even if its gates failed (audited)"
+    )
+    promote.add_argument("--actor", help="who (default: RATCHET_ACTOR or the OS user)")
+    promote.set_defaults(func=_models_promote)
+    rollback = models_sub.add_parser("rollback", help="return to the previous production version")
+    rollback.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    rollback.add_argument("--actor", help="who (default: RATCHET_ACTOR or the OS user)")
+    rollback.set_defaults(func=_models_rollback)
+    audit = models_sub.add_parser("audit", help="the promotion/rollback audit log")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.set_defaults(func=_models_audit)

@@ -1,0 +1,373 @@
+"""One training cycle: snapshot -> (SFT) -> reward model -> PPO or DPO -> gates
+-> registry. The demo driver and ``ratchet train`` call :func:`run_cycle`.
+
+Crash safety: the new policy is written under ``models/.tmp-<run>``; only at
+the end, in one transaction, is it renamed to ``models/vNNNN``, registered and
+the run marked succeeded. A run killed before that stays ``running`` until the
+next cycle takes the lock and marks it failed; no version is half-registered.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from feedback.db import migrate
+from training import registry, runs
+from training.base_model import weights_digest
+from training.cycle_config import TrainCycleConfig
+from training.errors import TrainingError
+from training.settings import TrainingSettings
+from training.snapshot import FeedbackSource, Snapshot, StoreSource, build_snapshot
+
+logger = logging.getLogger(__name__)
+
+ALGOS = ("ppo", "dpo")
+
+
+@dataclass
+class CycleResult:
+    status: str  # "candidate", "rejected", "promoted" or "skipped"
+    run_id: uuid.UUID | None = None
+    candidate_version: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    gate_report: dict[str, Any] | None = None
+    plot_path: Path | None = None
+    message: str = ""
+
+
+def default_actor(settings: TrainingSettings) -> str:
+    if settings.actor:
+        return settings.actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def run_cycle(
+    settings: TrainingSettings,
+    *,
+    algo: str = "ppo",
+    size: str | None = None,
+    config: TrainCycleConfig | None = None,
+    source: FeedbackSource | None = None,
+    min_new_pairs: int = 0,
+    wait: bool = False,
+    progress: bool = True,
+) -> CycleResult:
+    """Run one cycle under the cycle lock.
+
+    Raises ``LockBusy`` if another cycle holds the lock (unless ``wait``)."""
+    if algo not in ALGOS:
+        raise TrainingError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
+    config = config or TrainCycleConfig.for_size(size or settings.train_size)
+    source = source or StoreSource()
+    migrate(settings.database_url)
+    with runs.cycle_lock(settings.database_url, wait=wait):
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            runs.fail_stale_runs(conn)
+            production = registry.get_production(conn)
+            if production is None:
+                base = settings.base_model_dir
+                if not (base / "config.json").exists():
+                    raise TrainingError(
+                        f"no production model and no base model at {base};"
+                        " run `ratchet model bootstrap`"
+                    )
+                production = registry.ensure_base(conn, str(base.resolve()), weights_digest(base))
+            since = runs.last_watermark(conn)
+            snapshot = build_snapshot(
+                source, conn, since=since, heldout_fraction=config.heldout_fraction
+            )
+            needed = max(min_new_pairs, config.min_pairs)
+            if snapshot.n_pairs < needed or not snapshot.heldout_pairs or not snapshot.train_pairs:
+                msg = (
+                    f"skipped: {snapshot.n_pairs} new preference pairs since {since or 'the start'}"
+                    f" (need {needed}, with both train and held-out conversations)"
+                )
+                logger.info(msg)
+                return CycleResult(status="skipped", metrics=snapshot.stats, message=msg)
+            return _train(settings, conn, config, algo, snapshot, production, progress)
+
+
+def _train(
+    settings: TrainingSettings,
+    conn: psycopg.Connection,
+    config: TrainCycleConfig,
+    algo: str,
+    snapshot: Snapshot,
+    production: registry.ModelVersion,
+    progress: bool,
+) -> CycleResult:
+    run_id = uuid.uuid4()
+    run_dir = (settings.home / "runs" / str(run_id)).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "train.log"
+    runs.start_run(
+        conn, run_id=run_id, algo=algo, config=config.model_dump(), logs_path=str(log_path)
+    )
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("training").addHandler(handler)
+    models_dir = settings.models_dir.resolve()
+    tmp_dir = models_dir / f".tmp-{run_id}"
+    try:
+        result = _stages(
+            settings, conn, config, algo, snapshot, production, run_id, run_dir, tmp_dir, progress
+        )
+        if settings.auto_promote and result.status == "candidate" and result.candidate_version:
+            registry.promote(
+                conn,
+                result.candidate_version,
+                actor="auto-promote",
+                reason=f"auto-promote: all gates passed in run {run_id}",
+            )
+            result.status = "promoted"
+        return result
+    except BaseException as exc:
+        runs.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if isinstance(exc, TrainingError | KeyboardInterrupt):
+            raise
+        if isinstance(exc, Exception):
+            logger.exception("training run %s failed", run_id)
+            raise TrainingError(f"training run {run_id} failed: {exc} (log: {log_path})") from exc
+        raise
+    finally:
+        logging.getLogger("training").removeHandler(handler)
+        handler.close()
+
+
+def _stages(
+    settings: TrainingSettings,
+    conn: psycopg.Connection,
+    config: TrainCycleConfig,
+    algo: str,
+    snapshot: Snapshot,
+    production: registry.ModelVersion,
+    run_id: uuid.UUID,
+    run_dir: Path,
+    tmp_dir: Path,
+    progress: bool,
+) -> CycleResult:
+    import torch
+
+    from training.evaluate import Policy
+    from training.gates import DEFAULT_SAFETY_FILE, load_thresholds, run_gates
+    from training.plots import plot_run
+    from training.reward import RewardScorer, train_reward_model
+
+    torch.manual_seed(config.seed)
+    thresholds = load_thresholds(settings.gates_config)
+    timings: dict[str, float] = {}
+    metrics: dict[str, Any] = {"algo": algo, "snapshot": snapshot.stats, "parent": production.id}
+    parent_dir = Path(production.path)
+    policy_dir = parent_dir
+
+    t0 = time.monotonic()
+    if len(snapshot.sft_examples) >= config.sft.min_examples:
+        from training.sft import train_sft
+
+        policy_dir = run_dir / "sft"
+        metrics["sft"] = train_sft(
+            parent_dir,
+            snapshot.sft_examples,
+            policy_dir,
+            config.sft,
+            seed=config.seed,
+            progress=progress,
+        )
+        timings["sft_s"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    rm = train_reward_model(
+        parent_dir,
+        snapshot.train_pairs,
+        snapshot.heldout_pairs,
+        run_dir / "reward",
+        config.reward,
+        seed=config.seed,
+        progress=progress,
+    )
+    timings["reward_s"] = time.monotonic() - t0
+    metrics["reward"] = {
+        "heldout_accuracy": rm.heldout_accuracy,
+        "heldout_pairs": rm.heldout_pairs,
+        "model_dir": str(rm.model_dir),
+        **{k: v for k, v in rm.train_metrics.items() if k != "loss_curve"},
+    }
+    scorer = RewardScorer(
+        rm.model_dir, batch_size=config.reward.score_batch_size, max_length=config.reward.max_length
+    )
+
+    t0 = time.monotonic()
+    out_dir = tmp_dir / "policy"
+    if algo == "ppo":
+        history = _ppo(policy_dir, parent_dir, scorer, snapshot, out_dir, config, progress)
+    else:
+        from training.dpo import train_dpo
+
+        history = train_dpo(
+            policy_dir,
+            snapshot.train_pairs,
+            out_dir,
+            config.dpo,
+            seed=config.seed,
+            progress=progress,
+        )
+    timings[f"{algo}_s"] = time.monotonic() - t0
+    metrics[algo] = {"history": history}
+    if algo == "ppo" and history:
+        k = max(1, len(history) // 4)
+        metrics["ppo"]["first_mean_score"] = sum(h["mean_score"] for h in history[:k]) / k
+        metrics["ppo"]["last_mean_score"] = sum(h["mean_score"] for h in history[-k:]) / k
+        metrics["ppo"]["final_kl"] = history[-1]["mean_kl"]
+
+    t0 = time.monotonic()
+    candidate, reference = Policy(out_dir), Policy(parent_dir)
+    report = run_gates(
+        candidate=candidate,
+        production=reference,
+        reference=reference,
+        scorer=scorer,
+        reward_accuracy=rm.heldout_accuracy,
+        heldout_prompts=[p.prompt for p in snapshot.heldout_pairs],
+        thresholds=thresholds,
+        eval_config=config.eval,
+        golden_path=settings.golden_questions,
+        safety_path=settings.safety_suite or DEFAULT_SAFETY_FILE,
+        progress=progress,
+    )
+    timings["gates_s"] = time.monotonic() - t0
+    plot_path = plot_run(
+        run_dir / "report.png",
+        title=f"run {str(run_id)[:8]} ({algo}, parent {production.id})",
+        history=history,
+        reward_losses=rm.train_metrics.get("loss_curve", []),
+        gate_report=report,
+    )
+    digest = weights_digest(out_dir)
+    return _register(
+        settings,
+        conn,
+        run_id,
+        tmp_dir,
+        out_dir,
+        digest,
+        production,
+        metrics,
+        report,
+        timings,
+        snapshot,
+        plot_path,
+    )
+
+
+def _ppo(
+    policy_dir: Path,
+    ref_dir: Path,
+    scorer: Any,
+    snapshot: Snapshot,
+    out_dir: Path,
+    config: TrainCycleConfig,
+    progress: bool,
+) -> list[dict[str, float]]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.ppo import PpoTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir)
+    reference = AutoModelForCausalLM.from_pretrained(ref_dir)
+    trainer = PpoTrainer(policy, reference, tokenizer, scorer.score, config.ppo)
+    history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
+    trainer.model.policy.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return history
+
+
+def _register(
+    settings: TrainingSettings,
+    conn: psycopg.Connection,
+    run_id: uuid.UUID,
+    tmp_dir: Path,
+    out_dir: Path,
+    digest: str,
+    production: registry.ModelVersion,
+    metrics: dict[str, Any],
+    report: dict[str, Any],
+    timings: dict[str, float],
+    snapshot: Snapshot,
+    plot_path: Path,
+) -> CycleResult:
+    """Move the model into place and register it, the run's success in the same transaction."""
+    actor = default_actor(settings)
+    final_dir: Path | None = None
+    try:
+        with conn.transaction():
+            registry.lock_registry(conn)
+            version_id = registry.next_version_id(conn)
+            final_dir = settings.models_dir.resolve() / version_id
+            if final_dir.exists():
+                raise TrainingError(f"{final_dir} already exists; move it away and retry")
+            out_dir.rename(final_dir)
+            version = registry.register_version(
+                conn,
+                version_id=version_id,
+                path=str(final_dir),
+                weights_sha256=digest,
+                parent_id=production.id,
+                training_run_id=run_id,
+                metrics=_summary(metrics),
+                gate_report=report,
+                gates_passed=bool(report["passed"]),
+                actor=actor,
+            )
+            runs.update_run(
+                conn,
+                run_id,
+                status="succeeded",
+                finished_at=datetime.now().astimezone(),
+                watermark=snapshot.watermark,
+                metrics=metrics,
+                timings=timings,
+                plot_path=str(plot_path),
+                candidate_version=version_id,
+            )
+    except BaseException:
+        if final_dir is not None and final_dir.exists() and not out_dir.exists():
+            final_dir.rename(out_dir)
+        raise
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("registered %s as %s (run %s)", version.id, version.status, run_id)
+    return CycleResult(
+        status=version.status,
+        run_id=run_id,
+        candidate_version=version.id,
+        metrics=metrics,
+        gate_report=report,
+        plot_path=plot_path,
+        message=f"{version.id} registered as {version.status}",
+    )
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics without per-step histories, for the version row."""
+    out = {}
+    for key, value in metrics.items():
+        out[key] = (
+            {k: v for k, v in value.items() if k != "history"} if isinstance(value, dict) else value
+        )
+    return out

@@ -1,0 +1,126 @@
+"""How big a training cycle is: one :class:`TrainCycleConfig`, with named sizes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from training.dpo_config import DpoStageConfig
+from training.errors import TrainingError
+from training.gates import EvalConfig
+from training.ppo_config import PpoStageConfig
+from training.reward_config import RewardStageConfig
+from training.sft_config import SftStageConfig
+
+
+class TrainCycleConfig(BaseModel):
+    min_pairs: int = Field(default=16, ge=2, description="Skip the cycle with fewer new pairs.")
+    heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Conversations held out.")
+    seed: int = Field(default=0, description="Seed of every stage.")
+    sft: SftStageConfig = Field(default_factory=SftStageConfig)
+    reward: RewardStageConfig = Field(default_factory=RewardStageConfig)
+    ppo: PpoStageConfig = Field(default_factory=PpoStageConfig)
+    dpo: DpoStageConfig = Field(default_factory=DpoStageConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @classmethod
+    def for_size(cls, size: str) -> TrainCycleConfig:
+        try:
+            return cls.model_validate(SIZES[size])
+        except KeyError as exc:
+            raise TrainingError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}") from exc
+
+
+# "tiny": the random test model, seconds. "demo": SmolLM2-135M on CPU, a few minutes.
+# "full": a GPU-sized cycle.
+SIZES: dict[str, dict] = {
+    "tiny": {
+        "min_pairs": 16,
+        "sft": {
+            "min_examples": 8,
+            "epochs": 1,
+            "learning_rate": 1e-3,
+            "batch_size": 8,
+            "max_length": 128,
+        },
+        "reward": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 16, "max_length": 128},
+        "ppo": {
+            "steps": 30,
+            "batch_size": 16,
+            "minibatch_size": 8,
+            "ppo_epochs": 2,
+            "learning_rate": 5e-4,
+            "max_new_tokens": 16,
+            "init_kl_coef": 0.05,
+            "target_kl": 6.0,
+            "kl_horizon": 1000,
+            "max_prompt_length": 64,
+        },
+        "dpo": {
+            "epochs": 2,
+            "learning_rate": 5e-4,
+            "batch_size": 16,
+            "beta": 0.1,
+            "max_length": 128,
+        },
+        "eval": {
+            "prompts": 24,
+            "samples_per_prompt": 2,
+            "max_new_tokens": 16,
+            "bootstrap_samples": 500,
+            "golden_limit": 4,
+            "safety_limit": 4,
+            "batch_size": 16,
+        },
+    },
+    "demo": {
+        "min_pairs": 16,
+        "sft": {
+            "min_examples": 16,
+            "epochs": 1,
+            "learning_rate": 2e-5,
+            "batch_size": 4,
+            "max_length": 384,
+        },
+        "reward": {"epochs": 1, "learning_rate": 2e-5, "batch_size": 8, "max_length": 384},
+        "ppo": {
+            "steps": 12,
+            "batch_size": 8,
+            "minibatch_size": 4,
+            "ppo_epochs": 1,
+            "learning_rate": 2e-6,
+            "max_new_tokens": 40,
+            "init_kl_coef": 0.1,
+            "target_kl": 4.0,
+            "kl_horizon": 1000,
+            "max_prompt_length": 256,
+        },
+        "dpo": {
+            "epochs": 1,
+            "learning_rate": 5e-6,
+            "batch_size": 4,
+            "beta": 0.1,
+            "max_length": 384,
+        },
+        "eval": {
+            "prompts": 16,
+            "samples_per_prompt": 2,
+            "max_new_tokens": 40,
+            "bootstrap_samples": 1000,
+            "golden_limit": 8,
+            "safety_limit": 8,
+            "batch_size": 8,
+        },
+    },
+    "full": {
+        "min_pairs": 200,
+        "ppo": {
+            "steps": 200,
+            "batch_size": 64,
+            "minibatch_size": 16,
+            "ppo_epochs": 4,
+            "max_new_tokens": 128,
+        },
+        "reward": {"epochs": 1},
+        "eval": {"prompts": 200, "samples_per_prompt": 4, "max_new_tokens": 128},
+    },
+}

@@ -1,0 +1,70 @@
+"""Direct preference optimisation on the pairs (``--algo dpo``, TRL DPOTrainer)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.dpo_config import DpoStageConfig
+from training.snapshot import Pair
+
+logger = logging.getLogger(__name__)
+
+
+def train_dpo(
+    policy_dir: Path,
+    pairs: Sequence[Pair],
+    out_dir: Path,
+    config: DpoStageConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """DPO on ``pairs`` from ``policy_dir`` (the reference is its starting weights)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+    rows = [
+        {
+            "prompt": p.prompt,
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+        }
+        for p in pairs
+    ]
+    args = DPOConfig(
+        output_dir=str(out_dir.parent / "dpo-trainer"),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        beta=config.beta,
+        max_length=config.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=not progress,
+    )
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(out_dir)
+    history = [
+        {
+            "step": h.get("step", i),
+            "loss": h["loss"],
+            "mean_score": h.get("rewards/margins", float("nan")),
+            "mean_kl": float("nan"),
+        }
+        for i, h in enumerate(trainer.state.log_history)
+        if "loss" in h
+    ]
+    logger.info("DPO on %d pairs: %d steps", len(rows), len(history))
+    return history

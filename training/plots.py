@@ -1,0 +1,75 @@
+"""One PNG per training run: reward curve, KL, and win rate with its confidence interval."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def plot_run(
+    path: Path,
+    *,
+    title: str,
+    history: list[dict[str, float]],
+    reward_losses: list[float],
+    gate_report: dict[str, Any] | None,
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    steps = [h.get("step", i) for i, h in enumerate(history)]
+    scores = [h.get("mean_score", math.nan) for h in history]
+    kls = [h.get("mean_kl", math.nan) for h in history]
+
+    ax = axes[0]
+    ax.plot(steps, scores, marker=".", label="policy: mean reward")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.set_title("Reward")
+    if reward_losses:
+        twin = ax.twinx()
+        twin.plot(
+            range(len(reward_losses)), reward_losses, color="tab:gray", alpha=0.5, label="RM loss"
+        )
+        twin.set_ylabel("reward-model loss", color="tab:gray")
+    ax.legend(loc="upper left", fontsize=8)
+
+    ax = axes[1]
+    ax.plot(steps, kls, marker=".", color="tab:orange")
+    gates = (gate_report or {}).get("gates", {})
+    kl_max = (gate_report or {}).get("thresholds", {}).get("kl_max")
+    if kl_max is not None:
+        ax.axhline(kl_max, color="tab:red", linestyle="--", label=f"budget {kl_max}")
+    if gates.get("kl", {}).get("value") is not None:
+        ax.axhline(gates["kl"]["value"], color="tab:green", linestyle=":", label="eval KL")
+    ax.set_xlabel("step")
+    ax.set_title("KL to reference (nats/reply)")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    win = gates.get("win_rate", {})
+    if win.get("win_rate") is not None:
+        mean, lo, hi = win["win_rate"], win["ci_lower"], win["ci_upper"]
+        ax.bar(
+            [0], [mean], yerr=[[mean - lo], [hi - mean]], capsize=10, color="tab:blue", width=0.5
+        )
+        threshold = (gate_report or {}).get("thresholds", {}).get("win_rate_lower_min")
+        if threshold is not None:
+            ax.axhline(threshold, color="tab:red", linestyle="--", label=f"gate {threshold}")
+        ax.legend(fontsize=8)
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xticks([0], ["candidate vs production"])
+    ax.set_title("Win rate (95% CI)")
+
+    verdict = "gates passed" if (gate_report or {}).get("passed") else "gates FAILED"
+    fig.suptitle(f"{title} — {verdict}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

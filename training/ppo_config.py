@@ -1,0 +1,38 @@
+"""Configuration of the PPO stage (see ``training/ppo.py``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class PpoStageConfig(BaseModel):
+    steps: int = Field(default=20, ge=1, description="PPO iterations (one rollout batch each).")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per rollout batch.")
+    minibatch_size: int = Field(default=4, ge=1, description="Rollouts per gradient step.")
+    ppo_epochs: int = Field(
+        default=2, ge=1, description="Optimisation passes over each rollout batch."
+    )
+    learning_rate: float = Field(
+        default=1e-5, gt=0, description="AdamW learning rate (policy and value head)."
+    )
+    max_new_tokens: int = Field(default=32, ge=1, description="Reply length during rollouts.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of rollouts.")
+    max_prompt_length: int = Field(
+        default=256, ge=8, description="Prompts are left-truncated to this."
+    )
+    init_kl_coef: float = Field(default=0.1, ge=0, description="Initial KL penalty coefficient.")
+    adaptive_kl: bool = Field(default=True, description="Adapt the coefficient towards target_kl.")
+    target_kl: float = Field(
+        default=2.0, gt=0, description="Target KL per reply (nats) of the controller."
+    )
+    kl_horizon: int = Field(
+        default=10_000, ge=1, description="Horizon of the adaptive KL controller."
+    )
+    gamma: float = Field(default=1.0, ge=0, le=1, description="Discount factor.")
+    lam: float = Field(default=0.95, ge=0, le=1, description="GAE lambda.")
+    cliprange: float = Field(default=0.2, gt=0, description="Policy ratio clip range.")
+    cliprange_value: float = Field(default=0.2, gt=0, description="Value prediction clip range.")
+    vf_coef: float = Field(default=0.1, ge=0, description="Weight of the value loss.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    whiten_rewards: bool = Field(default=False, description="Whiten scores across the batch.")
+    seed: int = Field(default=0, description="Seed of rollouts and shuffling.")

@@ -1,0 +1,13 @@
+"""Configuration of the reward-model stage."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RewardStageConfig(BaseModel):
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training pairs.")
+    learning_rate: float = Field(default=1e-5, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step.")
+    max_length: int = Field(default=512, ge=16, description="Pairs longer than this are dropped.")
+    score_batch_size: int = Field(default=16, ge=1, description="Batch size when scoring replies.")

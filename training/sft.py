@@ -1,0 +1,56 @@
+"""Supervised fine-tuning on corrections and top-rated replies (TRL SFTTrainer)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.sft_config import SftStageConfig
+from training.snapshot import SftExample
+
+logger = logging.getLogger(__name__)
+
+
+def train_sft(
+    policy_dir: Path,
+    examples: Sequence[SftExample],
+    out_dir: Path,
+    config: SftStageConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``policy_dir`` on ``examples`` (loss on the reply only); save to ``out_dir``."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+    rows = [
+        {"prompt": e.prompt, "completion": [{"role": "assistant", "content": e.completion}]}
+        for e in examples
+    ]
+    args = SFTConfig(
+        output_dir=str(out_dir.parent / "sft-trainer"),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        max_length=config.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=not progress,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    result = trainer.train()
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(out_dir)
+    logger.info("SFT on %d examples: loss %.4f", len(rows), result.training_loss)
+    return {"sft_examples": len(rows), "sft_loss": result.training_loss}
