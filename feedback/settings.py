@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedback.env_file import stack_env_file
 
+# Fine on loopback; `ratchet serve` refuses it on any other address.
+DEV_MESSAGE_ID_SECRET = "ratchet-dev-secret-change-me"
+
 
 class FeedbackSettings(BaseSettings):
     """Where the feedback store and the event log live, and how events flow.
@@ -39,7 +42,7 @@ class FeedbackSettings(BaseSettings):
         default=500, ge=1, description="Max events per DB transaction."
     )
     message_id_secret: str = Field(
-        default="ratchet-dev-secret-change-me",
+        default=DEV_MESSAGE_ID_SECRET,
         description="HMAC key that signs message ids so ratings can be checked without a DB read.",
     )
 

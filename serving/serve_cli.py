@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from feedback.settings import DEV_MESSAGE_ID_SECRET
 from serving.cli import CliError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ def _serve(args: argparse.Namespace) -> int:
     if not settings.auth:
         logger.warning("--no-auth: the API accepts every caller as admin user 'dev' (demo only)")
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        if settings.message_id_secret == DEV_MESSAGE_ID_SECRET:
+            raise CliError(
+                f"listening on {settings.host} with the development RATCHET_MESSAGE_ID_SECRET: "
+                "set a secret of your own (anyone could forge message ids with this one)"
+            )
         logger.warning("listening on %s: reachable beyond this machine", settings.host)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

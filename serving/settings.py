@@ -10,7 +10,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedback.env_file import stack_env_file
-from feedback.settings import FeedbackSettings
+from feedback.settings import DEV_MESSAGE_ID_SECRET, FeedbackSettings
 
 BackendName = Literal["vllm", "vllm-server", "transformers"]
 
@@ -36,7 +36,7 @@ class ServingSettings(BaseSettings):
     )
     home: Path = Field(default=Path(".ratchet"), description="State directory (spool, logs).")
     message_id_secret: str = Field(
-        default="ratchet-dev-secret-change-me", description="HMAC key that signs message ids."
+        default=DEV_MESSAGE_ID_SECRET, description="HMAC key that signs message ids."
     )
 
     # HTTP server
@@ -58,6 +58,12 @@ class ServingSettings(BaseSettings):
     max_model_len: int = Field(default=2048, ge=16, description="Context window (tokens).")
     gpu_memory_utilization: float = Field(
         default=0.1, gt=0, le=1, description="vLLM memory fraction (KV cache); 0.1 suits CPU."
+    )
+    kv_cache_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="vLLM KV cache size in GiB (default: 1 on CPU, where vLLM's own rule counts"
+        " the weights against gpu_memory_utilization; on GPU, vLLM's rule).",
     )
     dtype: str = Field(
         default="auto", description="Weights dtype for the engine (auto, float32...)."

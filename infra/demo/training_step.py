@@ -44,40 +44,24 @@ class CycleOutcome:
         }
 
 
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
 def run_training_cycle(*, size: str, database_url: str, progress: bool = True) -> CycleOutcome:
     """One cycle (snapshot, SFT, reward model, PPO, gates, registration) at the demo's size."""
     from training.cycle import run_cycle
-    from training.cycle_config import TrainCycleConfig
     from training.settings import TrainingSettings
 
     settings = TrainingSettings(database_url=database_url)
-    result = run_cycle(settings, TrainCycleConfig.for_size(size), progress=progress)
-    version = _get(result, "version")
-    version_id = _get(version, "id", version) if version is not None else None
-    report = _get(result, "gate_report") or _get(version, "gate_report") or {}
-    metrics = dict(_get(result, "metrics") or _get(version, "metrics") or {})
-    pairs = _get(result, "pairs")
-    if pairs is None:
-        stats = _get(result, "stats") or metrics.get("snapshot") or {}
-        pairs = _get(stats, "pairs") or _get(stats, "train_pairs", 0) + _get(
-            stats, "heldout_pairs", 0
-        )
-    plots = [Path(p) for p in (_get(result, "plots") or []) if p]
+    result = run_cycle(settings, size=size, progress=progress)
+    snapshot = result.metrics.get("snapshot", {})
+    report = result.gate_report or {}
     return CycleOutcome(
-        run_id=str(_get(result, "run_id")) if _get(result, "run_id") else None,
-        version=str(version_id) if version_id else None,
+        run_id=str(result.run_id) if result.run_id else None,
+        version=result.candidate_version,
         gates_passed=bool(report.get("passed")),
         gate_report=report,
-        metrics=metrics,
-        pairs=int(pairs or 0),
-        skipped_reason=_get(result, "skipped_reason") or _get(result, "reason"),
-        plots=plots,
+        metrics=result.metrics,
+        pairs=int(snapshot.get("pairs_train", 0)) + int(snapshot.get("pairs_heldout", 0)),
+        skipped_reason=result.message if result.status == "skipped" else None,
+        plots=[result.plot_path] if result.plot_path else [],
     )
 
 

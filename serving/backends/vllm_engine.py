@@ -49,6 +49,7 @@ class VLLMEngineBackend(Backend):
             raise ValueError(f"{self.path} has no chat template (tokenizer_config.json)")
         args = AsyncEngineArgs(
             model=self.path,
+            kv_cache_memory_bytes=_kv_cache_bytes(self._settings.kv_cache_gib),
             served_model_name=[self.version],
             max_model_len=self._settings.max_model_len,
             enforce_eager=self._settings.enforce_eager,
@@ -124,3 +125,16 @@ class VLLMEngineBackend(Backend):
             del engine
             gc.collect()  # run AsyncLLM.__del__ now, not at interpreter exit
             logger.info("vLLM engine for version %s shut down", self.version)
+
+
+def _kv_cache_bytes(gib: float | None) -> int | None:
+    """An explicit KV cache size. On CPU vLLM otherwise reserves ``gpu_memory_utilization``
+    of the node's memory minus the worker's own size, which fails for a model whose fp32
+    weights alone pass that share (SmolLM2-135M does at 0.1 of 24 GiB)."""
+    if gib is None:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return None
+        gib = 1.0
+    return int(gib * 2**30)
