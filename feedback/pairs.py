@@ -1,0 +1,378 @@
+"""Training records built from the feedback store: preference pairs, SFT and KTO examples.
+
+Preference pairs come from three kinds of feedback:
+
+- **comparisons**: the A/B winner is chosen, the loser rejected; a tie gives no
+  pair. The latest pick per (user, pair of replies) wins, like ratings.
+- **corrections**: the corrected reply is chosen, the original reply rejected.
+- **ratings**: replies to the same prompt (same ``prompt_hash``) are ranked by
+  their mean score over raters (each rater's latest rating, as the store keeps
+  it); the higher-scored reply is chosen; equal scores give no pair. At most
+  ``max_pairs_per_prompt`` pairs per prompt, largest score gap first, so one
+  popular question cannot flood a snapshot.
+
+SFT examples are corrections and replies whose every rating is top (thumbs up
+or 5 stars) and that nobody corrected. KTO examples are the thumbs: a reply
+every thumbs rater liked is ``label=True``, one every rater disliked
+``label=False``; mixed verdicts are left out.
+
+**Time.** Each record's ``created_at`` is when it became buildable *in the
+store*: the greatest ``stored_at`` of the feedback rows and messages it joins,
+and ``since`` filters on that same value (``created_at > since``). ``stored_at``
+rather than ``occurred_at`` because feedback arrives late (the producer's spool,
+a rating stored before its message): filtering on the event's own time would
+silently drop everything that arrived after the trainer's watermark but happened
+before it. A changed rating moves its ``stored_at``, so the pairs it affects come
+back in the next snapshot. Known gap: ``stored_at`` is the writing transaction's
+start time, so a consumer batch still uncommitted while a snapshot is taken can
+land just below that snapshot's watermark.
+
+Feedback on messages that are not (yet) in the store is skipped; it is picked up
+once the message arrives, since the message's ``stored_at`` then raises
+``created_at`` past the old watermark.
+
+All text that leaves through this module is PII-redacted with
+:func:`feedback.quality.redact` (``names``, by default ``RATCHET_PII_NAMES``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from feedback.quality import redact, redact_messages
+
+logger = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+PairSource = Literal["comparison", "correction", "rating"]
+
+# A message's mean score must beat another's by more than this to form a pair
+# (the mean of stars is a float; equal scores must not pair through rounding).
+_SCORE_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """For ``prompt``, ``chosen`` beat ``rejected`` (redacted), with where that came from."""
+
+    prompt: Messages
+    chosen: str
+    rejected: str
+    conversation_id: str  # the rejected reply's conversation
+    created_at: datetime  # when the pair became buildable in the store
+    source: PairSource
+    chosen_message_id: str | None  # None for corrections (the user wrote the chosen text)
+    rejected_message_id: str
+    model_version: str  # that produced the rejected reply
+    chosen_model_version: str | None
+
+    @property
+    def pair_key(self) -> str:
+        """sha256 of (prompt, chosen, rejected): the key of ``preference_pairs``."""
+        canon = json.dumps([self.prompt, self.chosen, self.rejected], sort_keys=True)
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SftRecord:
+    """A reply worth imitating: a correction, or a reply every rater gave top marks."""
+
+    prompt: Messages
+    completion: str
+    conversation_id: str
+    created_at: datetime
+    source: Literal["correction", "rating"]
+    message_id: str  # the reply that was corrected or rated
+    model_version: str
+
+
+@dataclass(frozen=True)
+class KtoRecord:
+    """An unpaired thumbs verdict on one reply (``label`` True: good)."""
+
+    prompt: Messages
+    completion: str
+    label: bool
+    conversation_id: str
+    created_at: datetime
+    message_id: str
+    model_version: str
+
+
+_SINCE = "(%(since)s::timestamptz IS NULL OR {stamp} > %(since)s::timestamptz)"
+
+_COMPARISONS = f"""
+WITH latest AS (
+    SELECT DISTINCT ON (user_id, least(message_id_a, message_id_b),
+                        greatest(message_id_a, message_id_b))
+        event_id, message_id_a, message_id_b, winner, stored_at
+    FROM comparisons
+    ORDER BY user_id, least(message_id_a, message_id_b), greatest(message_id_a, message_id_b),
+             occurred_at DESC, event_id DESC
+), joined AS (
+    SELECT l.event_id, l.winner, a.prompt, a.prompt_hash AS hash_a, b.prompt_hash AS hash_b,
+           a.id AS id_a, a.reply AS reply_a, a.model_version AS version_a,
+           a.conversation_id AS conv_a,
+           b.id AS id_b, b.reply AS reply_b, b.model_version AS version_b,
+           b.conversation_id AS conv_b,
+           greatest(l.stored_at, a.stored_at, b.stored_at) AS created_at
+    FROM latest l
+    JOIN messages a ON a.id = l.message_id_a
+    JOIN messages b ON b.id = l.message_id_b
+    WHERE l.winner <> 'tie'
+)
+SELECT * FROM joined WHERE {_SINCE.format(stamp="created_at")}
+ORDER BY created_at, event_id
+"""
+
+_CORRECTIONS = f"""
+SELECT c.event_id, c.corrected_reply, m.id, m.prompt, m.reply, m.model_version,
+       m.conversation_id, greatest(c.stored_at, m.stored_at) AS created_at
+FROM corrections c JOIN messages m ON m.id = c.message_id
+WHERE {_SINCE.format(stamp="greatest(c.stored_at, m.stored_at)")}
+ORDER BY created_at, c.event_id
+"""
+
+_RATING_PAIRS = f"""
+WITH scored AS (
+    SELECT m.id, m.prompt_hash, avg(r.score) AS score,
+           greatest(max(r.stored_at), m.stored_at) AS rated_at
+    FROM ratings r JOIN messages m ON m.id = r.message_id
+    GROUP BY m.id
+), ranked AS (
+    SELECT c.id AS chosen_id, r.id AS rejected_id,
+           greatest(c.rated_at, r.rated_at) AS created_at,
+           row_number() OVER (PARTITION BY c.prompt_hash
+                              ORDER BY c.score - r.score DESC, c.id, r.id) AS rank
+    FROM scored c JOIN scored r
+      ON r.prompt_hash = c.prompt_hash AND c.score > r.score + {_SCORE_EPSILON}
+    WHERE {_SINCE.format(stamp="greatest(c.rated_at, r.rated_at)")}
+)
+SELECT k.created_at, cm.id AS chosen_id, cm.reply AS chosen, cm.model_version AS chosen_version,
+       rm.id AS rejected_id, rm.reply AS rejected, rm.model_version AS rejected_version,
+       rm.prompt, rm.conversation_id
+FROM ranked k
+JOIN messages cm ON cm.id = k.chosen_id
+JOIN messages rm ON rm.id = k.rejected_id
+WHERE %(cap)s::int IS NULL OR k.rank <= %(cap)s::int
+ORDER BY k.created_at, cm.id, rm.id
+"""
+
+_TOP_RATED = f"""
+WITH lowest AS (
+    SELECT m.id, min(r.score) AS score, greatest(max(r.stored_at), m.stored_at) AS rated_at
+    FROM ratings r JOIN messages m ON m.id = r.message_id
+    GROUP BY m.id
+)
+SELECT s.rated_at AS created_at, m.id, m.prompt, m.reply, m.model_version, m.conversation_id
+FROM lowest s JOIN messages m ON m.id = s.id
+WHERE s.score >= 1 AND NOT EXISTS (SELECT 1 FROM corrections c WHERE c.message_id = m.id)
+  AND {_SINCE.format(stamp="s.rated_at")}
+ORDER BY created_at, m.id
+"""
+
+_THUMBS = f"""
+WITH verdicts AS (
+    SELECT m.id, bool_and(r.thumbs = 'up') AS all_up, bool_and(r.thumbs = 'down') AS all_down,
+           greatest(max(r.stored_at), m.stored_at) AS created_at
+    FROM ratings r JOIN messages m ON m.id = r.message_id
+    WHERE r.thumbs IS NOT NULL
+    GROUP BY m.id
+)
+SELECT v.created_at, v.all_up, m.id, m.prompt, m.reply, m.model_version, m.conversation_id
+FROM verdicts v JOIN messages m ON m.id = v.id
+WHERE (v.all_up OR v.all_down) AND {_SINCE.format(stamp="v.created_at")}
+ORDER BY created_at, m.id
+"""
+
+
+def load_pairs(
+    conn: psycopg.Connection | None,
+    since: datetime | None = None,
+    *,
+    names: Iterable[str] | None = None,
+    max_pairs_per_prompt: int | None = 32,
+) -> list[PreferencePair]:
+    """Preference pairs from comparisons, corrections and ratings stored after ``since``.
+
+    ``conn`` None opens a connection to ``DATABASE_URL``. Ordered by ``created_at``."""
+    names = _names(names)
+    with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+        pairs = [
+            *_comparison_pairs(cur, since, names),
+            *_correction_pairs(cur, since, names),
+            *_rating_pairs(cur, since, names, max_pairs_per_prompt),
+        ]
+    pairs = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]
+    pairs.sort(key=lambda p: p.created_at)
+    logger.info(
+        "built %d preference pairs since %s (%s)",
+        len(pairs),
+        since,
+        ", ".join(f"{s}: {sum(p.source == s for p in pairs)}" for s in _SOURCES),
+    )
+    return pairs
+
+
+def load_sft_examples(
+    conn: psycopg.Connection | None,
+    since: datetime | None = None,
+    *,
+    names: Iterable[str] | None = None,
+) -> list[SftRecord]:
+    """Corrections, and replies every rater gave top marks (thumbs up or 5 stars)."""
+    names = _names(names)
+    with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+        cur.execute(_CORRECTIONS, {"since": since})
+        out = [
+            _sft(row, row["corrected_reply"], "correction", names)
+            for row in cur.fetchall()
+            if row["corrected_reply"].strip() != row["reply"].strip()
+        ]
+        cur.execute(_TOP_RATED, {"since": since})
+        out += [_sft(row, row["reply"], "rating", names) for row in cur.fetchall()]
+    out.sort(key=lambda s: s.created_at)
+    logger.info("built %d SFT examples since %s", len(out), since)
+    return out
+
+
+def load_kto_examples(
+    conn: psycopg.Connection | None,
+    since: datetime | None = None,
+    *,
+    names: Iterable[str] | None = None,
+) -> list[KtoRecord]:
+    """Thumbs verdicts as unpaired (prompt, completion, label) examples."""
+    names = _names(names)
+    with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+        cur.execute(_THUMBS, {"since": since})
+        out = [
+            KtoRecord(
+                prompt=redact_messages(row["prompt"], names),
+                completion=redact(row["reply"], names),
+                label=bool(row["all_up"]),
+                conversation_id=str(row["conversation_id"]),
+                created_at=row["created_at"],
+                message_id=row["id"],
+                model_version=row["model_version"],
+            )
+            for row in cur.fetchall()
+        ]
+    logger.info("built %d KTO examples since %s", len(out), since)
+    return out
+
+
+_SOURCES: tuple[PairSource, ...] = ("comparison", "correction", "rating")
+
+
+def _comparison_pairs(
+    cur: psycopg.Cursor[dict[str, Any]], since: datetime | None, names: list[str]
+) -> list[PreferencePair]:
+    cur.execute(_COMPARISONS, {"since": since})
+    out = []
+    for row in cur.fetchall():
+        if row["hash_a"] != row["hash_b"]:
+            logger.debug("comparison %s: replies to different prompts, skipped", row["event_id"])
+            continue
+        win, lose = ("a", "b") if row["winner"] == "a" else ("b", "a")
+        out.append(
+            PreferencePair(
+                prompt=redact_messages(row["prompt"], names),
+                chosen=redact(row[f"reply_{win}"], names),
+                rejected=redact(row[f"reply_{lose}"], names),
+                conversation_id=str(row[f"conv_{lose}"]),
+                created_at=row["created_at"],
+                source="comparison",
+                chosen_message_id=row[f"id_{win}"],
+                rejected_message_id=row[f"id_{lose}"],
+                model_version=row[f"version_{lose}"],
+                chosen_model_version=row[f"version_{win}"],
+            )
+        )
+    return out
+
+
+def _correction_pairs(
+    cur: psycopg.Cursor[dict[str, Any]], since: datetime | None, names: list[str]
+) -> list[PreferencePair]:
+    cur.execute(_CORRECTIONS, {"since": since})
+    return [
+        PreferencePair(
+            prompt=redact_messages(row["prompt"], names),
+            chosen=redact(row["corrected_reply"], names),
+            rejected=redact(row["reply"], names),
+            conversation_id=str(row["conversation_id"]),
+            created_at=row["created_at"],
+            source="correction",
+            chosen_message_id=None,
+            rejected_message_id=row["id"],
+            model_version=row["model_version"],
+            chosen_model_version=None,
+        )
+        for row in cur.fetchall()
+    ]
+
+
+def _rating_pairs(
+    cur: psycopg.Cursor[dict[str, Any]],
+    since: datetime | None,
+    names: list[str],
+    cap: int | None,
+) -> list[PreferencePair]:
+    cur.execute(_RATING_PAIRS, {"since": since, "cap": cap})
+    return [
+        PreferencePair(
+            prompt=redact_messages(row["prompt"], names),
+            chosen=redact(row["chosen"], names),
+            rejected=redact(row["rejected"], names),
+            conversation_id=str(row["conversation_id"]),
+            created_at=row["created_at"],
+            source="rating",
+            chosen_message_id=row["chosen_id"],
+            rejected_message_id=row["rejected_id"],
+            model_version=row["rejected_version"],
+            chosen_model_version=row["chosen_version"],
+        )
+        for row in cur.fetchall()
+    ]
+
+
+def _sft(row: dict[str, Any], completion: str, source: Any, names: list[str]) -> SftRecord:
+    return SftRecord(
+        prompt=redact_messages(row["prompt"], names),
+        completion=redact(completion, names),
+        conversation_id=str(row["conversation_id"]),
+        created_at=row["created_at"],
+        source=source,
+        message_id=row["id"],
+        model_version=row["model_version"],
+    )
+
+
+def _names(names: Iterable[str] | None) -> list[str]:
+    if names is not None:
+        return list(names)
+    from feedback.settings import get_settings
+
+    return list(get_settings().pii_names)
+
+
+@contextmanager
+def _connection(conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+    if conn is not None:
+        yield conn
+        return
+    from feedback.settings import get_settings
+
+    with psycopg.connect(get_settings().database_url, connect_timeout=5) as own:
+        yield own

@@ -1,0 +1,295 @@
+"""Preference pairs, SFT and KTO examples built from a real, migrated store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from feedback.events import (
+    ChatMessage,
+    ComparisonGiven,
+    CorrectionGiven,
+    MessageLogged,
+    RatingGiven,
+)
+from feedback.message_ids import new_message_id
+from feedback.pairs import load_kto_examples, load_pairs, load_sft_examples
+from feedback.store import write_batch
+from training.snapshot import StoreSource, build_snapshot, to_pair, to_sft
+
+T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as c:
+        yield c
+
+
+def message(user: str, prompt: str, reply: str, *, version: str = "v1") -> MessageLogged:
+    """A reply to a one-turn ``prompt`` (same prompt text: same ``prompt_hash``)."""
+    return MessageLogged(
+        user_id=user,
+        message_id=new_message_id(user, "test-secret"),
+        conversation_id=uuid.uuid4(),
+        model_version=version,
+        prompt=[ChatMessage(role="user", content=prompt)],
+        reply=reply,
+    )
+
+
+def thumbs(m: MessageLogged, up: bool = True, user: str | None = None, **kw: object) -> RatingGiven:
+    return RatingGiven(
+        user_id=user or m.user_id,
+        message_id=m.message_id,
+        thumbs="up" if up else "down",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def stars(m: MessageLogged, n: int, user: str | None = None, **kw: object) -> RatingGiven:
+    return RatingGiven(user_id=user or m.user_id, message_id=m.message_id, stars=n, **kw)  # type: ignore[arg-type]
+
+
+def compare(
+    a: MessageLogged, b: MessageLogged, winner: str, user: str | None = None, **kw: object
+) -> ComparisonGiven:
+    return ComparisonGiven(
+        user_id=user or a.user_id,
+        message_id_a=a.message_id,
+        message_id_b=b.message_id,
+        winner=winner,  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def correct(m: MessageLogged, text: str, **kw: object) -> CorrectionGiven:
+    return CorrectionGiven(user_id=m.user_id, message_id=m.message_id, corrected_reply=text, **kw)  # type: ignore[arg-type]
+
+
+def now(conn: psycopg.Connection) -> datetime:
+    return conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+
+
+def test_comparisons_give_winner_over_loser_and_ties_give_nothing(
+    conn: psycopg.Connection,
+) -> None:
+    a = message("alice", "Q?", "answer A", version="v1")
+    b = message("alice", "Q?", "answer B", version="v2")
+    c = message("alice", "Q?", "answer C", version="v2")
+    write_batch(conn, [a, b, c, compare(a, b, "a"), compare(c, b, "b"), compare(a, c, "tie")])
+    pairs = load_pairs(conn, None, names=[])
+    got = sorted((p.chosen, p.rejected) for p in pairs)
+    assert got == [("answer A", "answer B"), ("answer B", "answer C")]
+    ab = next(p for p in pairs if p.chosen == "answer A")
+    assert ab.source == "comparison"
+    assert ab.prompt == [{"role": "user", "content": "Q?"}]
+    assert (ab.chosen_message_id, ab.rejected_message_id) == (a.message_id, b.message_id)
+    assert (ab.model_version, ab.chosen_model_version) == ("v2", "v1")
+    assert ab.conversation_id == str(b.conversation_id)
+    assert ab.created_at is not None
+
+
+def test_latest_comparison_of_a_user_wins(conn: psycopg.Connection) -> None:
+    a, b = message("alice", "Q?", "A"), message("alice", "Q?", "B")
+    write_batch(conn, [a, b, compare(a, b, "a", occurred_at=T0)])
+    write_batch(conn, [compare(b, a, "tie", occurred_at=T0 + timedelta(minutes=1))])
+    assert load_pairs(conn, None, names=[]) == []
+
+
+def test_comparison_of_replies_to_different_prompts_is_skipped(conn: psycopg.Connection) -> None:
+    a, b = message("alice", "Q1?", "A"), message("alice", "Q2?", "B")
+    write_batch(conn, [a, b, compare(a, b, "a")])
+    assert load_pairs(conn, None, names=[]) == []
+
+
+def test_corrections_prefer_the_correction_over_the_reply(conn: psycopg.Connection) -> None:
+    m = message("bob", "Capital of France?", "Lyon.", version="v3")
+    write_batch(conn, [m, correct(m, "Paris.")])
+    [pair] = load_pairs(conn, None, names=[])
+    assert (pair.chosen, pair.rejected, pair.source) == ("Paris.", "Lyon.", "correction")
+    assert pair.chosen_message_id is None
+    assert (pair.rejected_message_id, pair.model_version) == (m.message_id, "v3")
+    [sft] = load_sft_examples(conn, None, names=[])
+    assert (sft.completion, sft.source, sft.message_id) == ("Paris.", "correction", m.message_id)
+
+
+def test_ratings_pair_replies_to_the_same_prompt_by_score(conn: psycopg.Connection) -> None:
+    good, bad = message("alice", "Q?", "good"), message("bob", "Q?", "bad")
+    five, three = message("alice", "R?", "five"), message("alice", "R?", "three")
+    tie1, tie2 = message("alice", "S?", "s1"), message("alice", "S?", "s2")
+    other = message("alice", "T?", "lonely")
+    write_batch(
+        conn,
+        [good, bad, five, three, tie1, tie2, other]
+        + [thumbs(good), thumbs(bad, up=False), stars(five, 5), stars(three, 3)]
+        + [thumbs(tie1), thumbs(tie2), thumbs(other, up=False)],
+    )
+    pairs = load_pairs(conn, None, names=[])
+    assert sorted((p.chosen, p.rejected) for p in pairs) == [("five", "three"), ("good", "bad")]
+    assert {p.source for p in pairs} == {"rating"}
+    gb = next(p for p in pairs if p.chosen == "good")
+    assert (gb.chosen_message_id, gb.rejected_message_id) == (good.message_id, bad.message_id)
+
+
+def test_rating_scores_are_averaged_over_raters(conn: psycopg.Connection) -> None:
+    a, b = message("alice", "Q?", "A"), message("alice", "Q?", "B")
+    # A: 5 and 1 stars (mean 0.5); B: 3 stars (0.5): equal, no pair. Then carol likes B.
+    write_batch(conn, [a, b, stars(a, 5), stars(a, 1, user="bob"), stars(b, 3)])
+    assert load_pairs(conn, None, names=[]) == []
+    write_batch(conn, [stars(b, 5, user="carol")])
+    assert [(p.chosen, p.rejected) for p in load_pairs(conn, None, names=[])] == [("B", "A")]
+
+
+def test_latest_rating_wins_before_pairing(conn: psycopg.Connection) -> None:
+    a, b = message("alice", "Q?", "A"), message("alice", "Q?", "B")
+    later = T0 + timedelta(minutes=5)
+    write_batch(conn, [a, b, thumbs(a, occurred_at=T0), thumbs(b, up=False, occurred_at=T0)])
+    assert [(p.chosen, p.rejected) for p in load_pairs(conn, None, names=[])] == [("A", "B")]
+    # alice changes her mind on both; an older event arriving late changes nothing.
+    write_batch(
+        conn,
+        [
+            thumbs(a, up=False, occurred_at=later),
+            thumbs(b, occurred_at=later),
+            thumbs(b, up=False, occurred_at=T0 + timedelta(minutes=1)),
+        ],
+    )
+    assert [(p.chosen, p.rejected) for p in load_pairs(conn, None, names=[])] == [("B", "A")]
+
+
+def test_rating_pairs_per_prompt_are_capped_largest_gap_first(conn: psycopg.Connection) -> None:
+    msgs = [message("alice", "Q?", f"r{i}") for i in range(5)]
+    write_batch(conn, [*msgs, *(stars(m, i + 1) for i, m in enumerate(msgs))])
+    assert len(load_pairs(conn, None, names=[], max_pairs_per_prompt=None)) == 10
+    [top] = load_pairs(conn, None, names=[], max_pairs_per_prompt=1)
+    assert (top.chosen, top.rejected) == ("r4", "r0")
+
+
+def test_feedback_on_unknown_messages_waits_for_the_message(conn: psycopg.Connection) -> None:
+    a, b = message("alice", "Q?", "A"), message("alice", "Q?", "B")
+    fixed = message("alice", "Z?", "wrong")
+    # Feedback is stored before its messages (they travel on another topic).
+    write_batch(conn, [a, compare(a, b, "a"), thumbs(a), thumbs(b, up=False)])
+    write_batch(conn, [correct(fixed, "right")])
+    assert load_pairs(conn, None, names=[]) == []
+    assert load_sft_examples(conn, None, names=[]) != []  # a's thumbs up: a is stored
+    watermark = max(s.created_at for s in load_sft_examples(conn, None, names=[]))
+    write_batch(conn, [b, fixed])
+    # The pairs count as new once buildable, even though the feedback is older.
+    new = load_pairs(conn, watermark, names=[])
+    assert sorted((p.source, p.chosen, p.rejected) for p in new) == [
+        ("comparison", "A", "B"),
+        ("correction", "right", "wrong"),
+        ("rating", "A", "B"),
+    ]
+
+
+def test_since_filters_on_store_time_and_created_at_is_a_watermark(
+    conn: psycopg.Connection,
+) -> None:
+    a, b = message("alice", "Q?", "A"), message("alice", "Q?", "B")
+    write_batch(conn, [a, b, compare(a, b, "a")])
+    cut = now(conn)
+    c, d = message("bob", "R?", "C"), message("bob", "R?", "D")
+    # Happened long ago (say, spooled while the broker was down), stored now: it counts.
+    write_batch(conn, [c, d, compare(c, d, "b", occurred_at=T0 - timedelta(days=30))])
+    assert len(load_pairs(conn, None, names=[])) == 2
+    [late] = load_pairs(conn, cut, names=[])
+    assert (late.chosen, late.rejected) == ("D", "C")
+    assert late.created_at > cut
+    watermark = max(p.created_at for p in load_pairs(conn, None, names=[]))
+    assert load_pairs(conn, watermark, names=[]) == []
+    # A changed rating is new feedback: its pairs come back after the watermark.
+    write_batch(conn, [thumbs(a), thumbs(b, up=False)])
+    assert [(p.source, p.chosen) for p in load_pairs(conn, watermark, names=[])] == [
+        ("rating", "A")
+    ]
+
+
+def test_sft_takes_corrections_and_unanimous_top_ratings(conn: psycopg.Connection) -> None:
+    up, five, four = message("a", "Q1", "up"), message("a", "Q2", "five"), message("a", "Q3", "4")
+    mixed, fixed = message("a", "Q4", "mixed"), message("a", "Q5", "fixed")
+    write_batch(
+        conn,
+        [up, five, four, mixed, fixed]
+        + [thumbs(up), stars(five, 5), stars(four, 4), thumbs(mixed)]
+        + [thumbs(mixed, up=False, user="b"), thumbs(fixed), correct(fixed, "better")],
+    )
+    got = sorted((s.source, s.completion) for s in load_sft_examples(conn, None, names=[]))
+    assert got == [("correction", "better"), ("rating", "five"), ("rating", "up")]
+
+
+def test_kto_examples_are_thumbs_verdicts(conn: psycopg.Connection) -> None:
+    up, down = message("a", "Q1", "up"), message("a", "Q2", "down")
+    mixed, starred = message("a", "Q3", "mixed"), message("a", "Q4", "starred")
+    write_batch(
+        conn,
+        [up, down, mixed, starred, thumbs(up), thumbs(up, user="b"), thumbs(down, up=False)]
+        + [thumbs(mixed), thumbs(mixed, up=False, user="b"), stars(starred, 5)],
+    )
+    kto = load_kto_examples(conn, None, names=[])
+    assert sorted((k.completion, k.label) for k in kto) == [("down", False), ("up", True)]
+    assert {k.message_id for k in kto} == {up.message_id, down.message_id}
+    assert kto[0].prompt[0]["role"] == "user"
+
+
+def test_text_leaving_the_store_is_redacted(conn: psycopg.Connection) -> None:
+    secret = "sk-" + "a1B2c3D4e5F6g7H8i9J0"
+    m = message(
+        "alice",
+        "Name: Ada Lovelace. Mail ada@example.com or call +44 20 7946 0958.",
+        f"Your key is {secret}; Grace Hopper says hi.",
+    )
+    write_batch(conn, [m, correct(m, "Ask ada@example.com, not Grace Hopper."), thumbs(m)])
+    [pair] = load_pairs(conn, None, names=["Grace Hopper"])
+    [sft] = load_sft_examples(conn, None, names=["Grace Hopper"])
+    kto = load_kto_examples(conn, None, names=["Grace Hopper"])
+    texts = [pair.prompt[0]["content"], pair.chosen, pair.rejected, sft.prompt[0]["content"]]
+    texts += [sft.completion, *(k.completion for k in kto), *(k.prompt[0]["content"] for k in kto)]
+    joined = "\n".join(texts)
+    for raw in ("Ada Lovelace", "ada@example.com", "7946", secret, "Grace Hopper"):
+        assert raw not in joined
+    assert "[NAME]" in pair.prompt[0]["content"] and "[EMAIL]" in pair.chosen
+    assert "[SECRET]" in pair.rejected and "[PHONE]" in pair.prompt[0]["content"]
+    raw_reply = conn.execute("SELECT reply, prompt FROM messages").fetchone()
+    assert secret in raw_reply[0] and "Ada Lovelace" in raw_reply[1][0]["content"]  # type: ignore[index]
+
+
+def test_names_default_to_settings(conn: psycopg.Connection, monkeypatch) -> None:
+    from feedback.settings import get_settings
+
+    monkeypatch.setenv("RATCHET_PII_NAMES", '["Grace Hopper"]')
+    get_settings.cache_clear()
+    try:
+        m = message("alice", "Hi", "Grace Hopper was here.")
+        write_batch(conn, [m, correct(m, "Hello.")])
+        [pair] = load_pairs(conn, None)
+        assert pair.rejected == "[NAME] was here."
+    finally:
+        get_settings.cache_clear()
+
+
+def test_records_fit_the_trainers_snapshot(conn: psycopg.Connection) -> None:
+    msgs = [message("alice", f"Q{i}?", f"A{i}") for i in range(6)]
+    others = [message("bob", f"Q{i}?", f"B{i}") for i in range(6)]
+    events: list = [*msgs, *others]
+    events += [compare(m, o, "a") for m, o in zip(msgs[:2], others[:2], strict=True)]
+    events += [thumbs(m) for m in msgs[2:4]] + [thumbs(o, up=False) for o in others[2:4]]
+    events += [correct(o, f"fixed {i}") for i, o in enumerate(others[4:])]
+    events += [compare(msgs[0], others[0], "a", user="bob")]  # a duplicate pair
+    write_batch(conn, events)
+    snapshot = build_snapshot(StoreSource(), conn, since=None)
+    assert snapshot.stats["pairs_loaded"] == 7
+    assert snapshot.n_pairs == 6
+    # thumbs up on msgs[2:4], and the two corrections
+    assert len(snapshot.sft_examples) == 4
+    assert snapshot.watermark == max(p.created_at for p in load_pairs(conn, None, names=[]))
+    assert build_snapshot(StoreSource(), conn, since=snapshot.watermark).n_pairs == 0
+    pair = to_pair(load_pairs(conn, None, names=[])[0])
+    assert pair.prompt[0]["role"] == "user" and pair.conversation_id
+    assert to_sft(load_sft_examples(conn, None, names=[])[0]).completion
