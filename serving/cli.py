@@ -43,6 +43,31 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"ratchet {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        message = unreachable_service(exc)
+        if message is None:
+            raise
+        print(f"ratchet {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+def unreachable_service(exc: BaseException) -> str | None:
+    """A message naming the setting and address when ``exc`` says the database or the
+    Kafka broker cannot be reached; None for anything else."""
+    import psycopg
+    from kafka import errors as kafka_errors
+
+    if isinstance(exc, psycopg.OperationalError):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (
+            f"cannot reach the database (DATABASE_URL): {first}; is the stack up (make stack-up)?"
+        )
+    if isinstance(exc, kafka_errors.KafkaConnectionError | kafka_errors.KafkaTimeoutError):
+        return (
+            f"cannot reach the Kafka broker (KAFKA_BOOTSTRAP_SERVERS): {exc}; "
+            "is the stack up (make stack-up)?"
+        )
+    return None
 
 
 class CliError(Exception):
@@ -50,4 +75,7 @@ class CliError(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not this __main__ copy: subcommands raise serving.cli.CliError.
+    from serving.cli import main as _main
+
+    sys.exit(_main())

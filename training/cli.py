@@ -45,6 +45,7 @@ def _connect(settings: Any) -> Any:
     return psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5)
 
 
+@_cli_errors
 def _model_bootstrap(args: argparse.Namespace) -> int:
     import psycopg
 
