@@ -76,7 +76,7 @@ class ServingMetrics:
         )
 
     def set_version(self, version: str) -> None:
-        for sample in list(self.version_served.collect()[0].samples):
+        for sample in list(next(iter(self.version_served.collect())).samples):
             self.version_served.labels(sample.labels["version"]).set(0)
         self.version_served.labels(version).set(1)
 

@@ -65,8 +65,8 @@ class ServingSettings(BaseSettings):
         description="vLLM KV cache size in GiB (default: 1 on CPU, where vLLM's own rule counts"
         " the weights against gpu_memory_utilization; on GPU, vLLM's rule).",
     )
-    dtype: str = Field(
-        default="auto", description="Weights dtype for the engine (auto, float32...)."
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        default="auto", description="Weights dtype of the vLLM engine."
     )
     enforce_eager: bool = Field(default=True, description="vLLM: no CUDA graphs / compilation.")
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when not given.")

@@ -118,7 +118,7 @@ class TransformersBackend(Backend):
 
         tok = self._tokenizer
         emit = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
-        state = {"ids": [], "sent": "", "stopped": False}
+        state: dict[str, Any] = {"ids": [], "sent": "", "stopped": False}
         eos = self._model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 

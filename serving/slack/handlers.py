@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -175,7 +175,9 @@ class SlackHandlers:
         team, slack_user = team_and_user(body)
         user_id = await ctx.users.resolve(team, slack_user)
         message_id = str(action.get("value") or "")
-        thumbs = "up" if action.get("action_id") == blocks.ACTION_RATE_UP else "down"
+        thumbs: Literal["up", "down"] = (
+            "up" if action.get("action_id") == blocks.ACTION_RATE_UP else "down"
+        )
         problem = self._check(message_id, user_id, ctx.message_id_secret)
         if problem is None:
             ctx.publish(RatingGiven(user_id=user_id, message_id=message_id, thumbs=thumbs))
