@@ -75,7 +75,9 @@ def run_cycle(
     migrate(settings.database_url)
     with runs.cycle_lock(settings.database_url, wait=wait):
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            runs.fail_stale_runs(conn)
+            for stale in runs.fail_stale_runs(conn):
+                # A run killed between saving its policy and registering it left this behind.
+                shutil.rmtree(settings.models_dir / f".tmp-{stale}", ignore_errors=True)
             production = registry.get_production(conn)
             if production is None:
                 base = settings.base_model_dir
@@ -117,8 +119,14 @@ def _train(
         conn, run_id=run_id, algo=algo, config=config.model_dump(), logs_path=str(log_path)
     )
     handler = logging.FileHandler(log_path)
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("training").addHandler(handler)
+    training_logger = logging.getLogger("training")
+    training_logger.addHandler(handler)
+    # The run's log records INFO even where nothing configured logging (library use).
+    previous_level = training_logger.level
+    if training_logger.getEffectiveLevel() > logging.INFO:
+        training_logger.setLevel(logging.INFO)
     models_dir = settings.models_dir.resolve()
     tmp_dir = models_dir / f".tmp-{run_id}"
     try:
@@ -144,7 +152,8 @@ def _train(
             raise TrainingError(f"training run {run_id} failed: {exc} (log: {log_path})") from exc
         raise
     finally:
-        logging.getLogger("training").removeHandler(handler)
+        training_logger.removeHandler(handler)
+        training_logger.setLevel(previous_level)
         handler.close()
 
 

@@ -104,6 +104,12 @@ def to_json(value: Any) -> str:
     return json.dumps(clean(value), default=str)
 
 
+def failed_gates(gate_report: dict[str, Any] | None) -> list[str]:
+    """Names of the gates a report marks as failed."""
+    gates = (gate_report or {}).get("gates", {})
+    return [name for name, gate in gates.items() if not gate.get("passed")]
+
+
 def lock_registry(conn: psycopg.Connection) -> None:
     """Serialise registry writes: an advisory lock held until the transaction ends."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
@@ -172,7 +178,7 @@ def register_version(
     )
     _audit(conn, "register", actor, parent_id, version_id, f"training run {training_run_id}")
     if not gates_passed:
-        failed = [g for g, r in (gate_report or {}).get("gates", {}).items() if not r.get("passed")]
+        failed = failed_gates(gate_report)
         _audit(conn, "reject", actor, None, version_id, "gates failed: " + ", ".join(failed))
     found = get_version(conn, version_id)
     assert found is not None
@@ -220,7 +226,11 @@ def promote(
         if target.status == "production":
             raise RegistryError(f"{version_id} is already the production version")
         if not target.gates_passed and not force:
-            why = "its gates failed" if target.gates_passed is False else "it has no gate report"
+            why = (
+                f"its gates failed ({', '.join(failed_gates(target.gate_report)) or 'unknown'})"
+                if target.gates_passed is False
+                else "it has no gate report"
+            )
             raise RegistryError(
                 f"refusing to promote {version_id}: {why} (`ratchet models show {version_id}`);"
                 " --force overrides this and is audited"

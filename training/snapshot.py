@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import psycopg
 
+from training.errors import TrainingError
+
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
@@ -179,14 +181,18 @@ class JsonlSource:
     @staticmethod
     def _read(path: Any, since: datetime | None) -> list[dict[str, Any]]:
         rows = []
-        with open(path) as fh:
+        try:
+            fh = open(path)
+        except OSError as exc:
+            raise TrainingError(f"cannot read {path}: {exc.strerror}") from exc
+        with fh:
             for number, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+                    raise TrainingError(f"{path}:{number}: not JSON ({exc.msg})") from exc
                 if row.get("created_at"):
                     row["created_at"] = datetime.fromisoformat(row["created_at"])
                 if since is None or row.get("created_at") is None or row["created_at"] > since:
