@@ -1,0 +1,277 @@
+"""Chat serving speed: tokens/s and time to first token at concurrency 1, 4 and 16.
+
+Three paths, the same prompts, greedy, the same ``max_tokens``, run one after
+the other so they do not share the cores:
+
+- ``engine``: the bare vLLM engine in process (``VLLMEngineBackend.generate``);
+- ``api``: the real FastAPI app (auth, Postgres, Kafka events) over HTTP,
+  streamed with the official ``openai`` client, ``include_usage`` on;
+- ``transformers``: the fallback backend (plain ``generate``, one at a time).
+
+Ratios: API / engine (target >= 0.9) and API / transformers, per concurrency.
+The API's load generator runs in a separate (spawned) process, so it does not
+share the server's interpreter lock; on two cores it still shares the CPUs."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+
+from serving.app import build_app
+from serving.backends.base import Backend, SamplingOptions
+from serving.backends.transformers_backend import TransformersBackend
+from serving.backends.vllm_engine import VLLMEngineBackend
+from serving.settings import ServingSettings
+from tests.bench.conftest import percentile, print_table, ratio, save_json
+from tests.serving.server import ServerThread, make_keys, new_database
+
+pytestmark = pytest.mark.bench
+
+CONCURRENCY = (1, 4, 16)
+MAX_TOKENS = 48
+PROMPTS = [
+    "How many days of paid leave do employees get?",
+    "When are expense reports due?",
+    "What time does the office open?",
+    "How do I reset my password?",
+    "What is Ratchet?",
+    "Summarise the travel policy in one sentence.",
+    "Who do I call when production is down at night?",
+    "How do I set up the VPN on a new laptop?",
+    "Can I work from home on Fridays?",
+    "What does the on-call rotation look like?",
+    "Which benefits start on the first day?",
+    "How are releases approved?",
+    "Tell me about the company in two lines.",
+    "What should I do in my first week?",
+    "Is there a budget for conference travel?",
+    "Where do I report a security incident?",
+]
+
+
+def requests_for(concurrency: int) -> int:
+    """At least 8 requests, and two full waves at high concurrency."""
+    return max(8, 2 * concurrency)
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    latency_s: float
+    tokens: int
+
+
+@dataclass
+class LoadRun:
+    path: str
+    concurrency: int
+    wall_s: float
+    samples: list[Sample]
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.samples)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return ratio(self.tokens, self.wall_s)
+
+    def ttft_ms(self, q: float) -> float:
+        return percentile([s.ttft_s * 1000 for s in self.samples], q)
+
+    def latency_ms(self, q: float) -> float:
+        return percentile([s.latency_s * 1000 for s in self.samples], q)
+
+    def record(self) -> dict[str, float | int | str]:
+        return {
+            "path": self.path,
+            "concurrency": self.concurrency,
+            "requests": len(self.samples),
+            "tokens": self.tokens,
+            "wall_s": self.wall_s,
+            "tokens_per_s": self.tokens_per_s,
+            "ttft_p50_ms": self.ttft_ms(50),
+            "ttft_p99_ms": self.ttft_ms(99),
+            "latency_p50_ms": self.latency_ms(50),
+        }
+
+
+OneRequest = Callable[[int], Awaitable[Sample]]
+
+
+async def load(path: str, one: OneRequest, concurrency: int, requests: int) -> LoadRun:
+    """``requests`` requests, ``concurrency`` of them in flight at any time."""
+    todo = iter(range(requests))
+    samples: list[Sample] = []
+
+    async def worker() -> None:
+        for i in todo:  # the workers share one iterator
+            samples.append(await one(i))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoadRun(path, concurrency, time.perf_counter() - started, samples)
+
+
+async def sweep(path: str, one: OneRequest) -> list[LoadRun]:
+    await load(path, one, 4, 4)  # warm-up
+    return [await load(path, one, c, requests_for(c)) for c in CONCURRENCY]
+
+
+def messages_for(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+
+
+def backend_request(backend: Backend) -> OneRequest:
+    options = SamplingOptions(max_tokens=MAX_TOKENS, temperature=0.0)
+
+    async def one(i: int) -> Sample:
+        started = time.perf_counter()
+        first: float | None = None
+        tokens = 0
+        generation = await backend.generate(messages_for(i), options, f"bench-{uuid.uuid4().hex}")
+        async for deltas in generation.deltas:
+            for d in deltas:
+                if first is None and (d.token_ids or d.text):
+                    first = time.perf_counter()
+                tokens += len(d.token_ids)
+        done = time.perf_counter()
+        return Sample((first or done) - started, done - started, tokens)
+
+    return one
+
+
+async def bench_backend(path: str, backend: Backend) -> list[LoadRun]:
+    await backend.start()
+    try:
+        return await sweep(path, backend_request(backend))
+    finally:
+        await backend.shutdown()
+
+
+def api_request(client: openai.AsyncOpenAI) -> OneRequest:
+    async def one(i: int) -> Sample:
+        started = time.perf_counter()
+        first: float | None = None
+        tokens = 0
+        stream = await client.chat.completions.create(  # type: ignore[call-overload]
+            model="base",
+            messages=messages_for(i),
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter()
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        done = time.perf_counter()
+        return Sample((first or done) - started, done - started, tokens)
+
+    return one
+
+
+async def bench_api(base_url: str, api_key: str) -> list[LoadRun]:
+    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=api_key, timeout=300)
+    try:
+        return await sweep("api", api_request(client))
+    finally:
+        await client.close()
+
+
+def api_sweep(base_url: str, api_key: str) -> list[LoadRun]:
+    """Entry point of the load-generator process."""
+    return asyncio.run(bench_api(base_url, api_key))
+
+
+def test_serving_throughput_and_ttft(
+    pg_cluster,  # type: ignore[no-untyped-def]
+    template_db: str,
+    kafka_bootstrap: str,
+    bench_model: Path,
+    tmp_path: Path,
+) -> None:
+    database_url = new_database(pg_cluster, template_db)
+    settings = ServingSettings(
+        database_url=database_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        home=tmp_path / "home",
+        model=bench_model,
+        backend="vllm",
+        max_model_len=512,
+        dtype="float32",
+        default_max_tokens=MAX_TOKENS,
+        rate_limit_per_minute=60000,
+        rate_limit_burst=1000,
+        message_id_secret="bench-secret",
+    )
+
+    # One phase at a time: the bare engine is shut down before the API starts its own.
+    engine = asyncio.run(
+        bench_backend("engine", VLLMEngineBackend(settings, path=bench_model, version="base"))
+    )
+    keys = make_keys(database_url)
+    server = ServerThread(build_app(settings)).start()
+    try:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
+            api = clients.submit(api_sweep, server.base_url, keys.user).result(timeout=900)
+    finally:
+        server.stop()
+    hf = asyncio.run(
+        bench_backend(
+            "transformers", TransformersBackend(settings, path=bench_model, version="base")
+        )
+    )
+
+    runs = [*engine, *api, *hf]
+    for run in runs:  # sanity, not speed: every request finished and produced tokens
+        assert len(run.samples) == requests_for(run.concurrency)
+        assert run.tokens > 0, run.path
+
+    print()
+    print_table(
+        f"Chat serving: {bench_model.name}, greedy, max_tokens {MAX_TOKENS}",
+        ["path", "conc.", "requests", "tokens", "wall s", "tok/s", "TTFT p50 ms",
+         "TTFT p99 ms", "latency p50 ms"],
+        [
+            [r.path, r.concurrency, len(r.samples), r.tokens, r.wall_s, r.tokens_per_s,
+             r.ttft_ms(50), r.ttft_ms(99), r.latency_ms(50)]
+            for r in runs
+        ],
+    )  # fmt: skip
+    ratios = []
+    for e, a, h in zip(engine, api, hf, strict=True):
+        ratios.append(
+            {
+                "concurrency": e.concurrency,
+                "api_over_engine_tokens_per_s": ratio(a.tokens_per_s, e.tokens_per_s),
+                "api_over_transformers_tokens_per_s": ratio(a.tokens_per_s, h.tokens_per_s),
+                "api_minus_engine_ttft_p50_ms": a.ttft_ms(50) - e.ttft_ms(50),
+            }
+        )
+    print_table(
+        "Ratios (API / engine target >= 0.9)",
+        ["concurrency", "API/engine tok/s", "API/transformers tok/s", "TTFT p50 API-engine ms"],
+        [list(r.values()) for r in ratios],
+    )
+    save_json(
+        "serving",
+        {
+            "model": str(bench_model),
+            "max_tokens": MAX_TOKENS,
+            "runs": [r.record() for r in runs],
+            "ratios": ratios,
+        },
+    )
