@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from feedback.db import connect
 from feedback.settings import FeedbackSettings
 from infra.demo import report
 from infra.demo.employees import Employee, Evaluation, Tally, evaluate, simulate
@@ -30,6 +31,7 @@ from infra.demo.training_step import (
     served_version,
     wait_for_version,
 )
+from serving.auth import create_key
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +145,6 @@ class Demo:
                 step.run(ratchet_cmd("model", "bootstrap"), env=self._env())
                 model_dir = TrainingSettings().base_model_dir.resolve()
             self.result.model_dir = str(model_dir)
-            from feedback.db import connect
             from training.base_model import weights_digest
             from training.registry import ensure_base
 
@@ -189,7 +190,10 @@ class Demo:
         keys_file = self.s.demo_dir / "keys.json"
         names = [OPERATOR] + EMPLOYEE_NAMES[: self.s.n_employees()]
         keys: dict[str, str] = json.loads(keys_file.read_text()) if keys_file.exists() else {}
-        with self.steps.step("API keys", log=self._log("keys")) as step:
+        with (
+            self.steps.step("API keys", log=self._log("keys")) as step,
+            connect(self.database_url) as conn,
+        ):
             import httpx
 
             for name in names:
@@ -202,11 +206,9 @@ class Demo:
                     )
                     if ok.status_code == 200:
                         continue
-                role = "operator" if name == OPERATOR else "user"
-                out = step.run(
-                    ratchet_cmd("keys", "create", "--user", name, "--role", role), env=self._env()
+                keys[name] = create_key(
+                    conn, user_id=name, role="operator" if name == OPERATOR else "user"
                 )
-                keys[name] = out.strip().splitlines()[-1].strip()
             self.s.demo_dir.mkdir(parents=True, exist_ok=True)
             keys_file.write_text(json.dumps(keys, indent=2))
             keys_file.chmod(0o600)
@@ -384,8 +386,6 @@ class Demo:
 
 
 def stored_ratings(database_url: str, users: list[str]) -> int:
-    from feedback.db import connect
-
     with connect(database_url) as conn:
         row = conn.execute(
             "SELECT count(*) FROM ratings WHERE user_id = ANY(%s)", (users,)
