@@ -158,7 +158,9 @@ class FeedbackConsumer:
         for record in records:
             item = validate(record)
             (dead if isinstance(item, DeadLetter) else events).append(item)  # type: ignore[arg-type]
-        self._write(events, dead)
+        if not self._write(events, dead):
+            logger.info("stopped before %s records were stored; they will come again", len(records))
+            return
         if dead:
             self._publish_dead(dead)
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -182,8 +184,9 @@ class FeedbackConsumer:
         if self._on_batch:
             self._on_batch(self.stats)
 
-    def _write(self, events: list[AnyEvent], dead: list[DeadLetter]) -> None:
-        """Write the batch, waiting out Postgres outages (partitions paused meanwhile)."""
+    def _write(self, events: list[AnyEvent], dead: list[DeadLetter]) -> bool:
+        """Write the batch, waiting out Postgres outages (partitions paused meanwhile).
+        False if told to stop before it could: the caller must not commit the offsets."""
         paused = False
         try:
             while True:
@@ -194,7 +197,7 @@ class FeedbackConsumer:
                     except psycopg.DataError:
                         events, dead = self._isolate_bad(conn, events, dead)
                         write_batch(conn, events, dead)
-                    return
+                    return True
                 except psycopg.OperationalError as exc:
                     self._drop_connection()
                     self.stats.db_retries += 1
@@ -204,6 +207,8 @@ class FeedbackConsumer:
                         self._consumer.pause(*self._consumer.assignment())
                         paused = True
                     self._wait(self._settings.consumer_retry_interval_s)
+                    if self._stop.is_set():
+                        return False
         finally:
             if paused:
                 self._consumer.resume(*self._consumer.paused())

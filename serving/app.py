@@ -23,10 +23,12 @@ from serving.chat.grounding import Retriever
 from serving.chat.routes import router as chat_router
 from serving.chat.service import ChatService
 from serving.errors import register_exception_handlers
+from serving.feedback.routes import router as feedback_router
+from serving.feedback.service import FeedbackService
 from serving.kb.retriever import open_knowledge_base
 from serving.kb.routes import KB_EXTRA
 from serving.kb.routes import router as kb_router
-from serving.metrics import CONTENT_TYPE, ServingMetrics
+from serving.metrics import CONTENT_TYPE, RequestMetricsMiddleware, ServingMetrics
 from serving.models_watch import ModelManager, SwapError
 from serving.settings import ServingSettings
 
@@ -42,6 +44,7 @@ class AppState:
     models: ModelManager
     producer: EventProducer
     chat: ChatService
+    feedback: FeedbackService
     metrics: ServingMetrics
     keys: KeyStore
     rate_limiter: RateLimiter
@@ -61,7 +64,8 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
             logger.warning("Use this for local demos only; never expose this server.")
             logger.warning("=" * 72)
         pool = await asyncio.to_thread(open_pool, settings.database_url)
-        producer = EventProducer(settings.feedback_settings())
+        feedback_settings = settings.feedback_settings()
+        producer = EventProducer(feedback_settings)
 
         def on_swap(version: str) -> None:
             metrics.set_version(version)
@@ -80,12 +84,18 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
                 kb = await asyncio.to_thread(open_knowledge_base, settings, pool)
                 active = extras[KB_EXTRA] = kb
             chat = ChatService(settings, models, producer, metrics=metrics, retriever=active)
+            feedback = FeedbackService(
+                producer,
+                message_id_secret=settings.message_id_secret,
+                per_minute=feedback_settings.rate_cap_per_minute,
+            )
             app.state.ratchet = AppState(
                 settings=settings,
                 pool=pool,
                 models=models,
                 producer=producer,
                 chat=chat,
+                feedback=feedback,
                 metrics=metrics,
                 keys=KeyStore(pool),
                 rate_limiter=RateLimiter(
@@ -104,15 +114,7 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
     app = FastAPI(title="Ratchet", version="0.1.0", lifespan=lifespan)
     register_exception_handlers(app)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            metrics.errors.labels(str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -148,6 +150,7 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
 
     app.include_router(chat_router)
     app.include_router(kb_router)
+    app.include_router(feedback_router)
     # Other feature routers (feedback API, knowledge base, Slack) are included here.
     if settings.slack_enabled:
         from serving.slack import mount_slack

@@ -8,6 +8,7 @@ at once).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -68,35 +69,71 @@ def create_key(conn: psycopg.Connection, *, user_id: str, role: str) -> str:
 
 
 class KeyStore:
-    """Looks keys up in Postgres, with a short in-process cache."""
+    """Looks keys up in Postgres, with a short in-process cache.
 
-    def __init__(self, pool: ConnectionPool, *, cache_seconds: float = 30.0) -> None:
+    Each server process remembers a key's answer (its user, or "unknown") for
+    ``cache_seconds``: a revoked key keeps working, and a key created after a
+    failed attempt with it keeps failing, for at most that long. Past
+    ``max_entries`` cached keys, expired answers are dropped (all of them if
+    none has expired), so random keys cannot grow the cache without bound."""
+
+    def __init__(
+        self, pool: ConnectionPool, *, cache_seconds: float = 30.0, max_entries: int = 10_000
+    ) -> None:
         self._pool = pool
         self._cache: dict[str, tuple[float, User | None]] = {}
         self._cache_seconds = cache_seconds
+        self._max_entries = max_entries
         self._lock = threading.Lock()
 
     def authenticate(self, key: str) -> User:
-        """The user owning ``key``; raises Unauthorized for unknown or revoked keys."""
+        """The user owning ``key``; raises Unauthorized for unknown or revoked keys.
+        Blocks on Postgres when the key is not cached: use :meth:`authenticate_async`
+        on an event loop."""
         digest = hash_key(key)
-        now = time.monotonic()
+        found, user = self._cached(digest)
+        if not found:
+            user = self._lookup(digest)
+        return _known(user)
+
+    async def authenticate_async(self, key: str) -> User:
+        """:meth:`authenticate` for the event loop: answers from the cache without
+        leaving the loop, and queries Postgres in a worker thread on a miss."""
+        digest = hash_key(key)
+        found, user = self._cached(digest)
+        if not found:
+            user = await asyncio.to_thread(self._lookup, digest)
+        return _known(user)
+
+    def _cached(self, digest: str) -> tuple[bool, User | None]:
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is not None and now - hit[0] < self._cache_seconds:
-            user = hit[1]
-        else:
-            with self._pool.connection() as conn:
-                row = conn.execute(
-                    "SELECT id, user_id, role FROM api_keys WHERE key_hash = %s"
-                    " AND revoked_at IS NULL",
-                    (digest,),
-                ).fetchone()
-            user = User(id=row[1], role=row[2], key_id=str(row[0])) if row else None
-            with self._lock:
-                self._cache[digest] = (now, user)
-        if user is None:
-            raise Unauthorized("invalid API key")
+        if hit is not None and time.monotonic() - hit[0] < self._cache_seconds:
+            return True, hit[1]
+        return False, None
+
+    def _lookup(self, digest: str) -> User | None:
+        now = time.monotonic()
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT id, user_id, role FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+                (digest,),
+            ).fetchone()
+        user = User(id=row[1], role=row[2], key_id=str(row[0])) if row else None
+        with self._lock:
+            if len(self._cache) >= self._max_entries:
+                fresh = {
+                    d: hit for d, hit in self._cache.items() if now - hit[0] < self._cache_seconds
+                }
+                self._cache = fresh if len(fresh) < self._max_entries else {}
+            self._cache[digest] = (now, user)
         return user
+
+
+def _known(user: User | None) -> User:
+    if user is None:
+        raise Unauthorized("invalid API key")
+    return user
 
 
 class RateLimiter:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header, Request
@@ -14,24 +14,28 @@ if TYPE_CHECKING:
     from serving.app import AppState
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies here are ``async def``: FastAPI runs a plain ``def`` dependency in a
+# worker thread, a thread hop per dependency per request for what is a dict lookup.
+
+
+async def get_state(request: Request) -> AppState:
     return request.app.state.ratchet  # type: ignore[no-any-return]
 
 
 StateDep = Annotated["AppState", Depends(get_state)]
 
 
-def get_current_user(
+async def get_current_user(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
 ) -> User:
     """The caller, from ``Authorization: Bearer <key>``; 401 without a valid key,
     429 (with Retry-After) past the key's rate limit. In --no-auth mode: user ``dev``, admin."""
-    state = get_state(request)
+    state: AppState = request.app.state.ratchet
     if not state.settings.auth:
         return DEV_USER
     key = bearer_token(authorization)
-    user = state.keys.authenticate(key)
+    user = await state.keys.authenticate_async(key)
     state.rate_limiter.check(user.key_id)
     request.state.user = user
     return user
@@ -40,11 +44,11 @@ def get_current_user(
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def require_role(role: Role) -> Callable[[User], User]:
+def require_role(role: Role) -> Callable[[User], Awaitable[User]]:
     """A dependency that lets only ``role`` or above through (403 otherwise):
     ``user: Annotated[User, Depends(require_role("operator"))]``."""
 
-    def check(user: CurrentUser) -> User:
+    async def check(user: CurrentUser) -> User:
         if not user.has_role(role):
             raise Forbidden(f"this needs the {role} role; you are {user.role}")
         return user

@@ -8,6 +8,7 @@ Hierarchy (raise these from services; routes never build error bodies):
     ├── Forbidden             403 permission_error
     ├── NotFound              404 not_found_error
     ├── RateLimited           429 rate_limit_error (+ Retry-After)
+    │   └── FeedbackRateLimited   429, too much feedback from one user
     └── ServiceUnavailable    503 service_unavailable
 """
 
@@ -104,6 +105,18 @@ class RateLimited(APIError):
             headers={"Retry-After": str(seconds)},
         )
         self.retry_after = seconds
+
+
+class FeedbackRateLimited(RateLimited):
+    code = "feedback_rate_limited"
+
+    def __init__(self, retry_after: float, per_minute: int):
+        super().__init__(retry_after)
+        self.message = (
+            f"too much feedback: at most {per_minute} per minute per user; "
+            f"retry after {self.retry_after} s"
+        )
+        self.args = (self.message,)
 
 
 class ServiceUnavailable(APIError):

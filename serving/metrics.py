@@ -11,6 +11,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -82,3 +83,35 @@ class ServingMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Counts HTTP responses by route and status code (``ratchet_http_requests``,
+    ``ratchet_http_errors``) when their status line is sent.
+
+    A pure ASGI middleware: Starlette's ``@app.middleware("http")`` runs every
+    response body through an extra task and memory stream, which cost a fifth of
+    the event loop's time on streamed chat completions. Responses that never
+    start (an exception ServerErrorMiddleware turns into a 500) are not counted,
+    as before."""
+
+    def __init__(self, app: ASGIApp, *, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                code = str(message["status"])
+                path = getattr(scope.get("route"), "path", "unmatched")
+                metrics.requests.labels(path, code).inc()
+                if message["status"] >= 400:
+                    metrics.errors.labels(code).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

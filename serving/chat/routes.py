@@ -56,17 +56,17 @@ async def chat_completions(
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    async def sse() -> AsyncIterator[str]:
+    async def sse() -> AsyncIterator[bytes]:
         try:
             async for chunk in state.chat.stream(prep, include_usage=include_usage):
-                yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+                yield b"data: " + chunk + b"\n\n"
         except APIError as exc:
-            yield f"data: {json.dumps(exc.body())}\n\n"
+            yield f"data: {json.dumps(exc.body())}\n\n".encode()
         except Exception:  # the status line is gone: report in-stream, as OpenAI does
             logger.exception("stream %s failed", prep.id)
             body_ = error_body("generation failed", "server_error", "internal_error")
-            yield f"data: {json.dumps(body_)}\n\n"
-        yield "data: [DONE]\n\n"
+            yield f"data: {json.dumps(body_)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(
         sse(),

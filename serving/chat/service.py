@@ -18,9 +18,9 @@ from feedback.events import ChatMessage, Event, MessageLogged
 from feedback.message_ids import new_message_id
 from serving.backends import Generation, SamplingOptions
 from serving.chat import grounding
+from serving.chat.chunks import ChunkWriter
 from serving.chat.protocol import (
     AssistantMessage,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
@@ -28,7 +28,7 @@ from serving.chat.protocol import (
     DeltaMessage,
     Usage,
 )
-from serving.errors import InvalidRequest
+from serving.errors import InvalidRequest, PromptTooLong
 from serving.metrics import ServingMetrics
 from serving.models_watch import ModelManager
 from serving.settings import ServingSettings
@@ -154,23 +154,19 @@ class ChatService:
 
     async def stream(
         self, prep: PreparedChat, *, include_usage: bool = False
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        """OpenAI chunks: a role chunk per choice, content deltas, a finish chunk per
-        choice, then (if asked) a usage chunk with no choices."""
-
-        def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
-            return ChatCompletionChunk(
-                id=prep.id,
-                created=prep.created,
-                model=prep.model_version,
-                choices=choices,
-                message_id=prep.message_ids[0],
-                model_version=prep.model_version,
-                conversation_id=prep.conversation_id,
-                **extra,
-            )
-
-        yield chunk(
+    ) -> AsyncIterator[bytes]:
+        """OpenAI chunks, each as the JSON of its ``ChatCompletionChunk`` (``exclude_none``):
+        a role chunk per choice, content deltas, a finish chunk per choice, then (if
+        asked) a usage chunk with no choices."""
+        writer = ChunkWriter(
+            id=prep.id,
+            created=prep.created,
+            model=prep.model_version,
+            message_id=prep.message_ids[0],
+            model_version=prep.model_version,
+            conversation_id=prep.conversation_id,
+        )
+        yield writer.chunk(
             [
                 ChunkChoice(
                     index=i,
@@ -186,7 +182,7 @@ class ChatService:
         async for deltas in self._run(prep):
             for d in deltas:
                 if d.text:
-                    yield chunk([ChunkChoice(index=d.index, delta=DeltaMessage(content=d.text))])
+                    yield writer.content(d.index, d.text)
                 if d.finish_reason is not None:
                     finish = ChunkChoice(
                         index=d.index,
@@ -194,9 +190,9 @@ class ChatService:
                         finish_reason=d.finish_reason,
                         message_id=prep.message_ids[d.index],
                     )
-                    yield chunk([finish])
+                    yield writer.chunk([finish])
         if include_usage:
-            yield chunk([], usage=prep.usage())
+            yield writer.chunk([], usage=prep.usage())
 
     # ---- simple API (Slack and other adapters) ------------------------------
 
@@ -275,19 +271,28 @@ class ChatService:
                 f"n={options.n} is more than this server allows ({self._settings.max_n})",
                 param="n",
             )
-        prompt, cites = await self._ground(messages, knowledge)
-        model_messages = [
-            {"role": _MODEL_ROLES.get(m["role"], m["role"]), "content": m["content"]}
-            for m in prompt
-        ]
+        chunks = await self._retrieve(messages, knowledge)
         stack = contextlib.AsyncExitStack()
         try:
             backend = await stack.enter_async_context(self._models.lease())
             request_id = f"chatcmpl-{uuid.uuid4().hex}"
-            generation = await backend.generate(model_messages, options, request_id)
+            while True:
+                prompt = (
+                    messages if chunks is None else grounding.grounded_messages(messages, chunks)
+                )
+                try:
+                    generation = await backend.generate(
+                        _model_messages(prompt), options, request_id
+                    )
+                    break
+                except PromptTooLong:
+                    if not chunks:  # the caller's own messages do not fit
+                        raise
+                    chunks = chunks[:-1]  # our sources must not cost the user an answer
         except BaseException:
             await stack.aclose()
             raise
+        cites = grounding.citations(chunks) if chunks else []
         return PreparedChat(
             id=request_id,
             created=int(time.time()),
@@ -307,22 +312,22 @@ class ChatService:
             finish_reasons=[None] * options.n,
         )
 
-    async def _ground(
+    async def _retrieve(
         self, messages: list[dict[str, str]], knowledge: bool | None
-    ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    ) -> list[grounding.RetrievedChunk] | None:
+        """The sources to ground the answer in, best first; None when not grounding."""
         use = self._settings.knowledge_bot if knowledge is None else knowledge
         if not use:
-            return messages, []
+            return None
         if self.retriever is None:
             if knowledge:
                 raise InvalidRequest(
                     "knowledge mode was asked for but no knowledge base is configured",
                     param="knowledge",
                 )
-            return messages, []
+            return None
         query = grounding.last_user_text(messages)
-        chunks = await self.retriever.retrieve(query, self._settings.retrieval_k) if query else []
-        return grounding.grounded_messages(messages, chunks), grounding.citations(chunks)
+        return await self.retriever.retrieve(query, self._settings.retrieval_k) if query else []
 
     async def _run(self, prep: PreparedChat) -> AsyncIterator[list[Any]]:
         """Iterate the generation, accumulating; publish and release the model at the end."""
@@ -363,8 +368,11 @@ class ChatService:
                 message_id=message_id,
                 conversation_id=prep.conversation_id,
                 model_version=prep.model_version,
-                prompt=[ChatMessage(role=p["role"], content=p["content"]) for p in prep.prompt],  # type: ignore[arg-type]
-                reply=prep.texts[i],
+                prompt=[
+                    ChatMessage(role=p["role"], content=_storable(p["content"]))  # type: ignore[arg-type]
+                    for p in prep.prompt
+                ],
+                reply=_storable(prep.texts[i]),
                 prompt_token_ids=prep.generation.prompt_token_ids,
                 reply_token_ids=prep.token_ids[i] or None,
                 finish_reason=reason,
@@ -390,3 +398,15 @@ class ChatService:
                     self._producer.publish(event)
                 except Exception:  # the producer must not fail a reply; it spools itself
                     logger.exception("publishing MessageLogged %s failed", message_id)
+
+
+def _model_messages(prompt: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [
+        {"role": _MODEL_ROLES.get(m["role"], m["role"]), "content": m["content"]} for m in prompt
+    ]
+
+
+def _storable(text: str) -> str:
+    """Text the feedback store can hold: Postgres text has no NUL, which a model may emit
+    (the reply's token ids keep the exact output)."""
+    return text.replace("\x00", "\ufffd")

@@ -1,5 +1,6 @@
 """Feedback fixtures: settings pointing at a real broker and a fresh database,
-event builders, and a consumer running in a thread."""
+event builders, a consumer running in a thread, and the real API server
+(``api_factory``) for the feedback endpoints."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from feedback.consumer import FeedbackConsumer
 from feedback.events import ChatMessage, MessageLogged, RatingGiven
 from feedback.message_ids import new_message_id
 from feedback.settings import FeedbackSettings
+from infra.local.postgres import PrivateCluster
 from infra.local.tansu import Broker
+from serving.app import build_app
+from serving.auth import create_key
+from serving.settings import ServingSettings
+from tests.serving.conftest import serving_settings
+from tests.serving.server import ServerThread, new_database
 
 SECRET = "test-secret"
 
@@ -71,13 +82,20 @@ def count(url: str, table: str, where: str = "TRUE") -> int:
         return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0])  # type: ignore[index]
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    state: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``check`` until it holds; on timeout, fail saying ``what`` (and ``state()``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    seen = f"; state: {state()}" if state is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
 
 
 @dataclass
@@ -106,3 +124,122 @@ def run_consumer() -> Iterator[Callable[[FeedbackSettings], ConsumerThread]]:
     for c in started:
         if c.thread.is_alive():
             c.stop()
+
+
+# -- the API server, for tests of the HTTP half ---------------------------------
+
+
+@dataclass
+class ApiServer:
+    """A real API server (transformers backend on the tiny model) in a thread."""
+
+    thread: ServerThread
+    settings: ServingSettings
+
+    @property
+    def base_url(self) -> str:
+        return self.thread.base_url
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url
+
+    @property
+    def state(self):  # type: ignore[no-untyped-def]
+        return self.thread.app.state.ratchet
+
+    def key(self, user_id: str) -> str:
+        with psycopg.connect(self.database_url) as conn:
+            return create_key(conn, user_id=user_id, role="user")
+
+    def client(self, user_id: str) -> httpx.Client:
+        """An HTTP client authenticated as ``user_id`` (a fresh key)."""
+        return httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {self.key(user_id)}"},
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+
+def start_api(
+    database_url: str, bootstrap: str, home: Path, model: Path, *, rate_cap: int = 10_000
+) -> ApiServer:
+    """Start the API on ``database_url`` (API keys) publishing to ``bootstrap``."""
+    settings = serving_settings(database_url, bootstrap, home, model, backend="transformers")
+    assert settings.message_id_secret == SECRET
+    with pytest.MonkeyPatch.context() as mp:  # the feedback cap is a feedback setting
+        mp.setenv("RATCHET_RATE_CAP_PER_MINUTE", str(rate_cap))
+        thread = ServerThread(build_app(settings)).start()
+    return ApiServer(thread, settings)
+
+
+@pytest.fixture
+def api_factory(
+    pg_cluster: PrivateCluster, template_db: str, tiny_model_dir: Path, tmp_path: Path
+) -> Iterator[Callable[..., ApiServer]]:
+    """Start API servers (each on a database of its own) for one test."""
+    started: list[ApiServer] = []
+
+    def start(bootstrap: str, **kw: object) -> ApiServer:
+        db = new_database(pg_cluster, template_db)
+        home = tmp_path / f"api-home-{len(started)}"
+        started.append(start_api(db, bootstrap, home, tiny_model_dir, **kw))  # type: ignore[arg-type]
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def mint(user: str, n: int) -> list[str]:
+    """``n`` valid message ids of ``user`` (as if the chat API had issued them)."""
+    return [new_message_id(user, SECRET) for _ in range(n)]
+
+
+def post_all(client: httpx.Client, path: str, bodies: list[dict], workers: int = 4) -> list[str]:
+    """POST every body (a few at a time); assert each got 202; the event ids, in order."""
+
+    def one(body: dict) -> str:
+        resp = client.post(path, json=body)
+        assert resp.status_code == 202, (resp.status_code, resp.text)
+        assert resp.json()["status"] == "accepted"
+        return str(resp.json()["event_id"])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, bodies))
+
+
+def rating_ids(url: str, user: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT event_id FROM ratings WHERE user_id = %s", (user,)).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Any]:
+    """Every record on ``topic``, from the beginning, read without a group until a
+    few polls in a row bring nothing (tansu's ListOffsets reports the last offset,
+    not the next one, so end offsets are not a reliable stop)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout
+        parts: set[int] | None = None
+        while not parts and time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(topic)
+            time.sleep(0.1)
+        assert parts, f"topic {topic} was never created"
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        empty = 0
+        while empty < 3 and time.monotonic() < deadline:
+            polled = consumer.poll(timeout_ms=500)
+            empty = 0 if polled else empty + 1
+            for records in polled.values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()

@@ -1,0 +1,1 @@
+"""The feedback API: ratings, A/B comparisons and corrections on replies, as events."""

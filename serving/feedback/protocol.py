@@ -1,0 +1,87 @@
+"""Wire models of the feedback API (``/v1/feedback/...``). None of these are in
+OpenAI's spec; the limits mirror :mod:`feedback.events`, so a request that
+passes here always makes a valid event."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from serving.chat.protocol import OpenAIBaseModel
+
+MessageId = Annotated[
+    str,
+    Field(min_length=1, max_length=200, description="The reply's id (X-Ratchet-Message-Id)."),
+]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+def _no_nul(value: str | None) -> str | None:
+    # Postgres text cannot hold NUL; refuse it here rather than dead-letter it later.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+class RatingRequest(OpenAIBaseModel):
+    """Thumbs or stars on one reply; a later rating of the same reply replaces it."""
+
+    message_id: MessageId
+    thumbs: Literal["up", "down"] | None = None
+    stars: int | None = Field(default=None, ge=1, le=5)
+    comment: str | None = Field(default=None, max_length=4000)
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+    _comment = field_validator("comment")(_no_nul)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            _no_nul(tag)
+        return tags
+
+    @model_validator(mode="after")
+    def _one_score(self) -> RatingRequest:
+        if (self.thumbs is None) == (self.stars is None):
+            raise ValueError("give exactly one of 'thumbs' or 'stars'")
+        return self
+
+
+class ComparisonRequest(OpenAIBaseModel):
+    """An A/B pick between two replies (to the same prompt)."""
+
+    message_id_a: MessageId
+    message_id_b: MessageId
+    winner: Literal["a", "b", "tie"]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ComparisonRequest:
+        if self.message_id_a == self.message_id_b:
+            raise ValueError("message_id_a and message_id_b must differ")
+        return self
+
+
+class CorrectionRequest(OpenAIBaseModel):
+    """The answer the user wanted instead of the reply; a later one replaces it."""
+
+    message_id: MessageId
+    corrected_reply: str = Field(min_length=1, max_length=20000)
+
+    _corrected = field_validator("corrected_reply")(_no_nul)
+
+    @field_validator("corrected_reply")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class FeedbackAccepted(OpenAIBaseModel):
+    """The event the feedback became (HTTP 202: stored asynchronously)."""
+
+    event_id: uuid.UUID
+    status: Literal["accepted"] = "accepted"

@@ -1,0 +1,34 @@
+"""Thin routes of the feedback API: ratings, comparisons, corrections (HTTP 202).
+
+Feedback is stored asynchronously (Kafka -> consumer -> Postgres): 202 means the
+event was accepted and will be stored; its ``event_id`` is the idempotency key.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from serving.deps import CurrentUser, StateDep
+from serving.feedback.protocol import (
+    ComparisonRequest,
+    CorrectionRequest,
+    FeedbackAccepted,
+    RatingRequest,
+)
+
+router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+
+
+@router.post("/ratings", status_code=status.HTTP_202_ACCEPTED)
+async def rate(body: RatingRequest, state: StateDep, user: CurrentUser) -> FeedbackAccepted:
+    return state.feedback.rate(body, user_id=user.id)
+
+
+@router.post("/comparisons", status_code=status.HTTP_202_ACCEPTED)
+async def compare(body: ComparisonRequest, state: StateDep, user: CurrentUser) -> FeedbackAccepted:
+    return state.feedback.compare(body, user_id=user.id)
+
+
+@router.post("/corrections", status_code=status.HTTP_202_ACCEPTED)
+async def correct(body: CorrectionRequest, state: StateDep, user: CurrentUser) -> FeedbackAccepted:
+    return state.feedback.correct(body, user_id=user.id)
