@@ -187,15 +187,16 @@ def _stages(
     if len(snapshot.sft_examples) >= config.sft.min_examples:
         from training.sft import train_sft
 
-        policy_dir = run_dir / "sft"
         metrics["sft"] = train_sft(
             parent_dir,
             snapshot.sft_examples,
-            policy_dir,
+            run_dir / "sft",
             config.sft,
             seed=config.seed,
             progress=progress,
         )
+        if metrics["sft"]["sft_examples"]:
+            policy_dir = run_dir / "sft"
         timings["sft_s"] = time.monotonic() - t0
 
     t0 = time.monotonic()

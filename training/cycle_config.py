@@ -40,9 +40,9 @@ SIZES: dict[str, dict] = {
             "epochs": 1,
             "learning_rate": 1e-3,
             "batch_size": 8,
-            "max_length": 128,
+            "max_length": 1024,
         },
-        "reward": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 16, "max_length": 128},
+        "reward": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 16, "max_length": 1024},
         "ppo": {
             "steps": 30,
             "batch_size": 16,
@@ -64,7 +64,7 @@ SIZES: dict[str, dict] = {
             "learning_rate": 5e-4,
             "batch_size": 16,
             "beta": 0.1,
-            "max_length": 128,
+            "max_length": 1024,
         },
         "eval": {
             "prompts": 24,

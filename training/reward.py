@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from training.errors import TrainingError
+from training.lengths import fitting
 from training.reward_config import RewardStageConfig
 from training.snapshot import Messages, Pair
 
@@ -97,6 +99,20 @@ def train_reward_model(
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    kept = fitting(tokenizer, train_pairs, config.max_length, lambda p: [p.chosen, p.rejected])
+    if not kept:
+        raise TrainingError(
+            f"none of the {len(train_pairs)} training pairs fits the reward model's max_length"
+            f" ({config.max_length} tokens); use a larger size preset or shorter prompts"
+        )
+    if len(kept) < len(train_pairs):
+        logger.warning(
+            "reward model: %d of %d pairs are longer than %d tokens and left out",
+            len(train_pairs) - len(kept),
+            len(train_pairs),
+            config.max_length,
+        )
+    train_pairs = kept
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(

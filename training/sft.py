@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.lengths import fitting
 from training.sft_config import SftStageConfig
 from training.snapshot import SftExample
 
@@ -22,12 +23,26 @@ def train_sft(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tune ``policy_dir`` on ``examples`` (loss on the reply only); save to ``out_dir``."""
+    """Fine-tune ``policy_dir`` on ``examples`` (loss on the reply only); save to ``out_dir``.
+
+    Examples longer than ``max_length`` are left out; with fewer than ``min_examples``
+    left the stage is skipped (``sft_examples`` is 0 and nothing is saved)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    kept = fitting(tokenizer, examples, config.max_length, lambda e: [e.completion])
+    if len(kept) < config.min_examples:
+        logger.warning(
+            "SFT skipped: %d of %d examples fit max_length %d (need %d)",
+            len(kept),
+            len(examples),
+            config.max_length,
+            config.min_examples,
+        )
+        return {"sft_examples": 0, "sft_too_long": len(examples) - len(kept)}
+    examples = kept
     model = AutoModelForCausalLM.from_pretrained(policy_dir)
     rows = [
         {"prompt": e.prompt, "completion": [{"role": "assistant", "content": e.completion}]}

@@ -88,6 +88,8 @@ class Demo:
         if self.s.tiny or self.s.model is not None:
             env["RATCHET_BASE_MODEL"] = self.result.model_dir
         env["RATCHET_KNOWLEDGE_BOT"] = "true"
+        if self.s.tiny:  # the tiny model's tokenizer is wasteful: one source keeps prompts short
+            env.setdefault("RATCHET_RETRIEVAL_K", "1")
         env.setdefault("RATCHET_DTYPE", "float32")
         env.setdefault("RATCHET_REGISTRY_POLL_SECONDS", "2")
         env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
@@ -253,6 +255,7 @@ class Demo:
                     employees,
                     asked,
                     rounds=self.s.n_rounds(),
+                    correct_every=self.s.n_correct_every(),
                     on_progress=lambda done, _: bar.update(task, completed=done),
                 )
             for e in employees:

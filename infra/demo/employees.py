@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,9 @@ class Reply:
     message_id: str
     model_version: str
     judgement: Judgement
+
+
+MAX_RETRIES = 8  # attempts of one feedback POST that keeps getting 429
 
 
 @dataclass
@@ -88,7 +92,9 @@ class Employee:
         self.name = name
         self.kb_dir = kb_dir
         self.max_tokens = max_tokens
-        self.client = OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=2, timeout=600)
+        self.client = OpenAI(
+            base_url=f"{base_url}/v1", api_key=key, max_retries=MAX_RETRIES, timeout=600
+        )
         self.http = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
         )
@@ -113,7 +119,12 @@ class Employee:
         ]
 
     def _post(self, kind: str, body: dict[str, Any], tally: Tally) -> bool:
-        resp = self.http.post(f"/v1/feedback/{kind}", json=body)
+        """POST one piece of feedback; like a polite client, wait out a 429's Retry-After."""
+        for _ in range(MAX_RETRIES):
+            resp = self.http.post(f"/v1/feedback/{kind}", json=body)
+            if resp.status_code != 429:
+                break
+            time.sleep(min(float(resp.headers.get("Retry-After", "1")), 10.0))
         if resp.status_code == 202:
             return True
         with tally._lock:
@@ -165,9 +176,11 @@ def simulate(
     questions: list[Question],
     *,
     rounds: int,
+    correct_every: int = 2,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> Tally:
-    """Every employee asks their share of the questions ``rounds`` times, concurrently."""
+    """Every employee asks their share of the questions ``rounds`` times, concurrently;
+    every ``correct_every``-th question gets a correction when both drafts miss the figure."""
     tally = Tally()
     jobs = [
         (employees[i % len(employees)], q, i, r)
@@ -182,7 +195,8 @@ def simulate(
         employee, question, index, round_ = job
         replies = employee.ask(question)
         tally.add(chats=1)
-        employee.give_feedback(question, replies, tally, correct=(index + round_) % 2 == 0)
+        correct = (index + round_) % correct_every == 0
+        employee.give_feedback(question, replies, tally, correct=correct)
         with lock:
             done += 1
             on_progress(done, len(jobs))

@@ -46,6 +46,12 @@ class DemoSettings(BaseSettings):
         default=None, ge=1, description="Times each employee asks each of their questions."
     )
     max_tokens: int | None = Field(default=None, ge=1, description="Reply length of the API.")
+    correct_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="Employees suggest a correction for every Nth question whose drafts both"
+        " miss the figure (tiny: every one, since the random model's drafts always tie).",
+    )
     force_promote: bool = Field(
         default=False,
         description="Promote the candidate even if its gates fail (audited as force_promote).",
@@ -78,7 +84,7 @@ class DemoSettings(BaseSettings):
         return f"http://{self.host}:{self.port}"
 
     def n_asked(self) -> int:
-        return self.asked or (6 if self.tiny else 24)
+        return self.asked or (15 if self.tiny else 24)
 
     def n_held_out(self) -> int:
         return self.held_out or (3 if self.tiny else 8)
@@ -87,7 +93,10 @@ class DemoSettings(BaseSettings):
         return self.employees or (2 if self.tiny else 4)
 
     def n_rounds(self) -> int:
-        return self.rounds or (1 if self.tiny else 2)
+        return self.rounds or 2
+
+    def n_correct_every(self) -> int:
+        return self.correct_every or (1 if self.tiny else 2)
 
     def reply_tokens(self) -> int:
         return self.max_tokens or (16 if self.tiny else 80)

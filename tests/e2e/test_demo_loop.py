@@ -1,0 +1,87 @@
+"""The whole loop, as ``make demo`` runs it, at the tiny size: real API (vLLM
+engine) and consumer processes, real broker and Postgres, a real training
+cycle, promotion and the hot swap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from rich.console import Console
+
+from infra.demo.driver import Demo, DemoResult
+from infra.demo.settings import DemoSettings
+from infra.local.tansu import Broker, free_port
+from tests.conftest import CACHE
+
+pytestmark = pytest.mark.slow
+
+GATES = {"reward_accuracy", "win_rate", "kl", "regression", "safety", "length"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(
+    pg_cluster, template_db, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[DemoResult, str, Path]]:
+    from tests.serving.server import new_database
+
+    home = tmp_path_factory.mktemp("demo-home")
+    broker = Broker(CACHE / "bin", free_port(), home / "tansu.log")
+    broker.start()
+    database_url = new_database(pg_cluster, template_db)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATABASE_URL", database_url)
+        mp.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap)
+        mp.setenv("RATCHET_HOME", str(home))
+        mp.setenv("RATCHET_MODELS_DIR", str(home / "models"))
+        settings = DemoSettings(size="tiny", port=free_port(), force_promote=True, fresh=True)
+        demo = Demo(settings, Console(width=120))
+        try:
+            yield demo.run(), database_url, home
+        finally:
+            demo.api.stop()
+            demo.consumer.stop()
+            broker.stop()
+
+
+def test_every_rating_given_is_stored(demo_run) -> None:
+    result, database_url, _ = demo_run
+    assert result.tally is not None and result.tally.ratings > 0
+    assert not result.tally.rejected
+    with psycopg.connect(database_url) as conn:
+        stored = conn.execute("SELECT count(*) FROM ratings").fetchone()[0]  # type: ignore[index]
+        comparisons = conn.execute("SELECT count(*) FROM comparisons").fetchone()[0]  # type: ignore[index]
+    assert stored == result.tally.ratings == result.stored_ratings
+    assert comparisons == result.tally.comparisons
+
+
+def test_a_candidate_is_registered_with_a_full_gate_report(demo_run) -> None:
+    result, database_url, _ = demo_run
+    assert result.cycle is not None and result.cycle.version is not None
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT parent_id, gate_report FROM model_versions WHERE id = %s",
+            (result.cycle.version,),
+        ).fetchone()
+    assert row is not None
+    parent, report = row
+    assert parent is not None
+    assert GATES <= set(report["gates"])
+    assert report["passed"] == result.cycle.gates_passed
+
+
+def test_the_api_serves_the_promoted_candidate(demo_run) -> None:
+    result, database_url, home = demo_run
+    assert result.cycle is not None
+    assert result.promotion in ("promote", "force_promote")
+    assert result.served == result.cycle.version
+    assert result.after is not None and result.after.version == result.cycle.version
+    assert result.before is not None and result.before.version != result.cycle.version
+    with psycopg.connect(database_url) as conn:
+        production = conn.execute(
+            "SELECT id FROM model_versions WHERE status = 'production'"
+        ).fetchone()
+    assert production == (result.cycle.version,)
+    assert (home / "demo" / "report.html").is_file()

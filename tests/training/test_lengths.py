@@ -1,0 +1,45 @@
+"""Examples longer than a stage's max_length are left out, and the stage says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from tests.training.synthetic import make_pairs
+from training.errors import TrainingError
+from training.lengths import conversation_tokens, fitting
+from training.reward import train_reward_model
+from training.reward_config import RewardStageConfig
+from training.sft import train_sft
+from training.sft_config import SftStageConfig
+from training.snapshot import SftExample
+
+
+def test_only_pairs_that_fit_are_kept(tiny_model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pairs = make_pairs(8)
+    short = conversation_tokens(tok, pairs[0].prompt, "ok")
+    assert conversation_tokens(tok, pairs[0].prompt, "ok " * 50) > short
+    longest = max(
+        conversation_tokens(tok, p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)
+    )
+    assert fitting(tok, pairs, longest, lambda p: [p.chosen, p.rejected]) == pairs
+    assert fitting(tok, pairs, short - 1, lambda p: [p.chosen, p.rejected]) == []
+
+
+def test_reward_model_refuses_when_no_pair_fits(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = RewardStageConfig(max_length=16)
+    with pytest.raises(TrainingError, match="max_length"):
+        train_reward_model(tiny_model_dir, make_pairs(8), make_pairs(2), tmp_path, config)
+
+
+def test_sft_is_skipped_when_too_few_examples_fit(tiny_model_dir: Path, tmp_path: Path) -> None:
+    examples = [
+        SftExample(p.prompt, p.chosen, p.conversation_id, p.created_at) for p in make_pairs(8)
+    ]
+    config = SftStageConfig(max_length=16, min_examples=2)
+    result = train_sft(tiny_model_dir, examples, tmp_path / "sft", config)
+    assert result == {"sft_examples": 0, "sft_too_long": 8}
+    assert not (tmp_path / "sft").exists()

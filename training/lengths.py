@@ -1,0 +1,38 @@
+"""Which training examples fit a stage's ``max_length``.
+
+TRL's trainers silently drop (reward, DPO) or fully mask (SFT) examples longer
+than ``max_length``; knowledge-bot prompts carry their sources and are long.
+The stages filter first, so they can say how many examples they kept and fail
+clearly when none fit, instead of training on nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+def conversation_tokens(tokenizer: Any, prompt: Messages, reply: str) -> int:
+    """Tokens of ``prompt`` plus the assistant's ``reply``, as the chat template renders them."""
+    rendered = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": reply}], tokenize=True, return_dict=True
+    )
+    return len(rendered["input_ids"])
+
+
+def fitting(
+    tokenizer: Any,
+    items: Sequence[Any],
+    max_length: int,
+    replies: Any,
+) -> list[Any]:
+    """The items whose prompt with every one of ``replies(item)`` fits in ``max_length``."""
+    return [
+        item
+        for item in items
+        if all(
+            conversation_tokens(tokenizer, item.prompt, reply) <= max_length
+            for reply in replies(item)
+        )
+    ]
