@@ -87,7 +87,7 @@ SIZES: dict[str, dict] = {
         },
         "reward": {"epochs": 1, "learning_rate": 2e-5, "batch_size": 8, "max_length": 384},
         "ppo": {
-            "steps": 12,
+            "steps": 8,
             "batch_size": 8,
             "minibatch_size": 4,
             "ppo_epochs": 1,
