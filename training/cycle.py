@@ -303,7 +303,7 @@ def _ppo(
     reference = AutoModelForCausalLM.from_pretrained(ref_dir)
     trainer = PpoTrainer(policy, reference, tokenizer, scorer.score, config.ppo)
     history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
-    trainer.model.policy.save_pretrained(out_dir)
+    trainer.model.policy.save_pretrained(out_dir)  # type: ignore[operator]
     tokenizer.save_pretrained(out_dir)
     return history
 

@@ -133,7 +133,7 @@ def run_gates(
 
     prompts = unique_prompts(heldout_prompts, cfg.prompts)
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
-    gen = {
+    gen: dict[str, Any] = {
         "max_new_tokens": cfg.max_new_tokens,
         "do_sample": True,
         "seed": cfg.seed,
@@ -176,7 +176,7 @@ def run_gates(
     )
     bar.update()
 
-    greedy = {
+    greedy: dict[str, Any] = {
         "max_new_tokens": cfg.max_new_tokens,
         "do_sample": False,
         "batch_size": cfg.batch_size,

@@ -121,10 +121,10 @@ class FixedKLController:
 class PolicyWithValueHead(nn.Module):
     """A causal LM plus a scalar value head on its last hidden state."""
 
-    def __init__(self, policy: nn.Module) -> None:
+    def __init__(self, policy: Any) -> None:  # a transformers PreTrainedModel
         super().__init__()
         self.policy = policy
-        hidden = policy.config.hidden_size
+        hidden = int(policy.config.hidden_size)
         self.value_head = nn.Linear(hidden, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
@@ -224,7 +224,7 @@ def sample_replies(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    sequences = model.generate(**enc, generation_config=config)
+    sequences = model.generate(**enc, generation_config=config)  # type: ignore[operator]
     prompt_len = enc["input_ids"].shape[1]
     replies = sequences[:, prompt_len:]
     mask = reply_mask(replies, tokenizer.eos_token_id)

@@ -155,7 +155,7 @@ def build_snapshot(
             sft.append(s)
     train = [p for p in pairs if not is_heldout(p.conversation_id, heldout_fraction)]
     heldout = [p for p in pairs if is_heldout(p.conversation_id, heldout_fraction)]
-    stamps = [r.created_at for r in [*pairs, *sft] if r.created_at is not None]
+    stamps = [r.created_at for r in [*pairs, *sft] if r.created_at is not None]  # type: ignore[attr-defined]
     watermark = max(stamps) if stamps else since
     stats = {
         "pairs_loaded": len(raw_pairs),

@@ -127,7 +127,7 @@ class FeedbackService:
             while len(self._latest) > self._max_targets:
                 self._latest.popitem(last=False)
         self._publisher.publish(event)
-        logger.info(
+        logger.debug(
             "feedback event %s (%s) on %s by %s",
             event.event_id,
             type(event).__name__,
