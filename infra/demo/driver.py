@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ class Demo:
         if self.state_file.exists() and not self.s.fresh:
             self.state = json.loads(self.state_file.read_text())
         self.result = DemoResult()
+        self._feedback_started = datetime.now(UTC)
 
     # -- helpers -------------------------------------------------------------
     def _log(self, name: str) -> Path:
@@ -239,6 +241,7 @@ class Demo:
         n = self.s.n_employees()
         title = f"{n} employees ask {len(asked)} questions x{self.s.n_rounds()} and give feedback"
         with self.steps.step(title) as step:
+            self._feedback_started = datetime.now(UTC)
             employees = [self._employee(name) for name in EMPLOYEE_NAMES[:n]]
             total = len(asked) * self.s.n_rounds()
             with Progress(
@@ -277,7 +280,7 @@ class Demo:
             deadline = time.monotonic() + self.s.settle_timeout_s
             stored = 0
             while time.monotonic() < deadline:
-                stored = stored_ratings(self.database_url, users)
+                stored = stored_ratings(self.database_url, users, self._feedback_started)
                 step.update(f"{stored}/{tally.ratings} stored")
                 if stored >= tally.ratings:
                     break
@@ -388,10 +391,12 @@ class Demo:
         self.result.swap_seconds = self.state.get("swap_seconds")
 
 
-def stored_ratings(database_url: str, users: list[str]) -> int:
+def stored_ratings(database_url: str, users: list[str], since: datetime) -> int:
+    """Ratings by ``users`` given from ``since`` on (an earlier run's stay out of the count)."""
     with connect(database_url) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM ratings WHERE user_id = ANY(%s)", (users,)
+            "SELECT count(*) FROM ratings WHERE user_id = ANY(%s) AND occurred_at >= %s",
+            (users, since),
         ).fetchone()
     return int(row[0]) if row else 0
 
