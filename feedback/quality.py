@@ -16,12 +16,13 @@ after an honorific (``Dr. Lovelace``, ``Ms Ada Lovelace``), or when listed in
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
@@ -100,21 +101,46 @@ class FeedbackGate:
 
     def check(self, user_id: str, fingerprint: str, event_id: uuid.UUID) -> Verdict:
         """Record and judge feedback ``fingerprint`` (its content) from ``user_id``."""
+        return self.check_many(user_id, [(fingerprint, event_id)])[0]
+
+    def check_many(self, user_id: str, items: Sequence[tuple[str, uuid.UUID]]) -> list[Verdict]:
+        """Judge a batch of ``(fingerprint, event_id)`` from one user, all or nothing.
+
+        Duplicates (of earlier feedback, or of an earlier item in the batch) get
+        the first event's id. If the rest does not fit in the user's window,
+        nothing is recorded and every non-duplicate item is refused with the
+        time until it would all fit (``inf`` when the batch is larger than the
+        cap itself)."""
         now = time.monotonic()
         with self._lock:
-            seen = self._seen.get((user_id, fingerprint))
-            if seen is not None and now - seen[0] < self._dup_window:
-                return Verdict(accept=False, duplicate_of=seen[1])
+            verdicts: list[Verdict] = []
+            first: dict[str, uuid.UUID] = {}
+            for fingerprint, event_id in items:
+                seen = self._seen.get((user_id, fingerprint))
+                if seen is not None and now - seen[0] < self._dup_window:
+                    verdicts.append(Verdict(accept=False, duplicate_of=seen[1]))
+                elif fingerprint in first:
+                    verdicts.append(Verdict(accept=False, duplicate_of=first[fingerprint]))
+                else:
+                    first[fingerprint] = event_id
+                    verdicts.append(Verdict(accept=True))
             times = self._times.setdefault(user_id, deque())
             while times and now - times[0] >= 60.0:
                 times.popleft()
-            if len(times) >= self._per_minute:
-                return Verdict(accept=False, retry_after=60.0 - (now - times[0]))
-            times.append(now)
-            self._seen[(user_id, fingerprint)] = (now, event_id)
+            room = self._per_minute - len(times)
+            if len(first) > room:
+                if len(first) > self._per_minute:
+                    retry_after = math.inf
+                else:  # wait until enough of the window's oldest entries expire
+                    retry_after = 60.0 - (now - times[len(first) - room - 1])
+                refused = Verdict(accept=False, retry_after=retry_after)
+                return [refused if v.accept else v for v in verdicts]
+            for fingerprint, event_id in first.items():
+                times.append(now)
+                self._seen[(user_id, fingerprint)] = (now, event_id)
             if len(self._seen) > self._max_users * 4 or len(self._times) > self._max_users:
                 self._prune(now)
-            return Verdict(accept=True)
+            return verdicts
 
     def _prune(self, now: float) -> None:
         self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._dup_window}

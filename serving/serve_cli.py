@@ -54,7 +54,13 @@ def _serve(args: argparse.Namespace) -> int:
                 "set a secret of your own (anyone could forge message ids with this one)"
             )
         logger.warning("listening on %s: reachable beyond this machine", settings.host)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,
+    )
     return 0
 
 

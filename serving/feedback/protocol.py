@@ -80,8 +80,37 @@ class CorrectionRequest(OpenAIBaseModel):
         return value
 
 
+MAX_BATCH = 1000
+
+
+class FeedbackBatch(OpenAIBaseModel):
+    """Many pieces of feedback in one request (at most ``MAX_BATCH`` in all);
+    accepted or refused as a whole."""
+
+    ratings: list[RatingRequest] = Field(default_factory=list, max_length=MAX_BATCH)
+    comparisons: list[ComparisonRequest] = Field(default_factory=list, max_length=MAX_BATCH)
+    corrections: list[CorrectionRequest] = Field(default_factory=list, max_length=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _size(self) -> FeedbackBatch:
+        size = len(self.ratings) + len(self.comparisons) + len(self.corrections)
+        if size == 0:
+            raise ValueError("the batch is empty: give ratings, comparisons or corrections")
+        if size > MAX_BATCH:
+            raise ValueError(f"the batch has {size} items; at most {MAX_BATCH} per request")
+        return self
+
+
 class FeedbackAccepted(OpenAIBaseModel):
     """The event the feedback became (HTTP 202: stored asynchronously)."""
 
     event_id: uuid.UUID
     status: Literal["accepted"] = "accepted"
+
+
+class FeedbackBatchAccepted(OpenAIBaseModel):
+    """One :class:`FeedbackAccepted` per item, in the request's order."""
+
+    ratings: list[FeedbackAccepted]
+    comparisons: list[FeedbackAccepted]
+    corrections: list[FeedbackAccepted]

@@ -2,6 +2,7 @@
 
 Feedback is stored asynchronously (Kafka -> consumer -> Postgres): 202 means the
 event was accepted and will be stored; its ``event_id`` is the idempotency key.
+``/batch`` takes many at once (all or nothing), for clients that send in bulk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from serving.feedback.protocol import (
     ComparisonRequest,
     CorrectionRequest,
     FeedbackAccepted,
+    FeedbackBatch,
+    FeedbackBatchAccepted,
     RatingRequest,
 )
 
@@ -32,3 +35,10 @@ async def compare(body: ComparisonRequest, state: StateDep, user: CurrentUser) -
 @router.post("/corrections", status_code=status.HTTP_202_ACCEPTED)
 async def correct(body: CorrectionRequest, state: StateDep, user: CurrentUser) -> FeedbackAccepted:
     return state.feedback.correct(body, user_id=user.id)
+
+
+@router.post("/batch", status_code=status.HTTP_202_ACCEPTED)
+async def submit_batch(
+    body: FeedbackBatch, state: StateDep, user: CurrentUser
+) -> FeedbackBatchAccepted:
+    return state.feedback.submit_batch(body, user_id=user.id)

@@ -14,6 +14,10 @@ No FastAPI here. Each request:
 The store keeps the latest rating (and correction) per user and reply, so
 changing one's mind (up, down, up again) publishes each change: an event
 counts as a duplicate only of the latest feedback on the same target.
+
+A batch (``submit_batch``: clients that collect feedback and send it in bulk,
+and the ingestion benchmark) takes the same steps for every item, all or
+nothing: one bad id or a batch past the cap, and nothing is published.
 """
 
 from __future__ import annotations
@@ -21,18 +25,24 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
+from feedback.errors import MessageIdError
 from feedback.events import ComparisonGiven, CorrectionGiven, Event, RatingGiven
 from feedback.message_ids import verify_message_id
 from feedback.quality import FeedbackGate
-from serving.errors import FeedbackRateLimited
+from serving.errors import FeedbackRateLimited, InvalidRequest
 from serving.feedback.protocol import (
     ComparisonRequest,
     CorrectionRequest,
     FeedbackAccepted,
+    FeedbackBatch,
+    FeedbackBatchAccepted,
     RatingRequest,
 )
 
@@ -69,6 +79,38 @@ class FeedbackService:
         verify_message_id(message_id, user_id, self._secret)
 
     def rate(self, req: RatingRequest, *, user_id: str) -> FeedbackAccepted:
+        return self._submit([self._rating(req, user_id)], user_id)[0]
+
+    def compare(self, req: ComparisonRequest, *, user_id: str) -> FeedbackAccepted:
+        return self._submit([self._comparison(req, user_id)], user_id)[0]
+
+    def correct(self, req: CorrectionRequest, *, user_id: str) -> FeedbackAccepted:
+        return self._submit([self._correction(req, user_id)], user_id)[0]
+
+    def submit_batch(self, batch: FeedbackBatch, *, user_id: str) -> FeedbackBatchAccepted:
+        """Many pieces of feedback from one user in one call, all or nothing: one id
+        this user may not rate, or a batch past the cap, and nothing is published.
+        Errors name the item (``ratings[3]: ...``)."""
+        items: list[_Item] = []
+        for i, rating in enumerate(batch.ratings):
+            with _named(f"ratings[{i}]"):
+                items.append(self._rating(rating, user_id))
+        for i, comparison in enumerate(batch.comparisons):
+            with _named(f"comparisons[{i}]"):
+                items.append(self._comparison(comparison, user_id))
+        for i, correction in enumerate(batch.corrections):
+            with _named(f"corrections[{i}]"):
+                items.append(self._correction(correction, user_id))
+        accepted = iter(self._submit(items, user_id))
+        return FeedbackBatchAccepted(
+            ratings=[next(accepted) for _ in batch.ratings],
+            comparisons=[next(accepted) for _ in batch.comparisons],
+            corrections=[next(accepted) for _ in batch.corrections],
+        )
+
+    # -- one request -> event, target, content ---------------------------------
+
+    def _rating(self, req: RatingRequest, user_id: str) -> _Item:
         self.check(req.message_id, user_id)
         event = RatingGiven(
             user_id=user_id,
@@ -79,9 +121,9 @@ class FeedbackService:
             tags=req.tags,
         )
         content = req.model_dump(exclude={"message_id"})
-        return self._submit(event, target=f"rating:{req.message_id}", content=content)
+        return _Item(event, f"rating:{req.message_id}", json.dumps(content, sort_keys=True))
 
-    def compare(self, req: ComparisonRequest, *, user_id: str) -> FeedbackAccepted:
+    def _comparison(self, req: ComparisonRequest, user_id: str) -> _Item:
         self.check(req.message_id_a, user_id)
         self.check(req.message_id_b, user_id)
         event = ComparisonGiven(
@@ -91,47 +133,86 @@ class FeedbackService:
             winner=req.winner,
         )
         target = f"comparison:{req.message_id_a}:{req.message_id_b}"
-        return self._submit(event, target=target, content={"winner": req.winner})
+        return _Item(event, target, json.dumps({"winner": req.winner}))
 
-    def correct(self, req: CorrectionRequest, *, user_id: str) -> FeedbackAccepted:
+    def _correction(self, req: CorrectionRequest, user_id: str) -> _Item:
         self.check(req.message_id, user_id)
         event = CorrectionGiven(
             user_id=user_id, message_id=req.message_id, corrected_reply=req.corrected_reply
         )
-        content = {"corrected_reply": req.corrected_reply}
-        return self._submit(event, target=f"correction:{req.message_id}", content=content)
+        body = json.dumps({"corrected_reply": req.corrected_reply})
+        return _Item(event, f"correction:{req.message_id}", body)
 
-    def _submit(
-        self, event: Event, *, target: str, content: Mapping[str, object]
-    ) -> FeedbackAccepted:
-        key = (event.user_id, target)
-        body = json.dumps(content, sort_keys=True)
+    def _submit(self, items: list[_Item], user_id: str) -> list[FeedbackAccepted]:
+        """Gate ``items`` (all or nothing), publish the new ones, return an id per item."""
         with self._lock:
-            latest = self._latest.get(key)
-            # Same as the latest on this target: same chain token, so the gate sees a
-            # duplicate. Anything else starts a new chain (a change of mind is never spam).
-            token = latest[1] if latest is not None and latest[0] == body else str(event.event_id)
-            verdict = self._gate.check(event.user_id, f"{target}\n{token}\n{body}", event.event_id)
+            # Chain tokens: the same content as the latest on a target keeps that
+            # feedback's token, so the gate sees a duplicate. Anything else starts a
+            # new chain (a change of mind is never spam). Items earlier in the batch
+            # count as "latest" for later ones.
+            latest: dict[tuple[str, str], tuple[str, str]] = {}
+            fingerprints: list[tuple[str, uuid.UUID]] = []
+            for item in items:
+                key = (user_id, item.target)
+                prev = latest.get(key) or self._latest.get(key)
+                if prev is not None and prev[0] == item.body:
+                    token = prev[1]
+                else:
+                    token = str(item.event.event_id)
+                latest[key] = (item.body, token)
+                fingerprint = f"{item.target}\n{token}\n{item.body}"
+                fingerprints.append((fingerprint, item.event.event_id))
+            verdicts = self._gate.check_many(user_id, fingerprints)
+            refused = [v for v in verdicts if not v.accept and v.duplicate_of is None]
+            if refused:
+                if refused[0].retry_after == float("inf"):
+                    raise InvalidRequest(
+                        f"this batch has more new feedback than the per-user cap allows "
+                        f"in a minute ({self._per_minute}); split it",
+                        code="batch_too_large",
+                    )
+                raise FeedbackRateLimited(refused[0].retry_after, self._per_minute)
+            for key, value in latest.items():
+                self._latest[key] = value
+                self._latest.move_to_end(key)
+            while len(self._latest) > self._max_targets:
+                self._latest.popitem(last=False)
+        out: list[FeedbackAccepted] = []
+        for item, verdict in zip(items, verdicts, strict=True):
             if verdict.duplicate_of is not None:
                 logger.info(
                     "feedback on %s by %s repeats event %s; not published",
-                    target,
-                    event.user_id,
+                    item.target,
+                    user_id,
                     verdict.duplicate_of,
                 )
-                return FeedbackAccepted(event_id=verdict.duplicate_of)
-            if not verdict.accept:
-                raise FeedbackRateLimited(verdict.retry_after, self._per_minute)
-            self._latest[key] = (body, token)
-            self._latest.move_to_end(key)
-            while len(self._latest) > self._max_targets:
-                self._latest.popitem(last=False)
-        self._publisher.publish(event)
-        logger.debug(
-            "feedback event %s (%s) on %s by %s",
-            event.event_id,
-            type(event).__name__,
-            target,
-            event.user_id,
-        )
-        return FeedbackAccepted(event_id=event.event_id)
+                out.append(FeedbackAccepted(event_id=verdict.duplicate_of))
+                continue
+            self._publisher.publish(item.event)
+            logger.debug(
+                "feedback event %s (%s) on %s by %s",
+                item.event.event_id,
+                type(item.event).__name__,
+                item.target,
+                user_id,
+            )
+            out.append(FeedbackAccepted(event_id=item.event.event_id))
+        return out
+
+
+@contextmanager
+def _named(where: str) -> Iterator[None]:
+    """Prefix a message id error with the batch item it is about."""
+    try:
+        yield
+    except MessageIdError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One piece of feedback on its way through the gate."""
+
+    event: Event
+    target: str  # what it is about: "rating:<message id>", ...
+    body: str  # its content, canonical JSON (without the target)
