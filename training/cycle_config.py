@@ -85,7 +85,15 @@ SIZES: dict[str, dict] = {
             "batch_size": 4,
             "max_length": 384,
         },
-        "reward": {"epochs": 1, "learning_rate": 2e-5, "batch_size": 8, "max_length": 384},
+        "reward": {
+            "epochs": 1,
+            "learning_rate": 2e-5,
+            "batch_size": 8,
+            "max_length": 384,
+            # ~100 s per step of 8 on 2 busy cores: a rerun of the demo (its pairs plus
+            # the ones pairing replies across runs) would otherwise take half an hour here.
+            "max_train_pairs": 64,
+        },
         "ppo": {
             "steps": 8,
             "batch_size": 8,

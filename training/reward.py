@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,15 @@ def train_reward_model(
             len(train_pairs),
             config.max_length,
         )
+    if config.max_train_pairs is not None and len(kept) > config.max_train_pairs:
+        # A seeded sample, kept in the snapshot's order.
+        chosen = sorted(random.Random(seed).sample(range(len(kept)), config.max_train_pairs))
+        logger.info(
+            "reward model: training on a sample of %d of %d pairs (max_train_pairs)",
+            len(chosen),
+            len(kept),
+        )
+        kept = [kept[i] for i in chosen]
     train_pairs = kept
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -149,6 +159,7 @@ def train_reward_model(
         heldout_accuracy=accuracy,
         heldout_pairs=len(heldout_pairs),
         train_metrics={
+            "train_pairs": len(train_pairs),
             "train_loss": result.training_loss,
             "train_accuracy": history[-1].get("accuracy") if history else None,
             "loss_curve": [h["loss"] for h in history],

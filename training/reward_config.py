@@ -10,4 +10,10 @@ class RewardStageConfig(BaseModel):
     learning_rate: float = Field(default=1e-5, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step.")
     max_length: int = Field(default=512, ge=16, description="Pairs longer than this are dropped.")
+    max_train_pairs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Train on at most this many pairs (a seeded sample) so a cycle's time stays "
+        "bounded as feedback accumulates; None trains on all.",
+    )
     score_batch_size: int = Field(default=16, ge=1, description="Batch size when scoring replies.")

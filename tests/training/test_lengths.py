@@ -1,4 +1,5 @@
-"""Examples longer than a stage's max_length are left out, and the stage says so."""
+"""Examples longer than a stage's max_length are left out, and the stage says so;
+the reward stage trains on at most `max_train_pairs`."""
 
 from __future__ import annotations
 
@@ -43,3 +44,14 @@ def test_sft_is_skipped_when_too_few_examples_fit(tiny_model_dir: Path, tmp_path
     result = train_sft(tiny_model_dir, examples, tmp_path / "sft", config)
     assert result == {"sft_examples": 0, "sft_too_long": 8}
     assert not (tmp_path / "sft").exists()
+
+
+def test_reward_model_trains_on_at_most_max_train_pairs(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = RewardStageConfig(max_train_pairs=6, batch_size=2, epochs=1, max_length=1024)
+    result = train_reward_model(
+        tiny_model_dir, make_pairs(20), make_pairs(4), tmp_path, config, progress=False
+    )
+    assert result.train_metrics["train_pairs"] == 6
+    assert len(result.train_metrics["loss_curve"]) == 3  # 6 pairs, 2 per step, one epoch
