@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from feedback.db import ensure_database
@@ -95,25 +96,46 @@ def up() -> dict[str, str]:
     return values
 
 
+def _stop(pidfile: Path, name: str, timeout: float = 30.0) -> None:
+    """SIGTERM the process in ``pidfile``, wait for it to exit (SIGKILL after ``timeout``)."""
+    if not pidfile.exists():
+        return
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, ValueError):
+        pidfile.unlink(missing_ok=True)
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            logger.warning("%s: still running %.0f s after SIGTERM; killing it", name, timeout)
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    pidfile.unlink(missing_ok=True)
+    logger.info("%s: stopped", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # our own child exits as a zombie until reaped
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
 def down() -> None:
+    """Stop the API and consumer first (the API flushes its producer, the consumer
+    finishes its batch, both while the broker and Postgres still answer), then
+    tansu, then the private Postgres cluster; each is waited for."""
     root = home()
-    pidfile = root / "run" / "tansu.pid"
-    if pidfile.exists():
-        try:
-            os.kill(int(pidfile.read_text()), signal.SIGTERM)
-            logger.info("kafka: stopped tansu")
-        except (ProcessLookupError, ValueError):
-            pass
-        pidfile.unlink()
     for name in ("api", "consumer"):
-        pf = root / "run" / f"{name}.pid"
-        if pf.exists():
-            try:
-                os.kill(int(pf.read_text()), signal.SIGTERM)
-                logger.info("%s: stopped", name)
-            except (ProcessLookupError, ValueError):
-                pass
-            pf.unlink()
+        _stop(root / "run" / f"{name}.pid", name)
+    _stop(root / "run" / "tansu.pid", "kafka (tansu)", timeout=10)
     cluster = PrivateCluster(root / "pg" / "data", PRIVATE_PG_PORT)
     if (cluster.data_dir / "PG_VERSION").exists():
         cluster.stop()
