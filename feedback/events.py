@@ -38,7 +38,8 @@ class Event(BaseModel):
     user_id: str = Field(min_length=1, max_length=200)
 
     def partition_key(self) -> bytes:
-        """Kafka key: events of one conversation stay in order on one partition."""
+        """Kafka key: one user's feedback stays in order on one partition (a rating
+        names a reply, not its conversation; ``MessageLogged`` keys by conversation)."""
         return self.user_id.encode()
 
 
