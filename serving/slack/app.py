@@ -4,9 +4,10 @@ HTTP mode: Slack signs every request; bolt checks the signature and that the
 timestamp is within 5 minutes, else 401. Socket Mode (``ratchet slack
 --socket``) builds the same app without request verification.
 
-The handlers reach the chat service, producer and pool through the FastAPI
-app's state (``app.state.ratchet``), read when the first event arrives, after
-the lifespan opened them.
+The handlers reach the chat service, the feedback service (the HTTP API's, so
+Slack feedback passes the same per-user cap and duplicate check) and the pool
+through the FastAPI app's state (``app.state.ratchet``), read when the first
+event arrives, after the lifespan opened them.
 """
 
 from __future__ import annotations
@@ -77,8 +78,7 @@ class StateContext:
             pool = getattr(state, "pool", None)
             self._built = SlackContext(
                 chat=state.chat,
-                publish=state.producer.publish,
-                message_id_secret=self._settings.message_id_secret,
+                feedback=state.feedback,
                 users=SlackUserDirectory(pool),
                 dedupe=EventDeduper(pool),
                 history=ThreadHistory(),

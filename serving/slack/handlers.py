@@ -3,8 +3,15 @@
 - ``app_mention`` and ``message.im``: answer in the thread with the chat
   service the API uses (knowledge base included when enabled), streamed by
   editing one message, finished with the feedback buttons.
-- 👍 / 👎: a ``RatingGiven`` event through the API's producer.
-- "Suggest a better answer": a modal; its submission is a ``CorrectionGiven``.
+- 👍 / 👎: a ``RatingGiven`` event, through the API's feedback service.
+- "Suggest a better answer": a modal; its submission is a ``CorrectionGiven``,
+  through the same service.
+
+Feedback from Slack takes the HTTP API's path (``FeedbackService.rate`` /
+``correct``): the same message id check, per-user cap and duplicate drop, so a
+click repeated in Slack publishes nothing new. Refusals become ephemeral
+messages (or errors in the modal): someone else's answer -> ``NOT_YOURS``, past
+the cap -> ``TOO_FAST`` with the wait, an id we cannot rate -> ``UNKNOWN``.
 
 No FastAPI here: the handlers take their dependencies from ``SlackContext``.
 """
@@ -18,13 +25,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from pydantic import ValidationError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from feedback.errors import ForeignMessageId, MessageIdError
-from feedback.events import CorrectionGiven, Event, RatingGiven
-from feedback.message_ids import verify_message_id
-from serving.errors import APIError
+from serving.errors import APIError, FeedbackRateLimited
+from serving.feedback.protocol import CorrectionRequest, FeedbackAccepted, RatingRequest
 from serving.slack import blocks
 from serving.slack.dedupe import EventDeduper
 from serving.slack.stream import MessageStreamer
@@ -36,6 +43,8 @@ logger = logging.getLogger(__name__)
 GENERIC_ERROR = "Sorry, something went wrong while answering. Please try again."
 NOT_YOURS = "Only the person who asked can rate this answer."
 UNKNOWN = "This answer can no longer be rated."
+TOO_FAST = "You're rating too fast; try again in {seconds} s."
+EMPTY_CORRECTION = "Write the answer you wanted."
 
 
 class ChatLike(Protocol):
@@ -52,13 +61,22 @@ class ChatLike(Protocol):
     ) -> AsyncIterator[Any]: ...
 
 
+class FeedbackLike(Protocol):
+    """What Slack needs from ``serving.feedback.service.FeedbackService``."""
+
+    def check(self, message_id: str, user_id: str) -> None: ...
+
+    def rate(self, req: RatingRequest, *, user_id: str) -> FeedbackAccepted: ...
+
+    def correct(self, req: CorrectionRequest, *, user_id: str) -> FeedbackAccepted: ...
+
+
 @dataclass
 class SlackContext:
     """The serving parts the handlers use (built once the app's lifespan ran)."""
 
     chat: ChatLike
-    publish: Callable[[Event], None]
-    message_id_secret: str
+    feedback: FeedbackLike
     users: SlackUserDirectory
     dedupe: EventDeduper
     history: ThreadHistory
@@ -79,6 +97,17 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, APIError) and exc.status == 503:
         return "The assistant is busy or restarting; please try again in a minute."
     return GENERIC_ERROR
+
+
+def refusal(exc: Exception, *, what: str) -> str:
+    """What the Slack user is told when the feedback service refused ``what``."""
+    if isinstance(exc, ForeignMessageId):
+        return NOT_YOURS
+    if isinstance(exc, FeedbackRateLimited):
+        logger.info("slack %s: rate limited for %d s", what, exc.retry_after)
+        return TOO_FAST.format(seconds=exc.retry_after)
+    logger.warning("slack %s: bad message id: %s", what, exc)
+    return UNKNOWN
 
 
 class SlackHandlers:
@@ -178,12 +207,22 @@ class SlackHandlers:
         thumbs: Literal["up", "down"] = (
             "up" if action.get("action_id") == blocks.ACTION_RATE_UP else "down"
         )
-        problem = self._check(message_id, user_id, ctx.message_id_secret)
-        if problem is None:
-            ctx.publish(RatingGiven(user_id=user_id, message_id=message_id, thumbs=thumbs))
-            logger.info("slack rating %s on %s by %s", thumbs, message_id, user_id)
         emoji = "👍" if thumbs == "up" else "👎"
-        await self._tell(client, body, slack_user, problem or f"Thanks for the feedback {emoji}")
+        try:
+            request = RatingRequest(message_id=message_id, thumbs=thumbs)
+            accepted = ctx.feedback.rate(request, user_id=user_id)
+        except (ValidationError, MessageIdError, FeedbackRateLimited) as exc:
+            text = refusal(exc, what=f"rating {thumbs} on {message_id[:80]!r} by {user_id}")
+        else:
+            logger.info(
+                "slack rating %s on %s by %s: event %s",
+                thumbs,
+                message_id,
+                user_id,
+                accepted.event_id,
+            )
+            text = f"Thanks for the feedback {emoji}"
+        await self._tell(client, body, slack_user, text)
 
     async def on_suggest(
         self, ack: Any, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
@@ -193,9 +232,11 @@ class SlackHandlers:
         team, slack_user = team_and_user(body)
         user_id = await ctx.users.resolve(team, slack_user)
         message_id = str(action.get("value") or "")
-        problem = self._check(message_id, user_id, ctx.message_id_secret)
-        if problem is not None:
-            await self._tell(client, body, slack_user, problem)
+        try:
+            ctx.feedback.check(message_id, user_id)
+        except MessageIdError as exc:
+            what = f"correction of {message_id[:80]!r} by {user_id}"
+            await self._tell(client, body, slack_user, refusal(exc, what=what))
             return
         message = body.get("message") or {}
         view = blocks.correction_modal(
@@ -217,15 +258,11 @@ class SlackHandlers:
         values = view.get("state", {}).get("values", {})
         field = values.get(blocks.CORRECTION_BLOCK_ID, {}).get(blocks.CORRECTION_INPUT_ID, {})
         text = str(field.get("value") or "").strip()
-        problem = self._check(message_id, user_id, ctx.message_id_secret)
-        if problem is None and not text:
-            problem = "Write the answer you wanted."
+        problem = self._correct(ctx.feedback, message_id, text, user_id)
         if problem is not None:
             await ack(response_action="errors", errors={blocks.CORRECTION_BLOCK_ID: problem})
             return
         await ack()
-        ctx.publish(CorrectionGiven(user_id=user_id, message_id=message_id, corrected_reply=text))
-        logger.info("slack correction on %s by %s", message_id, user_id)
         if meta.get("channel"):
             await self._post_ephemeral(
                 client,
@@ -238,15 +275,25 @@ class SlackHandlers:
     # -- helpers -----------------------------------------------------------
 
     @staticmethod
-    def _check(message_id: str, user_id: str, secret: str) -> str | None:
-        """None if ``user_id`` may give feedback on ``message_id``, else what to tell them."""
+    def _correct(feedback: FeedbackLike, message_id: str, text: str, user_id: str) -> str | None:
+        """Submit a correction; None if accepted (or a repeat), else what the modal says."""
+        what = f"correction of {message_id[:80]!r} by {user_id}"
         try:
-            verify_message_id(message_id, user_id, secret)
-        except ForeignMessageId:
-            return NOT_YOURS
-        except MessageIdError as exc:
-            logger.warning("slack feedback on a bad message id: %s", exc)
-            return UNKNOWN
+            if not text:
+                feedback.check(message_id, user_id)  # someone else's answer says so first
+                return EMPTY_CORRECTION
+            request = CorrectionRequest(message_id=message_id, corrected_reply=text)
+            accepted = feedback.correct(request, user_id=user_id)
+        except ValidationError as exc:
+            problems = [e for e in exc.errors() if e["loc"][:1] != ("message_id",)]
+            if problems:  # the text itself (too long, NUL characters)
+                return f"Check your answer: {problems[0]['msg']}"
+            return refusal(exc, what=what)
+        except (MessageIdError, FeedbackRateLimited) as exc:
+            return refusal(exc, what=what)
+        logger.info(
+            "slack correction on %s by %s: event %s", message_id, user_id, accepted.event_id
+        )
         return None
 
     async def _tell(

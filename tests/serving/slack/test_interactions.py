@@ -1,7 +1,8 @@
 """Acceptance: button clicks and the correction modal become feedback in Postgres.
 
 A click is a signed ``block_actions`` payload; the app publishes RatingGiven
-through the API's producer to the real broker, and the real consumer stores it.
+through the API's feedback service and producer to the real broker, and the
+real consumer stores it.
 """
 
 from __future__ import annotations
