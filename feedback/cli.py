@@ -154,6 +154,8 @@ def _export(args: argparse.Namespace) -> int:
         f"wrote {summary.pairs} preference pairs, {summary.kto} KTO examples, "
         f"{summary.sft} SFT examples to {args.out} ({args.format})"
     )
+    if summary.complete_through is not None:
+        print(f"complete through {summary.complete_through.isoformat()} (the next --since)")
     return 0
 
 

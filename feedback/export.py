@@ -22,6 +22,12 @@ files (or datasets) and says so in the log.
 
 The exported pairs are also recorded in ``preference_pairs`` (once per
 ``pair_key``: exporting twice adds nothing).
+
+An export reads up to :func:`feedback.pairs.committed_through` and reports that
+time as ``complete_through``: records stored while a consumer batch was still
+being written are left out rather than half-read, and ``--since
+<complete_through>`` next time exports exactly what came after (a watermark
+taken from the newest exported ``created_at`` could skip such a batch).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from feedback.pairs import (
     KtoRecord,
     PreferencePair,
     SftRecord,
+    committed_through,
     load_kto_examples,
     load_pairs,
     load_sft_examples,
@@ -73,6 +80,7 @@ class ExportSummary:
     sft: int
     pairs_recorded: int  # rows new to preference_pairs
     paths: tuple[Path, ...]
+    complete_through: datetime | None = None  # the next export's safe ``since``
 
 
 def export(
@@ -83,14 +91,16 @@ def export(
     since: datetime | None = None,
     names: Iterable[str] | None = None,
 ) -> ExportSummary:
-    """Write the pairs, KTO and SFT examples built since ``since`` into the directory ``out``."""
+    """Write the pairs, KTO and SFT examples built since ``since`` (and up to
+    ``committed_through``, returned as ``complete_through``) into the directory ``out``."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     _prepare(out)
     names = None if names is None else list(names)
-    pairs = load_pairs(conn, since, names=names)
-    kto = load_kto_examples(conn, since, names=names)
-    sft = load_sft_examples(conn, since, names=names)
+    until = committed_through(conn)
+    pairs = load_pairs(conn, since, until=until, names=names)
+    kto = load_kto_examples(conn, since, until=until, names=names)
+    sft = load_sft_examples(conn, since, until=until, names=names)
     rows = {
         "pairs": [pair_row(p) for p in pairs],
         "kto": [kto_row(k) for k in kto],
@@ -110,7 +120,7 @@ def export(
         out,
         fmt,
     )
-    return ExportSummary(out, fmt, len(pairs), len(kto), len(sft), recorded, paths)
+    return ExportSummary(out, fmt, len(pairs), len(kto), len(sft), recorded, paths, until)
 
 
 def record_pairs(conn: psycopg.Connection, *, pairs: Sequence[PreferencePair]) -> int:

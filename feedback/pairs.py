@@ -17,15 +17,35 @@ every thumbs rater liked is ``label=True``, one every rater disliked
 ``label=False``; mixed verdicts are left out.
 
 **Time.** Each record's ``created_at`` is when it became buildable *in the
-store*: the greatest ``stored_at`` of the feedback rows and messages it joins,
-and ``since`` filters on that same value (``created_at > since``). ``stored_at``
-rather than ``occurred_at`` because feedback arrives late (the producer's spool,
-a rating stored before its message): filtering on the event's own time would
-silently drop everything that arrived after the trainer's watermark but happened
-before it. A changed rating moves its ``stored_at``, so the pairs it affects come
-back in the next snapshot. Known gap: ``stored_at`` is the writing transaction's
-start time, so a consumer batch still uncommitted while a snapshot is taken can
-land just below that snapshot's watermark.
+store*: the greatest ``stored_at`` of the feedback rows and messages it joins.
+``since`` and ``until`` filter on that same value (``since < created_at <=
+until``). ``stored_at`` rather than ``occurred_at`` because feedback arrives late
+(the producer's spool, a rating stored before its message): filtering on the
+event's own time would silently drop everything that arrived after the
+trainer's watermark but happened before it. A changed rating moves its
+``stored_at``, so the pairs it affects come back in the next snapshot (by
+design: it is new feedback).
+
+**Watermarks.** ``stored_at`` is ``now()`` of the writing transaction, i.e. its
+*start*, not its commit: a consumer batch that started before a snapshot but
+commits after it carries a ``stored_at`` below records the snapshot did see. A
+watermark taken as "the newest ``created_at`` seen" would then pass it, and the
+next ``since`` query would skip it forever. So a snapshot reads only up to
+:func:`committed_through` (``until``): a time before the start of every
+transaction still open in this database (``pg_stat_activity.xact_start``, or
+``query_start`` of a statement whose transaction is just starting) and before
+the clock when it was asked (read a moment before the sessions, so one that
+has just taken its start time has published it). Every row with ``stored_at`` at or below it is
+committed and visible to any statement that starts afterwards; records above it
+are left for the next snapshot, not skipped. A snapshot's watermark is the
+newest ``created_at`` it returned (at most ``until``), so consecutive snapshots
+``(since, until]`` neither skip nor repeat a record. The cost: records stored
+while a long transaction stays open wait until it ends (a warning names the
+session); the reader must see other roles' sessions (the same role as the
+consumer, or ``pg_read_all_stats``), else a warning says so. (A commit-ordered
+stamp would need ``track_commit_timestamp``, a server setting, or watermarks
+that are transaction snapshots rather than times; this keeps ``stored_at`` and
+the ``timestamptz`` watermark of ``training_runs``.)
 
 Feedback on messages that are not (yet) in the store is skipped; it is picked up
 once the message arrives, since the message's ``stored_at`` then raises
@@ -40,15 +60,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import dict_row
 
+from feedback.errors import FeedbackError
 from feedback.quality import redact, redact_messages
 
 logger = logging.getLogger(__name__)
@@ -109,7 +131,10 @@ class KtoRecord:
     model_version: str
 
 
-_SINCE = "(%(since)s::timestamptz IS NULL OR {stamp} > %(since)s::timestamptz)"
+_WINDOW = (
+    "(%(since)s::timestamptz IS NULL OR {stamp} > %(since)s::timestamptz)"
+    " AND (%(until)s::timestamptz IS NULL OR {stamp} <= %(until)s::timestamptz)"
+)
 
 _COMPARISONS = f"""
 WITH latest AS (
@@ -131,7 +156,7 @@ WITH latest AS (
     JOIN messages b ON b.id = l.message_id_b
     WHERE l.winner <> 'tie'
 )
-SELECT * FROM joined WHERE {_SINCE.format(stamp="created_at")}
+SELECT * FROM joined WHERE {_WINDOW.format(stamp="created_at")}
 ORDER BY created_at, event_id
 """
 
@@ -139,7 +164,7 @@ _CORRECTIONS = f"""
 SELECT c.event_id, c.corrected_reply, m.id, m.prompt, m.reply, m.model_version,
        m.conversation_id, greatest(c.stored_at, m.stored_at) AS created_at
 FROM corrections c JOIN messages m ON m.id = c.message_id
-WHERE {_SINCE.format(stamp="greatest(c.stored_at, m.stored_at)")}
+WHERE {_WINDOW.format(stamp="greatest(c.stored_at, m.stored_at)")}
 ORDER BY created_at, c.event_id
 """
 
@@ -156,7 +181,7 @@ WITH scored AS (
                               ORDER BY c.score - r.score DESC, c.id, r.id) AS rank
     FROM scored c JOIN scored r
       ON r.prompt_hash = c.prompt_hash AND c.score > r.score + {_SCORE_EPSILON}
-    WHERE {_SINCE.format(stamp="greatest(c.rated_at, r.rated_at)")}
+    WHERE {_WINDOW.format(stamp="greatest(c.rated_at, r.rated_at)")}
 )
 SELECT k.created_at, cm.id AS chosen_id, cm.reply AS chosen, cm.model_version AS chosen_version,
        rm.id AS rejected_id, rm.reply AS rejected, rm.model_version AS rejected_version,
@@ -177,7 +202,7 @@ WITH lowest AS (
 SELECT s.rated_at AS created_at, m.id, m.prompt, m.reply, m.model_version, m.conversation_id
 FROM lowest s JOIN messages m ON m.id = s.id
 WHERE s.score >= 1 AND NOT EXISTS (SELECT 1 FROM corrections c WHERE c.message_id = m.id)
-  AND {_SINCE.format(stamp="s.rated_at")}
+  AND {_WINDOW.format(stamp="s.rated_at")}
 ORDER BY created_at, m.id
 """
 
@@ -191,34 +216,101 @@ WITH verdicts AS (
 )
 SELECT v.created_at, v.all_up, m.id, m.prompt, m.reply, m.model_version, m.conversation_id
 FROM verdicts v JOIN messages m ON m.id = v.id
-WHERE (v.all_up OR v.all_down) AND {_SINCE.format(stamp="v.created_at")}
+WHERE (v.all_up OR v.all_down) AND {_WINDOW.format(stamp="v.created_at")}
 ORDER BY created_at, m.id
 """
+
+
+# Sessions of this database that may still commit rows: those in a transaction, and
+# those running a statement (its transaction may be starting: ``query_start`` is
+# then that transaction's ``now()``). Autovacuum writes no feedback.
+_OPEN_TRANSACTIONS = """
+SELECT pid, application_name, state,
+       query = '<insufficient privilege>' AS hidden,
+       least(xact_start, CASE WHEN state = 'active' THEN query_start END) AS started
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND backend_type NOT IN ('autovacuum worker', 'autovacuum launcher')
+"""
+# A session publishes "active" a moment after taking its statement's start time;
+# waiting this long between reading the clock and the sessions covers that moment.
+_SETTLE_S = 0.05
+# An open transaction older than this holds new records back: say which one.
+_LAGGING = timedelta(minutes=5)
+
+
+def committed_through(conn: psycopg.Connection | None = None) -> datetime:
+    """A ``created_at`` up to which the store is complete: every row with ``stored_at``
+    at or below it is committed, and visible to any statement started after this
+    returns. Pass it as ``until`` so that a watermark taken from the records read
+    never passes a batch still being written (see the module docstring).
+
+    Use it on an autocommit or READ COMMITTED connection: a REPEATABLE READ
+    transaction would keep reading from a snapshot older than this answer."""
+    with _connection(conn) as c:
+        clock: datetime = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        if not c.autocommit:
+            level = c.execute("SHOW transaction_isolation").fetchone()[0]  # type: ignore[index]
+            if level != "read committed":
+                raise FeedbackError(
+                    f"committed_through needs an autocommit or READ COMMITTED connection,"
+                    f" not a {level} transaction (its snapshot would predate the answer)"
+                )
+        time.sleep(_SETTLE_S)
+        c.execute("SELECT pg_stat_clear_snapshot()")  # fresh activity, even mid-transaction
+        with c.cursor(row_factory=dict_row) as cur:
+            sessions = cur.execute(_OPEN_TRANSACTIONS).fetchall()
+    hidden = sum(1 for s in sessions if s["hidden"])
+    if hidden:
+        logger.warning(
+            "%d sessions of other roles are hidden from this role: feedback they are"
+            " writing may be missed; read with the consumer's role or grant"
+            " pg_read_all_stats",
+            hidden,
+        )
+    open_ = [s for s in sessions if s["started"] is not None]
+    if not open_:
+        return clock - timedelta(microseconds=1)
+    oldest = min(open_, key=lambda s: s["started"])
+    if clock - oldest["started"] > _LAGGING:
+        logger.warning(
+            "a transaction open since %s (pid %s, %r, %s) holds back feedback stored"
+            " since then until it ends",
+            oldest["started"],
+            oldest["pid"],
+            oldest["application_name"],
+            oldest["state"],
+        )
+    return min(clock, oldest["started"]) - timedelta(microseconds=1)
 
 
 def load_pairs(
     conn: psycopg.Connection | None,
     since: datetime | None = None,
     *,
+    until: datetime | None = None,
     names: Iterable[str] | None = None,
     max_pairs_per_prompt: int | None = 32,
 ) -> list[PreferencePair]:
-    """Preference pairs from comparisons, corrections and ratings stored after ``since``.
+    """Preference pairs from comparisons, corrections and ratings stored after ``since``
+    (and up to ``until``: pass :func:`committed_through` when chaining watermarks).
 
     ``conn`` None opens a connection to ``DATABASE_URL``. Ordered by ``created_at``."""
     names = _names(names)
+    window = {"since": since, "until": until}
     with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
         pairs = [
-            *_comparison_pairs(cur, since, names),
-            *_correction_pairs(cur, since, names),
-            *_rating_pairs(cur, since, names, max_pairs_per_prompt),
+            *_comparison_pairs(cur, window, names),
+            *_correction_pairs(cur, window, names),
+            *_rating_pairs(cur, window, names, max_pairs_per_prompt),
         ]
     pairs = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]
     pairs.sort(key=lambda p: p.created_at)
     logger.info(
-        "built %d preference pairs since %s (%s)",
+        "built %d preference pairs in (%s, %s] (%s)",
         len(pairs),
         since,
+        until,
         ", ".join(f"{s}: {sum(p.source == s for p in pairs)}" for s in _SOURCES),
     )
     return pairs
@@ -228,21 +320,24 @@ def load_sft_examples(
     conn: psycopg.Connection | None,
     since: datetime | None = None,
     *,
+    until: datetime | None = None,
     names: Iterable[str] | None = None,
 ) -> list[SftRecord]:
-    """Corrections, and replies every rater gave top marks (thumbs up or 5 stars)."""
+    """Corrections, and replies every rater gave top marks (thumbs up or 5 stars),
+    stored after ``since`` and up to ``until``."""
     names = _names(names)
+    window = {"since": since, "until": until}
     with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
-        cur.execute(_CORRECTIONS, {"since": since})
+        cur.execute(_CORRECTIONS, window)
         out = [
             _sft(row, row["corrected_reply"], "correction", names)
             for row in cur.fetchall()
             if row["corrected_reply"].strip() != row["reply"].strip()
         ]
-        cur.execute(_TOP_RATED, {"since": since})
+        cur.execute(_TOP_RATED, window)
         out += [_sft(row, row["reply"], "rating", names) for row in cur.fetchall()]
     out.sort(key=lambda s: s.created_at)
-    logger.info("built %d SFT examples since %s", len(out), since)
+    logger.info("built %d SFT examples in (%s, %s]", len(out), since, until)
     return out
 
 
@@ -250,12 +345,14 @@ def load_kto_examples(
     conn: psycopg.Connection | None,
     since: datetime | None = None,
     *,
+    until: datetime | None = None,
     names: Iterable[str] | None = None,
 ) -> list[KtoRecord]:
-    """Thumbs verdicts as unpaired (prompt, completion, label) examples."""
+    """Thumbs verdicts as unpaired (prompt, completion, label) examples, stored after
+    ``since`` and up to ``until``."""
     names = _names(names)
     with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
-        cur.execute(_THUMBS, {"since": since})
+        cur.execute(_THUMBS, {"since": since, "until": until})
         out = [
             KtoRecord(
                 prompt=redact_messages(row["prompt"], names),
@@ -268,17 +365,18 @@ def load_kto_examples(
             )
             for row in cur.fetchall()
         ]
-    logger.info("built %d KTO examples since %s", len(out), since)
+    logger.info("built %d KTO examples in (%s, %s]", len(out), since, until)
     return out
 
 
 _SOURCES: tuple[PairSource, ...] = ("comparison", "correction", "rating")
+_Window = dict[str, datetime | None]  # {"since": ..., "until": ...}
 
 
 def _comparison_pairs(
-    cur: psycopg.Cursor[dict[str, Any]], since: datetime | None, names: list[str]
+    cur: psycopg.Cursor[dict[str, Any]], window: _Window, names: list[str]
 ) -> list[PreferencePair]:
-    cur.execute(_COMPARISONS, {"since": since})
+    cur.execute(_COMPARISONS, window)
     out = []
     for row in cur.fetchall():
         if row["hash_a"] != row["hash_b"]:
@@ -303,9 +401,9 @@ def _comparison_pairs(
 
 
 def _correction_pairs(
-    cur: psycopg.Cursor[dict[str, Any]], since: datetime | None, names: list[str]
+    cur: psycopg.Cursor[dict[str, Any]], window: _Window, names: list[str]
 ) -> list[PreferencePair]:
-    cur.execute(_CORRECTIONS, {"since": since})
+    cur.execute(_CORRECTIONS, window)
     return [
         PreferencePair(
             prompt=redact_messages(row["prompt"], names),
@@ -325,11 +423,11 @@ def _correction_pairs(
 
 def _rating_pairs(
     cur: psycopg.Cursor[dict[str, Any]],
-    since: datetime | None,
+    window: _Window,
     names: list[str],
     cap: int | None,
 ) -> list[PreferencePair]:
-    cur.execute(_RATING_PAIRS, {"since": since, "cap": cap})
+    cur.execute(_RATING_PAIRS, {**window, "cap": cap})
     return [
         PreferencePair(
             prompt=redact_messages(row["prompt"], names),

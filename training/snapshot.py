@@ -4,6 +4,15 @@ The feedback package builds the records (``feedback.pairs.load_pairs`` and
 ``load_sft_examples``, already PII-redacted); this module reads them through
 the :class:`FeedbackSource` protocol, deduplicates them, and splits them into
 train and held-out sets by conversation, so no conversation leaks across.
+
+A snapshot reads the records in ``(since, until]``: ``until`` is the source's
+:meth:`~FeedbackSource.horizon`, for the store ``feedback.pairs.committed_through``
+(nothing at or below it can still be committed). Its ``watermark``, the next
+run's ``since``, is the newest ``created_at`` it read, so a consumer batch that
+was still being written during the snapshot (its ``stored_at`` is its
+transaction's start) comes in the next snapshot instead of falling below the
+watermark, and no record is read twice (a changed rating does come back: it is
+new feedback).
 """
 
 from __future__ import annotations
@@ -47,30 +56,41 @@ class SftExample:
 
 
 class FeedbackSource(Protocol):
+    def horizon(self, conn: psycopg.Connection | None) -> datetime | None:
+        """Records created after this may not all be readable yet (None: no such limit).
+        Called before the loads; they get it as ``until``."""
+        ...
+
     def load_pairs(
-        self, conn: psycopg.Connection | None, since: datetime | None
+        self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
     ) -> Sequence[Any]: ...
 
     def load_sft_examples(
-        self, conn: psycopg.Connection | None, since: datetime | None
+        self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
     ) -> Sequence[Any]: ...
 
 
 class StoreSource:
     """Reads the feedback store through ``feedback.pairs``."""
 
-    def load_pairs(self, conn: psycopg.Connection | None, since: datetime | None) -> Sequence[Any]:
+    def horizon(self, conn: psycopg.Connection | None) -> datetime | None:
         from feedback import pairs
 
-        return pairs.load_pairs(conn, since)
+        return pairs.committed_through(conn)
 
-    def load_sft_examples(
-        self, conn: psycopg.Connection | None, since: datetime | None
+    def load_pairs(
+        self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
     ) -> Sequence[Any]:
         from feedback import pairs
 
-        loader = getattr(pairs, "load_sft_examples", None)
-        return loader(conn, since) if loader is not None else []
+        return pairs.load_pairs(conn, since, until=until)
+
+    def load_sft_examples(
+        self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
+    ) -> Sequence[Any]:
+        from feedback import pairs
+
+        return pairs.load_sft_examples(conn, since, until=until)
 
 
 @dataclass
@@ -135,9 +155,11 @@ def build_snapshot(
     since: datetime | None,
     heldout_fraction: float = 0.2,
 ) -> Snapshot:
-    """Load, deduplicate and split the feedback recorded after ``since``."""
-    raw_pairs = [to_pair(r) for r in source.load_pairs(conn, since)]
-    raw_sft = [to_sft(r) for r in source.load_sft_examples(conn, since)]
+    """Load, deduplicate and split the feedback recorded after ``since`` (up to the
+    source's horizon; the rest waits for the next snapshot)."""
+    until = source.horizon(conn)
+    raw_pairs = [to_pair(r) for r in source.load_pairs(conn, since, until)]
+    raw_sft = [to_sft(r) for r in source.load_sft_examples(conn, since, until)]
     seen: set[str] = set()
     pairs: list[Pair] = []
     for p in raw_pairs:
@@ -155,7 +177,10 @@ def build_snapshot(
             sft.append(s)
     train = [p for p in pairs if not is_heldout(p.conversation_id, heldout_fraction)]
     heldout = [p for p in pairs if is_heldout(p.conversation_id, heldout_fraction)]
-    stamps = [r.created_at for r in [*pairs, *sft] if r.created_at is not None]  # type: ignore[attr-defined]
+    # The newest record read (at most ``until``), not ``until`` itself: the JSONL
+    # source has no horizon, and the store's records above it come next time.
+    read = [r.created_at for r in raw_pairs] + [r.created_at for r in raw_sft]
+    stamps = [stamp for stamp in read if stamp is not None]
     watermark = max(stamps) if stamps else since
     stats = {
         "pairs_loaded": len(raw_pairs),
@@ -164,7 +189,7 @@ def build_snapshot(
         "pairs_heldout": len(heldout),
         "sft_examples": len(sft),
     }
-    logger.info("snapshot since %s: %s", since, stats)
+    logger.info("snapshot of (%s, %s]: %s", since, until, stats)
     return Snapshot(train, heldout, sft, watermark, stats)
 
 
@@ -178,8 +203,11 @@ class JsonlSource:
         self.pairs_path = Path(pairs_path)
         self.sft_path = Path(sft_path) if sft_path else None
 
+    def horizon(self, conn: psycopg.Connection | None) -> datetime | None:
+        return None  # a file is complete as it is
+
     @staticmethod
-    def _read(path: Any, since: datetime | None) -> list[dict[str, Any]]:
+    def _read(path: Any, since: datetime | None, until: datetime | None) -> list[dict[str, Any]]:
         rows = []
         try:
             fh = open(path)
@@ -195,14 +223,19 @@ class JsonlSource:
                     raise TrainingError(f"{path}:{number}: not JSON ({exc.msg})") from exc
                 if row.get("created_at"):
                     row["created_at"] = datetime.fromisoformat(row["created_at"])
-                if since is None or row.get("created_at") is None or row["created_at"] > since:
+                stamp = row.get("created_at")
+                if stamp is None or (
+                    (since is None or stamp > since) and (until is None or stamp <= until)
+                ):
                     rows.append(row)
         return rows
 
-    def load_pairs(self, conn: psycopg.Connection | None, since: datetime | None) -> Sequence[Any]:
-        return self._read(self.pairs_path, since)
+    def load_pairs(
+        self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
+    ) -> Sequence[Any]:
+        return self._read(self.pairs_path, since, until)
 
     def load_sft_examples(
-        self, conn: psycopg.Connection | None, since: datetime | None
+        self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
     ) -> Sequence[Any]:
-        return self._read(self.sft_path, since) if self.sft_path else []
+        return self._read(self.sft_path, since, until) if self.sft_path else []

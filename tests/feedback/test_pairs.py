@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from feedback.errors import FeedbackError
 from feedback.events import (
     ChatMessage,
     ComparisonGiven,
@@ -17,9 +18,9 @@ from feedback.events import (
     RatingGiven,
 )
 from feedback.message_ids import new_message_id
-from feedback.pairs import load_kto_examples, load_pairs, load_sft_examples
+from feedback.pairs import committed_through, load_kto_examples, load_pairs, load_sft_examples
 from feedback.store import write_batch
-from training.snapshot import StoreSource, build_snapshot, to_pair, to_sft
+from training.snapshot import Snapshot, StoreSource, build_snapshot, to_pair, to_sft
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -293,3 +294,50 @@ def test_records_fit_the_trainers_snapshot(conn: psycopg.Connection) -> None:
     pair = to_pair(load_pairs(conn, None, names=[])[0])
     assert pair.prompt[0]["role"] == "user" and pair.conversation_id
     assert to_sft(load_sft_examples(conn, None, names=[])[0]).completion
+
+
+def test_a_batch_committing_during_a_snapshot_comes_in_the_next_one(
+    conn: psycopg.Connection, database_url: str
+) -> None:
+    """The consumer stamps ``stored_at`` with its transaction's *start*: a batch that
+    began before a snapshot and commits after it is older than records the snapshot
+    saw. The next snapshot (since the first one's watermark) must still bring it."""
+    a, b = message("alice", "Q1?", "A"), message("alice", "Q1?", "B")
+    write_batch(conn, [a, b, compare(a, b, "a")])  # committed before the writer starts
+    with psycopg.connect(database_url) as writer:  # not autocommit: one open transaction
+        writer.execute("SELECT 1")  # its transaction starts: now() is this moment
+        slow_start = writer.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        c, d = message("bob", "Q2?", "C"), message("bob", "Q2?", "D")
+        write_batch(writer, [c, d, compare(c, d, "a")])  # written, not yet committed
+        e, f = message("carol", "Q3?", "E"), message("carol", "Q3?", "F")
+        write_batch(conn, [e, f, compare(e, f, "a")])  # started later, committed first
+        first = build_snapshot(StoreSource(), conn, since=None)
+        writer.commit()
+    second = build_snapshot(StoreSource(), conn, since=first.watermark)
+
+    def chosen(snapshot: Snapshot) -> list[str]:
+        return sorted(p.chosen for p in [*snapshot.train_pairs, *snapshot.heldout_pairs])
+
+    stored = {p.chosen: p.created_at for p in load_pairs(conn, None, names=[])}
+    assert stored["C"] == slow_start < stored["E"]  # the slow batch is stamped earlier
+    assert "C" in chosen(second)  # the slow batch is not skipped
+    assert chosen(first) + chosen(second) == ["A", "C", "E"]  # nor anything read twice
+    # E waited for the next snapshot: the slow batch could still commit below it.
+    assert first.watermark is not None and first.watermark < slow_start
+    assert build_snapshot(StoreSource(), conn, since=second.watermark).n_pairs == 0
+
+
+def test_committed_through_stays_below_open_transactions(
+    conn: psycopg.Connection, database_url: str
+) -> None:
+    with psycopg.connect(database_url) as writer:
+        writer.execute("SELECT 1")
+        started = writer.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        assert committed_through(conn) < started
+        writer.rollback()
+    assert committed_through(conn) > started
+    with psycopg.connect(database_url) as reader:
+        reader.execute("SET default_transaction_isolation = 'repeatable read'")
+        reader.commit()
+        with pytest.raises(FeedbackError, match="READ COMMITTED"):
+            committed_through(reader)

@@ -41,8 +41,11 @@ class ListSource:
         self.pairs = pairs
         self.sft = sft or []
 
-    def load_pairs(self, conn, since):  # type: ignore[no-untyped-def]
+    def horizon(self, conn):  # type: ignore[no-untyped-def]
+        return None  # nothing is being written
+
+    def load_pairs(self, conn, since, until=None):  # type: ignore[no-untyped-def]
         return [p for p in self.pairs if since is None or (p.created_at and p.created_at > since)]
 
-    def load_sft_examples(self, conn, since):  # type: ignore[no-untyped-def]
+    def load_sft_examples(self, conn, since, until=None):  # type: ignore[no-untyped-def]
         return [s for s in self.sft if since is None or (s.created_at and s.created_at > since)]
