@@ -7,6 +7,9 @@ requests are sent over ``N`` keep-alive connections (plain asyncio streams, so
 the client costs far less CPU than the server it measures). Each line of
 RESULTS is ``{"i": ..., "status": ..., "sent": <epoch s>, "done": <epoch s>,
 "body": <response JSON>}``, in completion order.
+
+:func:`stream_chat` is the same kind of client for a streamed chat completion
+(server-sent events over chunked HTTP), used by the serving benchmark.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -42,6 +46,58 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         if name.strip().lower() == "content-length":
             length = int(value)
     return status, await reader.readexactly(length)
+
+
+async def _read_chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The body of a ``Transfer-Encoding: chunked`` response, chunk by chunk."""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")  # no trailers: the final CRLF
+            return
+        yield await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+async def stream_chat(url: str, api_key: str, body: dict) -> tuple[float, float, int]:
+    """POST a ``stream: true`` chat completion; (TTFT s, latency s, completion tokens).
+
+    Tokens come from the final usage chunk (``include_usage``)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        request = {
+            "path": parts.path.rstrip("/") + "/v1/chat/completions",
+            "headers": {"Authorization": f"Bearer {api_key}", "Connection": "close"},
+            "body": {**body, "stream": True, "stream_options": {"include_usage": True}},
+        }
+        writer.write(_encode(host, port, request))
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {(await reader.read(2000)).decode()}")
+        first: float | None = None
+        tokens = 0
+        pending = b""
+        async for chunk in _read_chunks(reader):
+            pending += chunk
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                data = event.removeprefix(b"data: ")
+                if data == b"[DONE]":
+                    continue
+                payload = json.loads(data)
+                choices = payload.get("choices") or []
+                if first is None and choices and choices[0].get("delta", {}).get("content"):
+                    first = time.perf_counter()
+                if payload.get("usage"):
+                    tokens = payload["usage"]["completion_tokens"]
+        done = time.perf_counter()
+        return (first or done) - started, done - started, tokens
+    finally:
+        writer.close()
 
 
 async def run(url: str, requests: list[bytes], concurrency: int) -> list[dict]:

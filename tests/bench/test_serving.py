@@ -5,7 +5,10 @@ the other so they do not share the cores:
 
 - ``engine``: the bare vLLM engine in process (``VLLMEngineBackend.generate``);
 - ``api``: the real FastAPI app (auth, Postgres, Kafka events) over HTTP,
-  streamed with the official ``openai`` client, ``include_usage`` on;
+  streamed (``include_usage`` on) by a lean client (``tests.bench.loadgen``:
+  asyncio streams, one JSON parse per chunk), so the client takes little of
+  the CPU the server needs; ``api+openai`` is the same with the official
+  ``openai`` client, which costs the client several times more CPU per token;
 - ``transformers``: the fallback backend (plain ``generate``, one at a time).
 
 Ratios: API / engine (target >= 0.9) and API / transformers, per concurrency.
@@ -32,6 +35,7 @@ from serving.backends.transformers_backend import TransformersBackend
 from serving.backends.vllm_engine import VLLMEngineBackend
 from serving.settings import ServingSettings
 from tests.bench.conftest import percentile, print_table, ratio, save_json
+from tests.bench.loadgen import stream_chat
 from tests.serving.server import ServerThread, make_keys, new_database
 
 pytestmark = pytest.mark.bench
@@ -182,12 +186,24 @@ def api_request(client: openai.AsyncOpenAI) -> OneRequest:
     return one
 
 
+def lean_api_request(base_url: str, api_key: str) -> OneRequest:
+    async def one(i: int) -> Sample:
+        body = {"model": "base", "messages": messages_for(i), "max_tokens": MAX_TOKENS}
+        ttft, latency, tokens = await stream_chat(base_url, api_key, {**body, "temperature": 0})
+        return Sample(ttft, latency, tokens)
+
+    return one
+
+
 async def bench_api(base_url: str, api_key: str) -> list[LoadRun]:
+    lean = await sweep("api", lean_api_request(base_url, api_key))
     client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=api_key, timeout=300)
     try:
-        return await sweep("api", api_request(client))
+        top = CONCURRENCY[-1]
+        with_openai = await load("api+openai", api_request(client), top, requests_for(top))
     finally:
         await client.close()
+    return [*lean, with_openai]
 
 
 def api_sweep(base_url: str, api_key: str) -> list[LoadRun]:
@@ -226,7 +242,9 @@ def test_serving_throughput_and_ttft(
     try:
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
-            api = clients.submit(api_sweep, server.base_url, keys.user).result(timeout=900)
+            *api, api_openai = clients.submit(api_sweep, server.base_url, keys.user).result(
+                timeout=900
+            )
     finally:
         server.stop()
     hf = asyncio.run(
@@ -235,7 +253,7 @@ def test_serving_throughput_and_ttft(
         )
     )
 
-    runs = [*engine, *api, *hf]
+    runs = [*engine, *api, api_openai, *hf]
     for run in runs:  # sanity, not speed: every request finished and produced tokens
         assert len(run.samples) == requests_for(run.concurrency)
         assert run.tokens > 0, run.path
@@ -266,6 +284,11 @@ def test_serving_throughput_and_ttft(
         ["concurrency", "API/engine tok/s", "API/transformers tok/s", "TTFT p50 API-engine ms"],
         [list(r.values()) for r in ratios],
     )
+    openai_over_engine = ratio(api_openai.tokens_per_s, engine[-1].tokens_per_s)
+    print(
+        f"with the openai client instead (concurrency {api_openai.concurrency}): "
+        f"API/engine {openai_over_engine:.2f}; the difference is the client's CPU"
+    )
     save_json(
         "serving",
         {
@@ -273,5 +296,6 @@ def test_serving_throughput_and_ttft(
             "max_tokens": MAX_TOKENS,
             "runs": [r.record() for r in runs],
             "ratios": ratios,
+            "api_openai_client_over_engine_tokens_per_s": openai_over_engine,
         },
     )
