@@ -73,9 +73,18 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
                 metrics.swaps.inc()
 
         def on_swap_error(err: SwapError) -> None:
-            metrics.swap_failures.labels(err.version).inc()
+            if err.role == "canary":
+                metrics.canary_load_failures.labels(err.version).inc()
+            else:
+                metrics.swap_failures.labels(err.version).inc()
 
-        models = ModelManager(settings, pool, on_swap=on_swap, on_swap_error=on_swap_error)
+        models = ModelManager(
+            settings,
+            pool,
+            on_swap=on_swap,
+            on_swap_error=on_swap_error,
+            on_canary=metrics.set_canary,
+        )
         try:
             await models.start()
             extras: dict[str, Any] = {}
@@ -140,6 +149,14 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
         err = state.models.last_error
         checks["last_swap_error"] = (
             {"version": err.version, "path": err.path, "message": err.message} if err else None
+        )
+        # The canary never decides readiness: without it, A/B requests get production drafts.
+        checks["canary_version"] = state.models.canary_version
+        canary_err = state.models.last_canary_error
+        checks["last_canary_error"] = (
+            {"version": canary_err.version, "path": canary_err.path, "message": canary_err.message}
+            if canary_err
+            else None
         )
         checks["status"] = "ready" if ok else "not ready"
         return JSONResponse(checks, status_code=200 if ok else 503)

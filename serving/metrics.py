@@ -76,6 +76,32 @@ class ServingMetrics:
             registry=r,
         )
 
+        self.canary_served = Gauge(
+            "ratchet_canary_version_served",
+            "1 for the canary version answering A/B requests beside production.",
+            ["version"],
+            registry=r,
+        )
+        self.canary_load_failures = Counter(
+            "ratchet_canary_load_failures",
+            "Canary versions that failed to load (production kept serving).",
+            ["version"],
+            registry=r,
+        )
+        self.ab_requests = Counter(
+            "ratchet_ab_requests",
+            "A/B chat requests by how they were served: canary (canary vs production)"
+            " or drafts (two drafts of production, no canary loaded).",
+            ["mode"],
+            registry=r,
+        )
+
+    def set_canary(self, version: str | None) -> None:
+        for sample in list(next(iter(self.canary_served.collect())).samples):
+            self.canary_served.labels(sample.labels["version"]).set(0)
+        if version is not None:
+            self.canary_served.labels(version).set(1)
+
     def set_version(self, version: str) -> None:
         for sample in list(next(iter(self.version_served.collect())).samples):
             self.version_served.labels(sample.labels["version"]).set(0)

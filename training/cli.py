@@ -1,4 +1,5 @@
-"""Training's subcommands: ``model bootstrap``, ``train``, ``models ...``.
+"""Training's subcommands: ``model bootstrap``, ``train``, ``models ...`` (list, show,
+promote, rollback, canary, canary-report, audit).
 
 Heavy imports (torch, transformers, trl) happen inside the handlers. Training
 and registry errors are printed as ``ratchet CMD: message`` (exit 2)."""
@@ -30,6 +31,10 @@ def _cli_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             return func(args)
         except TrainingError as exc:
             raise CliError(str(exc)) from exc
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+            raise CliError(
+                "the database schema is older than this Ratchet: run `ratchet db migrate`"
+            ) from exc
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CliError(
@@ -172,6 +177,7 @@ def _models_list(args: argparse.Namespace) -> int:
                         "status": v.status,
                         "parent": v.parent_id,
                         "gates_passed": v.gates_passed,
+                        "canary": v.canary,
                         "path": v.path,
                         "created_at": v.created_at.isoformat(),
                     }
@@ -186,9 +192,10 @@ def _models_list(args: argparse.Namespace) -> int:
     colour = {"production": "bold green", "candidate": "cyan", "rejected": "red", "retired": "dim"}
     for v in versions:
         gates = "-" if v.gates_passed is None else ("passed" if v.gates_passed else "failed")
+        status = f"[{colour.get(v.status, '')}]{v.status}[/]"
         table.add_row(
             v.id,
-            f"[{colour.get(v.status, '')}]{v.status}[/]",
+            status + (" [bold yellow](canary)[/]" if v.canary else ""),
             v.parent_id or "-",
             gates,
             f"{v.created_at:%Y-%m-%d %H:%M}",
@@ -211,7 +218,8 @@ def _models_show(args: argparse.Namespace) -> int:
             raise RegistryError(f"no model version {args.version!r} (see `ratchet models list`)")
         run = get_run(conn, version.training_run_id) if version.training_run_id else None
     created = f"{version.created_at:%Y-%m-%d %H:%M}"
-    print(f"{version.id}: {version.status}  parent={version.parent_id or '-'}  created={created}")
+    status = version.status + (" (canary)" if version.canary else "")
+    print(f"{version.id}: {status}  parent={version.parent_id or '-'}  created={created}")
     print(f"path: {version.path}")
     print(f"weights sha256: {version.weights_sha256}")
     if run:
@@ -259,6 +267,47 @@ def _models_rollback(args: argparse.Namespace) -> int:
     with _connect(TrainingSettings()) as conn:
         version = rollback(conn, actor=_actor(args), reason=args.reason)
     print(f"rolled back: {version.id} is now the production version")
+    return 0
+
+
+@_cli_errors
+def _models_canary(args: argparse.Namespace) -> int:
+    from serving.cli import CliError
+    from training.registry import clear_canary, set_canary
+    from training.settings import TrainingSettings
+
+    if bool(args.version) == bool(args.clear):
+        raise CliError("name the candidate to serve as the canary, or --clear (not both)")
+    with _connect(TrainingSettings()) as conn:
+        if args.clear:
+            version = clear_canary(conn, actor=_actor(args), reason=args.reason)
+            print(f"canary cleared: {version.id} is no longer served beside production")
+            return 0
+        version = set_canary(conn, args.version, actor=_actor(args), reason=args.reason)
+    print(f"{version.id} is now the canary: A/B requests get one draft from it")
+    return 0
+
+
+@_cli_errors
+def _models_canary_report(args: argparse.Namespace) -> int:
+    from training.canary_report import canary_report
+    from training.settings import TrainingSettings
+
+    with _connect(TrainingSettings()) as conn:
+        report = canary_report(conn, canary=args.canary, baseline=args.baseline)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    print(f"A/B picks of {report.canary} (canary) vs {report.baseline} (production):")
+    print(f"  wins {report.wins}  losses {report.losses}  ties {report.ties}")
+    if report.total:
+        low, high = report.interval()
+        print(
+            f"  win rate {report.win_rate:.3f} (ties count half;"
+            f" 95% interval {low:.3f}-{high:.3f}, n={report.total})"
+        )
+    else:
+        print("  no comparisons between the two yet")
     return 0
 
 
@@ -345,6 +394,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rollback.add_argument("--reason", required=True, help="why (recorded in the audit log)")
     rollback.add_argument("--actor", help="who (default: RATCHET_ACTOR or the OS user)")
     rollback.set_defaults(func=_models_rollback)
-    audit = models_sub.add_parser("audit", help="the promotion/rollback audit log")
+    canary = models_sub.add_parser(
+        "canary", help="serve a candidate beside production for A/B drafts (or --clear)"
+    )
+    canary.add_argument("version", nargs="?", help="the candidate to serve as the canary")
+    canary.add_argument("--clear", action="store_true", help="stop serving the canary")
+    canary.add_argument("--reason", help="why (recorded in the audit log)")
+    canary.add_argument("--actor", help="who (default: RATCHET_ACTOR or the OS user)")
+    canary.set_defaults(func=_models_canary)
+    report = models_sub.add_parser(
+        "canary-report", help="users' A/B picks: the canary's wins, losses and ties vs production"
+    )
+    report.add_argument("--canary", help="the version to report on (default: the canary)")
+    report.add_argument("--baseline", help="compared with (default: the production version)")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.set_defaults(func=_models_canary_report)
+    audit = models_sub.add_parser("audit", help="the registry audit log (promotions, canaries)")
     audit.add_argument("--limit", type=int, default=50)
     audit.set_defaults(func=_models_audit)

@@ -9,6 +9,13 @@ Statuses: ``candidate`` (registered, gates passed, waiting for promotion),
 ``rejected`` (gates failed), ``production`` (at most one), ``retired`` (was
 production once). Every write happens in one transaction under an advisory
 transaction lock, so concurrent promotions cannot interleave.
+
+The canary is a role, not a status (like MLflow's ``challenger`` alias): at most
+one ``candidate`` is marked ``canary``, and serving loads it beside production
+to answer A/B requests with one draft from each. :func:`set_canary` and
+:func:`clear_canary` are audited and ``NOTIFY`` the same channel (payload
+``canary:<id>``, or ``canary:`` when cleared); promoting the canary clears the
+role in the same transaction.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class ModelVersion:
     gates_passed: bool | None
     status: str
     created_at: datetime
+    canary: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,14 +63,22 @@ class AuditEntry:
 
 _COLUMNS = (
     "id, parent_id, path, weights_sha256, training_run_id, metrics, gate_report,"
-    " gates_passed, status, created_at"
+    " gates_passed, status, created_at, canary"
 )
+_INSERT_COLUMNS = _COLUMNS.removesuffix(", canary")
 
 
 def get_production(conn: psycopg.Connection) -> ModelVersion | None:
     """The version serving should use now, or None before the base is registered."""
     with conn.cursor(row_factory=class_row(ModelVersion)) as cur:
         cur.execute(f"SELECT {_COLUMNS} FROM model_versions WHERE status = 'production'")
+        return cur.fetchone()
+
+
+def get_canary(conn: psycopg.Connection) -> ModelVersion | None:
+    """The candidate serving answers A/B requests beside production, if any."""
+    with conn.cursor(row_factory=class_row(ModelVersion)) as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM model_versions WHERE canary")
         return cur.fetchone()
 
 
@@ -130,8 +146,9 @@ def _audit(
     )
 
 
-def _notify(conn: psycopg.Connection, version_id: str) -> None:
-    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, version_id))
+def _notify(conn: psycopg.Connection, payload: str) -> None:
+    """Wake serving: a production version id, or ``canary:<id>`` (``canary:`` when cleared)."""
+    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
 
 
 def next_version_id(conn: psycopg.Connection) -> str:
@@ -162,7 +179,7 @@ def register_version(
     lock_registry(conn)
     status = "candidate" if gates_passed else "rejected"
     conn.execute(
-        f"INSERT INTO model_versions ({_COLUMNS})"
+        f"INSERT INTO model_versions ({_INSERT_COLUMNS})"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
         (
             version_id,
@@ -198,7 +215,7 @@ def ensure_base(
                 raise RegistryError("the registry has versions but none is in production")
             return production
         conn.execute(
-            f"INSERT INTO model_versions ({_COLUMNS})"
+            f"INSERT INTO model_versions ({_INSERT_COLUMNS})"
             " VALUES ('v0001', NULL, %s, %s, NULL, '{}', NULL, NULL, 'production', now())",
             (path, weights_sha256),
         )
@@ -215,7 +232,8 @@ def promote(
     """Make ``version_id`` the production version.
 
     Refused unless its gates passed; ``force`` overrides that, needs a reason,
-    and is audited as ``force_promote``."""
+    and is audited as ``force_promote``. Promoting the canary ends its canary
+    role (audited as ``canary_clear``)."""
     if not reason or not reason.strip():
         raise RegistryError("a promotion needs a reason (--reason)")
     with conn.transaction():
@@ -240,9 +258,14 @@ def promote(
             conn.execute(
                 "UPDATE model_versions SET status = 'retired' WHERE id = %s", (current.id,)
             )
-        conn.execute("UPDATE model_versions SET status = 'production' WHERE id = %s", (version_id,))
+        conn.execute(
+            "UPDATE model_versions SET status = 'production', canary = false WHERE id = %s",
+            (version_id,),
+        )
         action = "force_promote" if force and not target.gates_passed else "promote"
         _audit(conn, action, actor, current.id if current else None, version_id, reason)
+        if target.canary:
+            _audit(conn, "canary_clear", actor, version_id, None, "promoted to production")
         _notify(conn, version_id)
     promoted = get_version(conn, version_id)
     assert promoted is not None
@@ -284,3 +307,58 @@ def rollback(conn: psycopg.Connection, *, actor: str, reason: str) -> ModelVersi
     restored = get_version(conn, previous)
     assert restored is not None
     return restored
+
+
+def set_canary(
+    conn: psycopg.Connection, version_id: str, *, actor: str, reason: str | None = None
+) -> ModelVersion:
+    """Mark the candidate ``version_id`` as the canary, replacing any other canary.
+
+    Only a ``candidate`` can be the canary: a rejected version failed its gates, a
+    retired one was already replaced, and the production version is served anyway."""
+    with conn.transaction():
+        lock_registry(conn)
+        target = get_version(conn, version_id)
+        if target is None:
+            raise RegistryError(f"no model version {version_id!r} (see `ratchet models list`)")
+        if target.canary:
+            raise RegistryError(f"{version_id} is already the canary")
+        if target.status != "candidate":
+            why = {
+                "production": "it is the production version",
+                "rejected": "it was rejected (gates failed: "
+                + (", ".join(failed_gates(target.gate_report)) or "unknown")
+                + ")",
+                "retired": "it is retired (it was production once and has been replaced)",
+            }.get(target.status, f"its status is {target.status}")
+            raise RegistryError(
+                f"{version_id} cannot be the canary: {why}; only a candidate can"
+                " (`ratchet models list`)"
+            )
+        previous = get_canary(conn)
+        if previous is not None:
+            conn.execute("UPDATE model_versions SET canary = false WHERE id = %s", (previous.id,))
+        conn.execute("UPDATE model_versions SET canary = true WHERE id = %s", (version_id,))
+        _audit(conn, "canary", actor, previous.id if previous else None, version_id, reason)
+        _notify(conn, f"canary:{version_id}")
+    marked = get_version(conn, version_id)
+    assert marked is not None
+    return marked
+
+
+def clear_canary(
+    conn: psycopg.Connection, *, actor: str, reason: str | None = None
+) -> ModelVersion:
+    """End the canary role; serving stops answering A/B requests with it. Returns the
+    version that was the canary (it stays a candidate)."""
+    with conn.transaction():
+        lock_registry(conn)
+        current = get_canary(conn)
+        if current is None:
+            raise RegistryError("there is no canary to clear (`ratchet models list`)")
+        conn.execute("UPDATE model_versions SET canary = false WHERE id = %s", (current.id,))
+        _audit(conn, "canary_clear", actor, current.id, None, reason)
+        _notify(conn, "canary:")
+    cleared = get_version(conn, current.id)
+    assert cleared is not None
+    return cleared

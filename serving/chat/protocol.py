@@ -52,6 +52,9 @@ class ChatCompletionRequest(OpenAIBaseModel):
     user: str | None = None
     conversation_id: uuid.UUID | None = None  # ratchet: groups turns; created if absent
     knowledge: bool | None = None  # ratchet: ground in the knowledge base (default: server setting)
+    # ratchet: two choices to pick from, one from production and one from the canary in
+    # random order (two production drafts when no canary is configured); n must be 1 or 2
+    ab: bool = False
 
     @field_validator("stop")
     @classmethod
@@ -102,6 +105,8 @@ class ChatCompletionResponse(OpenAIBaseModel):
     model_version: str  # ratchet
     conversation_id: uuid.UUID  # ratchet
     citations: list[dict[str, Any]] = Field(default_factory=list)  # ratchet
+    # ratchet, A/B requests only: "canary" (production vs canary) or "drafts" (no canary)
+    ab: Literal["canary", "drafts"] | None = None
 
 
 class DeltaMessage(OpenAIBaseModel):
@@ -128,6 +133,7 @@ class ChatCompletionChunk(OpenAIBaseModel):
     model_version: str  # ratchet
     conversation_id: uuid.UUID  # ratchet
     citations: list[dict[str, Any]] | None = None  # ratchet: on the first chunk
+    ab: Literal["canary", "drafts"] | None = None  # ratchet: on the first chunk (A/B requests)
 
 
 class ModelCard(OpenAIBaseModel):

@@ -2,23 +2,30 @@
 
 No FastAPI here. Every reply (every choice when ``n > 1``) gets its own signed
 ``message_id`` and is published as a ``MessageLogged`` event when it ends.
+
+An A/B request (``"ab": true``) answers with two choices. With a canary loaded
+(``ratchet models canary VERSION``), one comes from production and one from the
+canary, in random order, each logged with its own ``model_version``; without
+one, they are two drafts of production (``"ab": "drafts"`` in the response).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from feedback.events import ChatMessage, Event, MessageLogged
+from feedback.events import ChatMessage, Event
 from feedback.message_ids import new_message_id
-from serving.backends import Generation, SamplingOptions
+from serving.backends import Backend, SamplingOptions
 from serving.chat import grounding
 from serving.chat.chunks import ChunkWriter
+from serving.chat.prepared import PreparedAB, PreparedChat, Reply, merge_deltas
 from serving.chat.protocol import (
     AssistantMessage,
     ChatCompletionRequest,
@@ -26,7 +33,6 @@ from serving.chat.protocol import (
     Choice,
     ChunkChoice,
     DeltaMessage,
-    Usage,
 )
 from serving.errors import InvalidRequest, PromptTooLong
 from serving.metrics import ServingMetrics
@@ -42,47 +48,7 @@ class Publisher(Protocol):
     def publish(self, event: Event) -> None: ...
 
 
-@dataclass
-class Reply:
-    """One finished assistant reply."""
-
-    message_id: str
-    conversation_id: uuid.UUID
-    model_version: str
-    text: str
-    citations: list[dict[str, Any]]
-    finish_reason: str | None
-    usage: dict[str, int]
-
-
-@dataclass
-class PreparedChat:
-    """A validated request, its lease on a model version and its started generation."""
-
-    id: str
-    created: int
-    user_id: str
-    conversation_id: uuid.UUID
-    message_ids: list[str]
-    model_version: str
-    prompt: list[dict[str, str]]
-    citations: list[dict[str, Any]]
-    generation: Generation
-    started: float
-    exit: contextlib.AsyncExitStack
-    texts: list[str] = field(default_factory=list)
-    token_ids: list[list[int]] = field(default_factory=list)
-    finish_reasons: list[str | None] = field(default_factory=list)
-    ttft: float | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.message_ids)
-
-    def usage(self) -> Usage:
-        done = sum(len(t) for t in self.token_ids)
-        p = self.generation.prompt_tokens
-        return Usage(prompt_tokens=p, completion_tokens=done, total_tokens=p + done)
+__all__ = ["ChatService", "PreparedAB", "PreparedChat", "Publisher", "Reply"]
 
 
 class ChatService:
@@ -109,18 +75,25 @@ class ChatService:
         *,
         user_id: str,
         conversation_id: uuid.UUID | None = None,
-    ) -> PreparedChat:
+    ) -> PreparedChat | PreparedAB:
         """Validate ``req`` and start generating; raises InvalidRequest (400) before any output."""
+        if req.ab and req.n not in (1, 2):
+            raise InvalidRequest(
+                "an A/B request ('ab': true) answers with two choices:"
+                " leave 'n' out or set it to 2",
+                param="n",
+            )
         options = SamplingOptions(
             max_tokens=req.max_new_tokens(),
             temperature=req.temperature,
             top_p=req.top_p,
             stop=req.stop_list(),
             seed=req.seed,
-            n=req.n,
+            n=2 if req.ab else req.n,
         )
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return await self._prepare(
+        prepare = self._prepare_ab if req.ab else self._prepare
+        return await prepare(
             messages,
             options,
             user_id=user_id,
@@ -128,8 +101,8 @@ class ChatService:
             knowledge=req.knowledge,
         )
 
-    async def complete(self, prep: PreparedChat) -> ChatCompletionResponse:
-        async for _ in self._run(prep):
+    async def complete(self, prep: PreparedChat | PreparedAB) -> ChatCompletionResponse:
+        async for _ in self._deltas(prep):
             pass
         choices = [
             Choice(
@@ -150,14 +123,16 @@ class ChatService:
             model_version=prep.model_version,
             conversation_id=prep.conversation_id,
             citations=prep.citations,
+            ab=prep.ab,
         )
 
     async def stream(
-        self, prep: PreparedChat, *, include_usage: bool = False
+        self, prep: PreparedChat | PreparedAB, *, include_usage: bool = False
     ) -> AsyncIterator[bytes]:
         """OpenAI chunks, each as the JSON of its ``ChatCompletionChunk`` (``exclude_none``):
-        a role chunk per choice, content deltas, a finish chunk per choice, then (if
-        asked) a usage chunk with no choices."""
+        a role chunk per choice (with the citations and, for an A/B request, ``ab``),
+        content deltas, a finish chunk per choice, then (if asked) a usage chunk with
+        no choices."""
         writer = ChunkWriter(
             id=prep.id,
             created=prep.created,
@@ -176,10 +151,11 @@ class ChatService:
                 for i in range(prep.n)
             ],
             citations=prep.citations,
+            ab=prep.ab,
         )
         # One choice per chunk, content then a separate finish chunk, as OpenAI sends them
         # (LangChain reads only choices[0] of each chunk).
-        async for deltas in self._run(prep):
+        async for deltas in self._deltas(prep):
             for d in deltas:
                 if d.text:
                     yield writer.content(d.index, d.text)
@@ -264,6 +240,78 @@ class ChatService:
         conversation_id: uuid.UUID | None,
         knowledge: bool | None,
     ) -> PreparedChat:
+        self._validate(messages, options)
+        chunks = await self._retrieve(messages, knowledge)
+        return await self._on_production(
+            messages, chunks, options, user_id=user_id, conversation_id=conversation_id
+        )
+
+    async def _prepare_ab(
+        self,
+        messages: list[dict[str, str]],
+        options: SamplingOptions,
+        *,
+        user_id: str,
+        conversation_id: uuid.UUID | None,
+        knowledge: bool | None,
+    ) -> PreparedChat | PreparedAB:
+        """One choice from production and one from the canary, in random order; two
+        production drafts (``ab="drafts"``) when no canary is loaded."""
+        self._validate(messages, options)
+        chunks = await self._retrieve(messages, knowledge)
+        conversation_id = conversation_id or uuid.uuid4()
+        canary_stack = contextlib.AsyncExitStack()
+        canary = await canary_stack.enter_async_context(self._models.lease_canary())
+        if canary is None:
+            await canary_stack.aclose()
+            prep = await self._on_production(
+                messages, chunks, options, user_id=user_id, conversation_id=conversation_id
+            )
+            prep.ab = "drafts"
+            self._count_ab("drafts")
+            return prep
+        single = dataclasses.replace(options, n=1)
+        try:
+            production = await self._on_production(
+                messages, chunks, single, user_id=user_id, conversation_id=conversation_id
+            )
+        except BaseException:
+            await canary_stack.aclose()
+            raise
+        try:
+            candidate = await self._start(
+                canary_stack,
+                canary,
+                messages,
+                chunks,
+                single,
+                user_id=user_id,
+                conversation_id=conversation_id,
+            )
+        except BaseException:
+            await production.abandon()
+            raise
+        parts = [production, candidate]
+        if secrets.randbelow(2):
+            parts.reverse()
+        self._count_ab("canary")
+        logger.info(
+            "A/B %s: choice %d from production %s, choice %d from canary %s",
+            conversation_id,
+            parts.index(production),
+            production.model_version,
+            parts.index(candidate),
+            candidate.model_version,
+        )
+        return PreparedAB(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            parts=parts,
+            model_version=production.model_version,
+            citations=max((p.citations for p in parts), key=len),
+        )
+
+    def _validate(self, messages: list[dict[str, str]], options: SamplingOptions) -> None:
         if not messages:
             raise InvalidRequest("'messages' must contain at least one message", param="messages")
         if options.n > self._settings.max_n:
@@ -271,10 +319,46 @@ class ChatService:
                 f"n={options.n} is more than this server allows ({self._settings.max_n})",
                 param="n",
             )
-        chunks = await self._retrieve(messages, knowledge)
+
+    def _count_ab(self, mode: str) -> None:
+        if self._metrics is not None:
+            self._metrics.ab_requests.labels(mode).inc()
+
+    async def _on_production(
+        self,
+        messages: list[dict[str, str]],
+        chunks: list[grounding.RetrievedChunk] | None,
+        options: SamplingOptions,
+        *,
+        user_id: str,
+        conversation_id: uuid.UUID | None,
+    ) -> PreparedChat:
         stack = contextlib.AsyncExitStack()
+        backend = await stack.enter_async_context(self._models.lease())
+        return await self._start(
+            stack,
+            backend,
+            messages,
+            chunks,
+            options,
+            user_id=user_id,
+            conversation_id=conversation_id,
+        )
+
+    async def _start(
+        self,
+        stack: contextlib.AsyncExitStack,
+        backend: Backend,
+        messages: list[dict[str, str]],
+        chunks: list[grounding.RetrievedChunk] | None,
+        options: SamplingOptions,
+        *,
+        user_id: str,
+        conversation_id: uuid.UUID | None,
+    ) -> PreparedChat:
+        """Start generating on ``backend``, whose lease ``stack`` holds (and gives back if
+        starting fails). Sources that do not fit the context window are dropped."""
         try:
-            backend = await stack.enter_async_context(self._models.lease())
             request_id = f"chatcmpl-{uuid.uuid4().hex}"
             while True:
                 prompt = (
@@ -329,6 +413,11 @@ class ChatService:
         query = grounding.last_user_text(messages)
         return await self.retriever.retrieve(query, self._settings.retrieval_k) if query else []
 
+    def _deltas(self, prep: PreparedChat | PreparedAB) -> AsyncIterator[list[Any]]:
+        if isinstance(prep, PreparedAB):
+            return merge_deltas(prep.parts, self._run, self._release)
+        return self._run(prep)
+
     async def _run(self, prep: PreparedChat) -> AsyncIterator[list[Any]]:
         """Iterate the generation, accumulating; publish and release the model at the end."""
         try:
@@ -342,10 +431,17 @@ class ChatService:
                         prep.finish_reasons[d.index] = d.finish_reason
                 yield deltas
         finally:
-            with contextlib.suppress(Exception):
-                await prep.generation.aclose()
-            await prep.exit.aclose()
-            self._finish(prep)
+            await self._release(prep)
+
+    async def _release(self, prep: PreparedChat) -> None:
+        """Close the generation, give back the lease and log the replies (once)."""
+        if prep.released:
+            return
+        prep.released = True
+        with contextlib.suppress(Exception):
+            await prep.generation.aclose()
+        await prep.exit.aclose()
+        self._finish(prep)
 
     def _finish(self, prep: PreparedChat) -> None:
         elapsed = time.monotonic() - prep.started
@@ -362,29 +458,8 @@ class ChatService:
             reason = prep.finish_reasons[i] or "abort"
             if m is not None:
                 m.chat_completions.labels(prep.model_version, reason).inc()
+            event = prep.logged(i, elapsed)
             n_tokens = len(prep.token_ids[i])
-            event = MessageLogged(
-                user_id=prep.user_id,
-                message_id=message_id,
-                conversation_id=prep.conversation_id,
-                model_version=prep.model_version,
-                prompt=[
-                    ChatMessage(role=p["role"], content=_storable(p["content"]))  # type: ignore[arg-type]
-                    for p in prep.prompt
-                ],
-                reply=_storable(prep.texts[i]),
-                prompt_token_ids=prep.generation.prompt_token_ids,
-                reply_token_ids=prep.token_ids[i] or None,
-                finish_reason=reason,
-                usage={
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": n_tokens,
-                    "total_tokens": usage.prompt_tokens + n_tokens,
-                },
-                latency_ms=elapsed * 1000,
-                ttft_ms=prep.ttft * 1000 if prep.ttft is not None else None,
-                citations=prep.citations,
-            )
             logger.info(
                 "reply %s conversation %s version %s: %d tokens, %s",
                 message_id,
@@ -404,9 +479,3 @@ def _model_messages(prompt: list[dict[str, str]]) -> list[dict[str, str]]:
     return [
         {"role": _MODEL_ROLES.get(m["role"], m["role"]), "content": m["content"]} for m in prompt
     ]
-
-
-def _storable(text: str) -> str:
-    """Text the feedback store can hold: Postgres text has no NUL, which a model may emit
-    (the reply's token ids keep the exact output)."""
-    return text.replace("\x00", "\ufffd")

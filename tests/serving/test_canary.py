@@ -1,0 +1,361 @@
+"""A/B drafts, candidate vs production: with a canary marked in the registry, the
+API loads it beside production (transformers backend, tiny models) and answers an
+``"ab": true`` request with one choice from each version in random order; each
+reply is logged with its own version, the user's pick is a comparison, and the
+canary report counts it. Without a canary (never set, cleared, or failed to load)
+such a request gets two production drafts, and production never stops serving.
+
+The feedback runs through the real broker and consumer into Postgres."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psycopg
+import pytest
+
+from feedback.consumer import FeedbackConsumer
+from feedback.settings import FeedbackSettings
+from infra.local.tansu import Broker, free_port
+from serving.app import build_app
+from serving.settings import ServingSettings
+from tests.conftest import CACHE
+from tests.serving.conftest import serving_settings
+from tests.serving.server import Keys, ServerThread, make_keys, new_database
+from training import registry
+from training.base_model import weights_digest
+from training.canary_report import canary_report
+
+ASK = [{"role": "user", "content": "How many days of paid leave do I get?"}]
+
+
+@dataclass
+class CanaryServer:
+    base_url: str
+    settings: ServingSettings
+    keys: Keys
+    thread: ServerThread
+    root: Path
+    tiny: Path
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url
+
+    @property
+    def models(self):  # type: ignore[no-untyped-def]
+        return self.thread.app.state.ratchet.models
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.base_url + "/v1", api_key=self.keys.user, max_retries=0, timeout=120
+        )
+
+    def ab(self, **kw: Any) -> Any:
+        """One non-streaming A/B request as the ``openai`` client sends it."""
+        return self.client().chat.completions.create(
+            model="ratchet", messages=ASK, max_tokens=4, extra_body={"ab": True}, **kw
+        )
+
+    def registry(self, action: Callable[[psycopg.Connection], Any]) -> Any:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return action(conn)
+
+    def add_candidate(self, path: Path) -> str:
+        """A version as a training cycle registers it when its gates passed."""
+
+        def register(conn: psycopg.Connection) -> str:
+            digest = weights_digest(path) if any(path.glob("*.safetensors")) else "0" * 64
+            with conn.transaction():
+                version = registry.next_version_id(conn)
+                registry.register_version(
+                    conn,
+                    version_id=version,
+                    path=str(path),
+                    weights_sha256=digest,
+                    parent_id="v0001",
+                    training_run_id=None,
+                    metrics={},
+                    gate_report={"passed": True, "gates": {}},
+                    gates_passed=True,
+                    actor="test",
+                )
+            return version
+
+        return str(self.registry(register))
+
+    def versions(self, message_ids: list[str], timeout: float = 60) -> dict[str, str]:
+        """The ``model_version`` the store holds for each reply (once the consumer stored it)."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while True:
+                rows = conn.execute(
+                    "SELECT id, model_version FROM messages WHERE id = ANY(%s)", (message_ids,)
+                ).fetchall()
+                if len(rows) == len(set(message_ids)):
+                    return dict(rows)
+                assert time.monotonic() < deadline, f"stored {len(rows)} of {len(message_ids)}"
+                time.sleep(0.2)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)
+
+
+def ids_of(resp: Any) -> list[str]:
+    return [c.model_extra["message_id"] for c in resp.choices]
+
+
+@pytest.fixture(scope="module")
+def server(
+    pg_cluster,  # type: ignore[no-untyped-def]
+    template_db,
+    tiny_model_dir,
+    tmp_path_factory,
+) -> Iterator[CanaryServer]:
+    root = tmp_path_factory.mktemp("canary")
+    broker = Broker(CACHE / "bin", free_port(), root / "tansu.log")
+    broker.start()
+    db = new_database(pg_cluster, template_db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        registry.ensure_base(conn, str(tiny_model_dir), weights_digest(tiny_model_dir))
+    settings = serving_settings(
+        db, broker.bootstrap, root / "home", tiny_model_dir, backend="transformers"
+    )
+    consumer = FeedbackConsumer(
+        FeedbackSettings(
+            database_url=db,
+            kafka_bootstrap_servers=broker.bootstrap,
+            home=root / "consumer-home",
+            consumer_group=f"canary-tests-{uuid.uuid4().hex[:8]}",
+            message_id_secret=settings.message_id_secret,
+        )
+    )
+    consuming = threading.Thread(target=consumer.run, name="canary-consumer", daemon=True)
+    consuming.start()
+    thread = ServerThread(build_app(settings)).start()
+    try:
+        yield CanaryServer(
+            thread.base_url, settings, make_keys(db), thread, root, Path(tiny_model_dir)
+        )
+    finally:
+        thread.stop()
+        consumer.stop()
+        consuming.join(30)
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def candidate(server: CanaryServer) -> str:
+    """v0002: the tiny model's weights in a directory of their own, a candidate."""
+    path = server.root / "v0002-weights"
+    shutil.copytree(server.tiny, path)
+    return server.add_candidate(path)
+
+
+def test_without_a_canary_an_ab_request_gets_two_production_drafts(
+    server: CanaryServer, candidate: str
+) -> None:
+    assert server.models.canary_version is None
+    raw = server.client().chat.completions.with_raw_response.create(
+        model="ratchet", messages=ASK, max_tokens=4, extra_body={"ab": True}
+    )
+    resp = raw.parse()
+    assert resp.model_extra["ab"] == "drafts"
+    assert [c.index for c in resp.choices] == [0, 1]
+    ids = ids_of(resp)
+    assert len(set(ids)) == 2 and raw.headers["X-Ratchet-Message-Id"] == ids[0]
+    assert set(server.versions(ids).values()) == {"v0001"}
+    # An A/B request is two choices: any other n is refused before any output.
+    bad = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {server.keys.user}"},
+        json={"model": "ratchet", "messages": ASK, "ab": True, "n": 3},
+        timeout=60,
+    )
+    assert bad.status_code == 400 and "A/B" in bad.json()["error"]["message"]
+    # A plain request is unchanged: one choice, no "ab".
+    plain = server.client().chat.completions.create(model="ratchet", messages=ASK, max_tokens=4)
+    assert len(plain.choices) == 1 and plain.model_extra.get("ab") is None
+
+
+def test_with_a_canary_each_version_answers_one_choice_in_random_order(
+    server: CanaryServer, candidate: str
+) -> None:
+    server.registry(lambda c: registry.set_canary(c, candidate, actor="olga", reason="A/B"))
+    wait_until(lambda: server.models.canary_version == candidate, "the canary is loaded")
+    assert server.models.version == "v0001"  # production did not move
+    canary_at: list[int] = []
+    all_ids: list[str] = []
+    for _ in range(16):
+        resp = server.ab()
+        assert resp.model_extra["ab"] == "canary"
+        # The response names production only: the canary's place is not given away.
+        assert resp.model_extra["model_version"] == "v0001" == resp.model
+        assert [c.index for c in resp.choices] == [0, 1]
+        assert all(c.finish_reason in ("stop", "length") for c in resp.choices)
+        all_ids.extend(ids_of(resp))
+    versions = server.versions(all_ids)
+    for i in range(0, len(all_ids), 2):
+        pair = [versions[all_ids[i]], versions[all_ids[i + 1]]]
+        assert sorted(pair) == ["v0001", candidate], pair
+        canary_at.append(pair.index(candidate))
+    assert set(canary_at) == {0, 1}, f"the canary was always choice {canary_at[0]}"
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    assert f'ratchet_canary_version_served{{version="{candidate}"}} 1.0' in metrics
+    assert 'ratchet_ab_requests_total{mode="canary"} 16.0' in metrics
+    ready = httpx.get(f"{server.base_url}/readyz", timeout=30).json()
+    assert ready["canary_version"] == candidate and ready["model_version"] == "v0001"
+
+
+def test_a_streamed_ab_request_interleaves_both_versions(
+    server: CanaryServer, candidate: str
+) -> None:
+    assert server.models.canary_version == candidate
+    chunks = list(
+        server.client().chat.completions.create(
+            model="ratchet", messages=ASK, max_tokens=6, stream=True, extra_body={"ab": True}
+        )
+    )
+    first = chunks[0]
+    assert first.model_extra["ab"] == "canary"
+    ids = [c.model_extra["message_id"] for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1] and len(set(ids)) == 2
+    finished = {c.choices[0].index: c.choices[0] for c in chunks[1:] if c.choices[0].finish_reason}
+    assert sorted(finished) == [0, 1]
+    assert [finished[i].model_extra["message_id"] for i in (0, 1)] == ids
+    texts = ["", ""]
+    for c in chunks[1:]:
+        texts[c.choices[0].index] += c.choices[0].delta.content or ""
+    assert sorted(server.versions(ids).values()) == ["v0001", candidate]
+    with psycopg.connect(server.database_url) as conn:
+        stored = dict(conn.execute("SELECT id, reply FROM messages WHERE id = ANY(%s)", (ids,)))
+    assert [stored[i] for i in ids] == texts
+
+
+def test_the_users_picks_become_comparisons_and_the_canary_report_counts_them(
+    server: CanaryServer, candidate: str
+) -> None:
+    picks = ["canary", "canary", "canary", "production", "tie"]
+    expected_ids: list[str] = []
+    for pick in picks:
+        resp = server.ab()
+        ids = ids_of(resp)
+        versions = server.versions(ids)
+        canary_letter = "a" if versions[ids[0]] == candidate else "b"
+        winner = {"canary": canary_letter, "tie": "tie"}.get(
+            pick, "b" if canary_letter == "a" else "a"
+        )
+        posted = httpx.post(
+            f"{server.base_url}/v1/feedback/comparisons",
+            headers={"Authorization": f"Bearer {server.keys.user}"},
+            json={"message_id_a": ids[0], "message_id_b": ids[1], "winner": winner},
+            timeout=30,
+        )
+        assert posted.status_code == 202, posted.text
+        expected_ids.append(ids[0])
+    with psycopg.connect(server.database_url, autocommit=True) as conn:
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM comparisons WHERE message_id_a = ANY(%s)", (expected_ids,)
+                ).fetchone()[0]  # type: ignore[index]
+                == len(picks)
+            ),
+            "the comparisons are stored",
+            timeout=60,
+        )
+        report = canary_report(conn)
+    assert (report.canary, report.baseline) == (candidate, "v0001")
+    assert (report.wins, report.losses, report.ties) == (3, 1, 1)
+    assert report.win_rate == pytest.approx(3.5 / 5)
+
+
+def test_a_canary_that_fails_to_load_leaves_production_serving(
+    server: CanaryServer, candidate: str
+) -> None:
+    broken = server.root / f"broken-{uuid.uuid4().hex[:6]}"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # no weights, no tokenizer
+    version = server.add_candidate(broken)
+    server.registry(lambda c: registry.set_canary(c, version, actor="olga"))
+    wait_until(lambda: server.models.last_canary_error is not None, "the failure is reported")
+    assert server.models.last_canary_error.version == version
+    assert server.models.canary_version is None  # the previous canary was freed
+    assert server.models.version == "v0001" and server.models.last_error is None
+    resp = server.ab()
+    assert resp.model_extra["ab"] == "drafts"
+    assert set(server.versions(ids_of(resp)).values()) == {"v0001"}
+    ready = httpx.get(f"{server.base_url}/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["last_canary_error"]["version"] == version
+    assert ready.json()["last_swap_error"] is None
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    assert f'ratchet_canary_load_failures_total{{version="{version}"}} 1.0' in metrics
+    assert "ratchet_model_swap_failures_total{" not in metrics
+    # Marking a loadable canary again brings A/B back.
+    server.registry(lambda c: registry.set_canary(c, candidate, actor="olga"))
+    wait_until(lambda: server.models.canary_version == candidate, "the canary is back")
+    assert server.models.last_canary_error is None
+    assert server.ab().model_extra["ab"] == "canary"
+
+
+def test_a_cleared_canary_is_freed_and_ab_falls_back_to_drafts(
+    server: CanaryServer, candidate: str
+) -> None:
+    assert server.models.canary_version == candidate
+    # A client that hangs up mid-stream gives both leases back, and both replies are logged.
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {server.keys.user}"},
+        json={"model": "ratchet", "messages": ASK, "max_tokens": 400, "stream": True, "ab": True},
+        timeout=60,
+    ) as r:
+        first = next(line for line in r.iter_lines() if line.startswith("data: "))
+    hung_up = [c["message_id"] for c in json.loads(first[len("data: ") :])["choices"]]
+    assert sorted(server.versions(hung_up).values()) == ["v0001", candidate]
+    freed_before = [v for v, _ in server.models.retired].count(candidate)
+    server.registry(lambda c: registry.clear_canary(c, actor="olga", reason="enough"))
+    wait_until(lambda: server.models.canary_version is None, "the canary is unloaded")
+    wait_until(  # well before swap_drain_seconds: no lease was left behind
+        lambda: [v for v, _ in server.models.retired].count(candidate) > freed_before,
+        "the canary backend is freed",
+        timeout=60,
+    )
+    resp = server.ab()
+    assert resp.model_extra["ab"] == "drafts"
+    assert set(server.versions(ids_of(resp)).values()) == {"v0001"}
+
+
+def test_promoting_the_canary_serves_it_without_loading_it_again(
+    server: CanaryServer, candidate: str
+) -> None:
+    server.registry(lambda c: registry.set_canary(c, candidate, actor="olga"))
+    wait_until(lambda: server.models.canary_version == candidate, "the canary is loaded")
+
+    async def canary_backend():  # type: ignore[no-untyped-def]
+        async with server.models.lease_canary() as backend:
+            return backend
+
+    loaded = server.thread.call(canary_backend())
+    server.registry(lambda c: registry.promote(c, candidate, actor="olga", reason="won"))
+    wait_until(lambda: server.models.version == candidate, "the canary is production")
+    assert server.models.current is loaded
+    assert server.models.canary_version is None
+    resp = server.ab()
+    assert resp.model_extra["ab"] == "drafts" and resp.model_extra["model_version"] == candidate
+    assert set(server.versions(ids_of(resp)).values()) == {candidate}
