@@ -23,7 +23,7 @@ files (or datasets) and says so in the log.
 The exported pairs are also recorded in ``preference_pairs`` (once per
 ``pair_key``: exporting twice adds nothing).
 
-An export reads up to :func:`feedback.pairs.committed_through` and reports that
+An export reads up to :func:`feedback.watermark.committed_through` and reports that
 time as ``complete_through``: records stored while a consumer batch was still
 being written are left out rather than half-read, and ``--since
 <complete_through>`` next time exports exactly what came after (a watermark
@@ -51,11 +51,11 @@ from feedback.pairs import (
     KtoRecord,
     PreferencePair,
     SftRecord,
-    committed_through,
     load_kto_examples,
     load_pairs,
     load_sft_examples,
 )
+from feedback.watermark import committed_through
 
 logger = logging.getLogger(__name__)
 

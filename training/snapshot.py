@@ -6,7 +6,7 @@ the :class:`FeedbackSource` protocol, deduplicates them, and splits them into
 train and held-out sets by conversation, so no conversation leaks across.
 
 A snapshot reads the records in ``(since, until]``: ``until`` is the source's
-:meth:`~FeedbackSource.horizon`, for the store ``feedback.pairs.committed_through``
+:meth:`~FeedbackSource.horizon`, for the store ``feedback.watermark.committed_through``
 (nothing at or below it can still be committed). Its ``watermark``, the next
 run's ``since``, is the newest ``created_at`` it read, so a consumer batch that
 was still being written during the snapshot (its ``stored_at`` is its
@@ -74,9 +74,9 @@ class StoreSource:
     """Reads the feedback store through ``feedback.pairs``."""
 
     def horizon(self, conn: psycopg.Connection | None) -> datetime | None:
-        from feedback import pairs
+        from feedback.watermark import committed_through
 
-        return pairs.committed_through(conn)
+        return committed_through(conn)
 
     def load_pairs(
         self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None

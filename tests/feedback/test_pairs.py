@@ -18,8 +18,9 @@ from feedback.events import (
     RatingGiven,
 )
 from feedback.message_ids import new_message_id
-from feedback.pairs import committed_through, load_kto_examples, load_pairs, load_sft_examples
+from feedback.pairs import load_kto_examples, load_pairs, load_sft_examples
 from feedback.store import write_batch
+from feedback.watermark import committed_through
 from training.snapshot import Snapshot, StoreSource, build_snapshot, to_pair, to_sft
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
