@@ -6,16 +6,21 @@ the wire model, and writes each content delta (one per token) around it. The
 bytes are exactly what ``ChatCompletionChunk(...).model_dump_json(exclude_none=True)``
 writes (strings go through the same pydantic-core serialiser); the rarer chunks
 (role, finish, usage) still go through the wire model itself.
+
+:func:`stream_chunks` is the whole stream of one request, in OpenAI's order.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic_core import to_json
 
-from serving.chat.protocol import ChatCompletionChunk, ChunkChoice
+from serving.backends import ChoiceDelta
+from serving.chat.prepared import PreparedAB, PreparedChat
+from serving.chat.protocol import ChatCompletionChunk, ChunkChoice, DeltaMessage
 
 _EMPTY_CHOICES = b'"choices":[]'
 
@@ -62,3 +67,51 @@ class ChunkWriter:
             to_json(text),
             self._tail,
         )
+
+
+async def stream_chunks(
+    prep: PreparedChat | PreparedAB,
+    deltas: AsyncIterator[list[ChoiceDelta]],
+    *,
+    include_usage: bool = False,
+) -> AsyncIterator[bytes]:
+    """OpenAI chunks, each as the JSON of its ``ChatCompletionChunk`` (``exclude_none``):
+    a role chunk per choice (with the citations and, for an A/B request, ``ab``),
+    content deltas, a finish chunk per choice, then (if asked) a usage chunk with
+    no choices. ``deltas`` is the request's generation (it runs as this is iterated)."""
+    writer = ChunkWriter(
+        id=prep.id,
+        created=prep.created,
+        model=prep.model_version,
+        message_id=prep.message_ids[0],
+        model_version=prep.model_version,
+        conversation_id=prep.conversation_id,
+    )
+    yield writer.chunk(
+        [
+            ChunkChoice(
+                index=i,
+                delta=DeltaMessage(role="assistant", content=""),
+                message_id=prep.message_ids[i],
+            )
+            for i in range(prep.n)
+        ],
+        citations=prep.citations,
+        ab=prep.ab,
+    )
+    # One choice per chunk, content then a separate finish chunk, as OpenAI sends them
+    # (LangChain reads only choices[0] of each chunk).
+    async for step in deltas:
+        for d in step:
+            if d.text:
+                yield writer.content(d.index, d.text)
+            if d.finish_reason is not None:
+                finish = ChunkChoice(
+                    index=d.index,
+                    delta=DeltaMessage(),
+                    finish_reason=d.finish_reason,
+                    message_id=prep.message_ids[d.index],
+                )
+                yield writer.chunk([finish])
+    if include_usage:
+        yield writer.chunk([], usage=prep.usage())

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from serving.errors import InvalidRequest
+
 GROUNDING_INSTRUCTIONS = (
     "You are a knowledge assistant. Answer using only the numbered sources below. "
     "Cite the sources you use as [1], [2]. If the sources do not contain the answer, "
@@ -65,6 +67,29 @@ def citations(chunks: list[RetrievedChunk]) -> list[dict[str, Any]]:
         item["snippet"] = c.text.strip()[:300]
         out.append(item)
     return out
+
+
+async def sources(
+    retriever: Retriever | None,
+    messages: list[dict[str, str]],
+    *,
+    use: bool,
+    asked: bool,
+    k: int,
+) -> list[RetrievedChunk] | None:
+    """The sources to ground the answer in, best first; None when not grounding.
+    ``asked``: the request itself asked for knowledge mode (an error without a KB)."""
+    if not use:
+        return None
+    if retriever is None:
+        if asked:
+            raise InvalidRequest(
+                "knowledge mode was asked for but no knowledge base is configured",
+                param="knowledge",
+            )
+        return None
+    query = last_user_text(messages)
+    return await retriever.retrieve(query, k) if query else []
 
 
 def last_user_text(messages: list[dict[str, str]]) -> str:

@@ -24,15 +24,13 @@ from feedback.events import ChatMessage, Event
 from feedback.message_ids import new_message_id
 from serving.backends import Backend, SamplingOptions
 from serving.chat import grounding
-from serving.chat.chunks import ChunkWriter
+from serving.chat.chunks import stream_chunks
 from serving.chat.prepared import PreparedAB, PreparedChat, Reply, merge_deltas
 from serving.chat.protocol import (
     AssistantMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
-    ChunkChoice,
-    DeltaMessage,
 )
 from serving.errors import InvalidRequest, PromptTooLong
 from serving.metrics import ServingMetrics
@@ -126,49 +124,11 @@ class ChatService:
             ab=prep.ab,
         )
 
-    async def stream(
+    def stream(
         self, prep: PreparedChat | PreparedAB, *, include_usage: bool = False
     ) -> AsyncIterator[bytes]:
-        """OpenAI chunks, each as the JSON of its ``ChatCompletionChunk`` (``exclude_none``):
-        a role chunk per choice (with the citations and, for an A/B request, ``ab``),
-        content deltas, a finish chunk per choice, then (if asked) a usage chunk with
-        no choices."""
-        writer = ChunkWriter(
-            id=prep.id,
-            created=prep.created,
-            model=prep.model_version,
-            message_id=prep.message_ids[0],
-            model_version=prep.model_version,
-            conversation_id=prep.conversation_id,
-        )
-        yield writer.chunk(
-            [
-                ChunkChoice(
-                    index=i,
-                    delta=DeltaMessage(role="assistant", content=""),
-                    message_id=prep.message_ids[i],
-                )
-                for i in range(prep.n)
-            ],
-            citations=prep.citations,
-            ab=prep.ab,
-        )
-        # One choice per chunk, content then a separate finish chunk, as OpenAI sends them
-        # (LangChain reads only choices[0] of each chunk).
-        async for deltas in self._deltas(prep):
-            for d in deltas:
-                if d.text:
-                    yield writer.content(d.index, d.text)
-                if d.finish_reason is not None:
-                    finish = ChunkChoice(
-                        index=d.index,
-                        delta=DeltaMessage(),
-                        finish_reason=d.finish_reason,
-                        message_id=prep.message_ids[d.index],
-                    )
-                    yield writer.chunk([finish])
-        if include_usage:
-            yield writer.chunk([], usage=prep.usage())
+        """The request's ``chat.completion.chunk`` objects, as JSON (see :func:`stream_chunks`)."""
+        return stream_chunks(prep, self._deltas(prep), include_usage=include_usage)
 
     # ---- simple API (Slack and other adapters) ------------------------------
 
@@ -399,19 +359,10 @@ class ChatService:
     async def _retrieve(
         self, messages: list[dict[str, str]], knowledge: bool | None
     ) -> list[grounding.RetrievedChunk] | None:
-        """The sources to ground the answer in, best first; None when not grounding."""
         use = self._settings.knowledge_bot if knowledge is None else knowledge
-        if not use:
-            return None
-        if self.retriever is None:
-            if knowledge:
-                raise InvalidRequest(
-                    "knowledge mode was asked for but no knowledge base is configured",
-                    param="knowledge",
-                )
-            return None
-        query = grounding.last_user_text(messages)
-        return await self.retriever.retrieve(query, self._settings.retrieval_k) if query else []
+        return await grounding.sources(
+            self.retriever, messages, use=use, asked=bool(knowledge), k=self._settings.retrieval_k
+        )
 
     def _deltas(self, prep: PreparedChat | PreparedAB) -> AsyncIterator[list[Any]]:
         if isinstance(prep, PreparedAB):
