@@ -2,8 +2,9 @@
 
 TRL's trainers silently drop (reward, DPO) or fully mask (SFT) examples longer
 than ``max_length``; knowledge-bot prompts carry their sources and are long.
-The stages filter first, so they can say how many examples they kept and fail
-clearly when none fit, instead of training on nothing."""
+SFT filters first, so it can say how many examples it kept and skip clearly
+when too few fit, instead of training on nothing. (The reward stage keeps every
+pair and cuts long ones from the left instead: ``training.reward.encode``.)"""
 
 from __future__ import annotations
 

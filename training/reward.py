@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from training.errors import TrainingError
-from training.lengths import fitting
 from training.reward_config import RewardStageConfig
 from training.snapshot import Messages, Pair
 
@@ -42,25 +41,17 @@ class RewardScorer:
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
-        texts = [
-            self.tokenizer.apply_chat_template(
-                [*p, {"role": "assistant", "content": r}], tokenize=False
-            )
+        ids = [
+            encode(self.tokenizer, p, r, self.max_length)
             for p, r in zip(prompts, replies, strict=True)
         ]
         self.tokenizer.padding_side = "right"
-        self.tokenizer.truncation_side = "left"
         out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=False,
+        for start in range(0, len(ids), self.batch_size):
+            batch = self.tokenizer.pad(
+                {"input_ids": ids[start : start + self.batch_size]}, return_tensors="pt"
             )
-            out.extend(self.model(**enc).logits[:, 0].float().tolist())
+            out.extend(self.model(**batch).logits[:, 0].float().tolist())
         return out
 
     def accuracy(self, pairs: Sequence[Pair]) -> float:
@@ -73,15 +64,18 @@ class RewardScorer:
         return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
 
 
-def _rows(pairs: Sequence[Pair]) -> list[dict[str, Any]]:
-    return [
-        {
-            "prompt": p.prompt,
-            "chosen": [{"role": "assistant", "content": p.chosen}],
-            "rejected": [{"role": "assistant", "content": p.rejected}],
-        }
-        for p in pairs
-    ]
+def encode(
+    tokenizer: Any, prompt: Messages, reply: str, max_length: int | None = None
+) -> list[int]:
+    """The token ids the reward model reads for ``prompt`` and ``reply``: the chat
+    template's text, cut from the left to ``max_length`` so the reply (at the end) is
+    always kept. Training and scoring both read pairs this way, so a long grounded
+    prompt loses its oldest context (the start of its sources), never the pair."""
+    text = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": reply}], tokenize=False
+    )
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids if max_length is None else ids[-max_length:]
 
 
 def train_reward_model(
@@ -100,29 +94,34 @@ def train_reward_model(
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    kept = fitting(tokenizer, train_pairs, config.max_length, lambda p: [p.chosen, p.rejected])
-    if not kept:
-        raise TrainingError(
-            f"none of the {len(train_pairs)} training pairs fits the reward model's max_length"
-            f" ({config.max_length} tokens); use a larger size preset or shorter prompts"
-        )
-    if len(kept) < len(train_pairs):
-        logger.warning(
-            "reward model: %d of %d pairs are longer than %d tokens and left out",
-            len(train_pairs) - len(kept),
-            len(train_pairs),
-            config.max_length,
-        )
-    if config.max_train_pairs is not None and len(kept) > config.max_train_pairs:
+    if not train_pairs:
+        raise TrainingError("no training pairs for the reward model")
+    if config.max_train_pairs is not None and len(train_pairs) > config.max_train_pairs:
         # A seeded sample, kept in the snapshot's order.
-        chosen = sorted(random.Random(seed).sample(range(len(kept)), config.max_train_pairs))
+        picked = sorted(random.Random(seed).sample(range(len(train_pairs)), config.max_train_pairs))
         logger.info(
             "reward model: training on a sample of %d of %d pairs (max_train_pairs)",
-            len(chosen),
-            len(kept),
+            len(picked),
+            len(train_pairs),
         )
-        kept = [kept[i] for i in chosen]
-    train_pairs = kept
+        train_pairs = [train_pairs[i] for i in picked]
+    full = [
+        (encode(tokenizer, p.prompt, p.chosen), encode(tokenizer, p.prompt, p.rejected))
+        for p in train_pairs
+    ]
+    cut = sum(1 for c, r in full if max(len(c), len(r)) > config.max_length)
+    if cut:
+        logger.info(
+            "reward model: %d of %d pairs are longer than %d tokens; their prompts are cut"
+            " from the left (the replies are kept)",
+            cut,
+            len(full),
+            config.max_length,
+        )
+    rows = [
+        {"chosen_ids": c[-config.max_length :], "rejected_ids": r[-config.max_length :]}
+        for c, r in full
+    ]
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(
@@ -141,7 +140,7 @@ def train_reward_model(
     trainer = RewardTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(_rows(train_pairs)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )
     result = trainer.train()

@@ -9,7 +9,9 @@ class RewardStageConfig(BaseModel):
     epochs: float = Field(default=1.0, gt=0, description="Passes over the training pairs.")
     learning_rate: float = Field(default=1e-5, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step.")
-    max_length: int = Field(default=512, ge=16, description="Pairs longer than this are dropped.")
+    max_length: int = Field(
+        default=512, ge=16, description="Longer pairs are cut from the left (replies kept)."
+    )
     max_train_pairs: int | None = Field(
         default=None,
         ge=1,

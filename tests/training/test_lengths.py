@@ -1,17 +1,16 @@
-"""Examples longer than a stage's max_length are left out, and the stage says so;
-the reward stage trains on at most `max_train_pairs`."""
+"""Examples longer than a stage's max_length: SFT leaves them out and says so; the
+reward model reads them cut from the left (as its scorer does), and trains on at
+most `max_train_pairs`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from transformers import AutoTokenizer
 
 from tests.training.synthetic import make_pairs
-from training.errors import TrainingError
 from training.lengths import conversation_tokens, fitting
-from training.reward import train_reward_model
+from training.reward import encode, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
@@ -30,10 +29,21 @@ def test_only_pairs_that_fit_are_kept(tiny_model_dir: Path) -> None:
     assert fitting(tok, pairs, short - 1, lambda p: [p.chosen, p.rejected]) == []
 
 
-def test_reward_model_refuses_when_no_pair_fits(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = RewardStageConfig(max_length=16)
-    with pytest.raises(TrainingError, match="max_length"):
-        train_reward_model(tiny_model_dir, make_pairs(8), make_pairs(2), tmp_path, config)
+def test_reward_model_cuts_long_pairs_from_the_left(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pair = make_pairs(1)[0]
+    full = encode(tok, pair.prompt, pair.chosen)
+    assert len(full) > 16
+    cut = encode(tok, pair.prompt, pair.chosen, 16)
+    assert cut == full[-16:]  # the end, where the reply is, is what stays
+    assert pair.chosen.split()[-1] in tok.decode(cut)
+    # Pairs longer than max_length are trained on (cut), not dropped: 8 pairs, 4 a step.
+    config = RewardStageConfig(max_length=16, batch_size=4, epochs=1)
+    result = train_reward_model(
+        tiny_model_dir, make_pairs(8), make_pairs(2), tmp_path, config, progress=False
+    )
+    assert result.train_metrics["train_pairs"] == 8
+    assert len(result.train_metrics["loss_curve"]) == 2
 
 
 def test_sft_is_skipped_when_too_few_examples_fit(tiny_model_dir: Path, tmp_path: Path) -> None:
