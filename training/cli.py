@@ -1,5 +1,5 @@
-"""Training's subcommands: ``model bootstrap``, ``train``, ``models ...`` (list, show,
-promote, rollback, canary, canary-report, audit).
+"""Training's subcommands: ``model bootstrap``, ``train``, and (from
+:mod:`training.models_cli`) ``models ...``.
 
 Heavy imports (torch, transformers, trl) happen inside the handlers. Training
 and registry errors are printed as ``ratchet CMD: message`` (exit 2)."""
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def _cli_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def cli_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn training errors and unreachable databases into CLI messages."""
 
     @functools.wraps(func)
@@ -44,13 +43,13 @@ def _cli_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return wrapper
 
 
-def _connect(settings: Any) -> Any:
+def connect(settings: Any) -> Any:
     import psycopg
 
     return psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5)
 
 
-@_cli_errors
+@cli_errors
 def _model_bootstrap(args: argparse.Namespace) -> int:
     import psycopg
 
@@ -65,7 +64,7 @@ def _model_bootstrap(args: argparse.Namespace) -> int:
         from feedback.db import migrate
 
         migrate(settings.database_url)
-        with _connect(settings) as conn:
+        with connect(settings) as conn:
             version = ensure_base(conn, str(path.resolve()), weights_digest(path))
         print(f"registry: production version is {version.id} ({version.path})")
     except psycopg.OperationalError:
@@ -75,7 +74,7 @@ def _model_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
-@_cli_errors
+@cli_errors
 def _train(args: argparse.Namespace) -> int:
     from training.settings import TrainingSettings
     from training.snapshot import JsonlSource
@@ -117,223 +116,13 @@ def _train(args: argparse.Namespace) -> int:
     if result.status == "skipped":
         print(result.message)
         return 0
-    _print_gates(result.gate_report)
+    from training.models_cli import print_gates
+
+    print_gates(result.gate_report)
     print(f"run {result.run_id}: {result.message}")
     print(f"plot: {result.plot_path}")
     if result.status == "candidate":
         print(f"promote with: ratchet models promote {result.candidate_version} --reason '...'")
-    return 0
-
-
-def _print_gates(report: dict[str, Any] | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if not report:
-        console.print("no gate report (this version was not trained by Ratchet)")
-        return
-    table = Table(
-        title="Evaluation gates — " + ("[green]passed[/]" if report["passed"] else "[red]FAILED[/]")
-    )
-    for column in ("gate", "result", "value", "threshold", "details"):
-        table.add_column(column)
-    for name, gate in report.get("gates", {}).items():
-        details = {k: v for k, v in gate.items() if k not in ("passed", "value", "threshold")}
-        table.add_row(
-            name,
-            "[green]pass[/]" if gate["passed"] else "[red]fail[/]",
-            _fmt(gate.get("value")),
-            str(gate.get("threshold", "")),
-            ", ".join(f"{k}={_fmt(v)}" for k, v in details.items()),
-        )
-    console.print(table)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-@_cli_errors
-def _models_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from training.registry import list_versions
-    from training.settings import TrainingSettings
-
-    with _connect(TrainingSettings()) as conn:
-        versions = list_versions(conn)
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "id": v.id,
-                        "status": v.status,
-                        "parent": v.parent_id,
-                        "gates_passed": v.gates_passed,
-                        "canary": v.canary,
-                        "path": v.path,
-                        "created_at": v.created_at.isoformat(),
-                    }
-                    for v in versions
-                ]
-            )
-        )
-        return 0
-    table = Table(title="Model versions")
-    for column in ("version", "status", "parent", "gates", "created", "path"):
-        table.add_column(column)
-    colour = {"production": "bold green", "candidate": "cyan", "rejected": "red", "retired": "dim"}
-    for v in versions:
-        gates = "-" if v.gates_passed is None else ("passed" if v.gates_passed else "failed")
-        status = f"[{colour.get(v.status, '')}]{v.status}[/]"
-        table.add_row(
-            v.id,
-            status + (" [bold yellow](canary)[/]" if v.canary else ""),
-            v.parent_id or "-",
-            gates,
-            f"{v.created_at:%Y-%m-%d %H:%M}",
-            v.path,
-        )
-    Console().print(table)
-    return 0
-
-
-@_cli_errors
-def _models_show(args: argparse.Namespace) -> int:
-    from training.errors import RegistryError
-    from training.registry import get_version
-    from training.runs import get_run
-    from training.settings import TrainingSettings
-
-    with _connect(TrainingSettings()) as conn:
-        version = get_version(conn, args.version)
-        if version is None:
-            raise RegistryError(f"no model version {args.version!r} (see `ratchet models list`)")
-        run = get_run(conn, version.training_run_id) if version.training_run_id else None
-    created = f"{version.created_at:%Y-%m-%d %H:%M}"
-    status = version.status + (" (canary)" if version.canary else "")
-    print(f"{version.id}: {status}  parent={version.parent_id or '-'}  created={created}")
-    print(f"path: {version.path}")
-    print(f"weights sha256: {version.weights_sha256}")
-    if run:
-        print(
-            f"training run: {run['id']} ({run['algo']}, {run['status']})  log: {run['logs_path']}"
-        )
-    reward = version.metrics.get("reward", {})
-    if reward:
-        print(
-            f"reward model held-out accuracy: {_fmt(reward.get('heldout_accuracy'))}"
-            f" on {reward.get('heldout_pairs')} pairs"
-        )
-    _print_gates(version.gate_report)
-    if run and run.get("plot_path"):
-        exists = Path(run["plot_path"]).exists()
-        print(f"plot: {run['plot_path']}" + ("" if exists else " (missing)"))
-    return 0
-
-
-def _actor(args: argparse.Namespace) -> str:
-    from training.cycle import default_actor
-    from training.settings import TrainingSettings
-
-    return args.actor or default_actor(TrainingSettings())
-
-
-@_cli_errors
-def _models_promote(args: argparse.Namespace) -> int:
-    from training.registry import promote
-    from training.settings import TrainingSettings
-
-    with _connect(TrainingSettings()) as conn:
-        version = promote(
-            conn, args.version, actor=_actor(args), reason=args.reason, force=args.force
-        )
-    print(f"{version.id} is now the production version")
-    return 0
-
-
-@_cli_errors
-def _models_rollback(args: argparse.Namespace) -> int:
-    from training.registry import rollback
-    from training.settings import TrainingSettings
-
-    with _connect(TrainingSettings()) as conn:
-        version = rollback(conn, actor=_actor(args), reason=args.reason)
-    print(f"rolled back: {version.id} is now the production version")
-    return 0
-
-
-@_cli_errors
-def _models_canary(args: argparse.Namespace) -> int:
-    from serving.cli import CliError
-    from training.registry import clear_canary, set_canary
-    from training.settings import TrainingSettings
-
-    if bool(args.version) == bool(args.clear):
-        raise CliError("name the candidate to serve as the canary, or --clear (not both)")
-    with _connect(TrainingSettings()) as conn:
-        if args.clear:
-            version = clear_canary(conn, actor=_actor(args), reason=args.reason)
-            print(f"canary cleared: {version.id} is no longer served beside production")
-            return 0
-        version = set_canary(conn, args.version, actor=_actor(args), reason=args.reason)
-    print(f"{version.id} is now the canary: A/B requests get one draft from it")
-    return 0
-
-
-@_cli_errors
-def _models_canary_report(args: argparse.Namespace) -> int:
-    from training.canary_report import canary_report
-    from training.settings import TrainingSettings
-
-    with _connect(TrainingSettings()) as conn:
-        report = canary_report(conn, canary=args.canary, baseline=args.baseline)
-    if args.json:
-        print(json.dumps(report.as_dict()))
-        return 0
-    print(f"A/B picks of {report.canary} (canary) vs {report.baseline} (production):")
-    print(f"  wins {report.wins}  losses {report.losses}  ties {report.ties}")
-    if report.total:
-        low, high = report.interval()
-        print(
-            f"  win rate {report.win_rate:.3f} (ties count half;"
-            f" 95% interval {low:.3f}-{high:.3f}, n={report.total})"
-        )
-    else:
-        print("  no comparisons between the two yet")
-    return 0
-
-
-@_cli_errors
-def _models_audit(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from training.registry import audit_log
-    from training.settings import TrainingSettings
-
-    with _connect(TrainingSettings()) as conn:
-        entries = audit_log(conn, limit=args.limit)
-    table = Table(title="Registry audit log")
-    for column in ("at", "action", "actor", "from", "to", "reason"):
-        table.add_column(column)
-    for e in entries:
-        table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S}",
-            e.action,
-            e.actor,
-            e.from_version or "-",
-            e.to_version or "-",
-            e.reason or "",
-        )
-    Console().print(table)
     return 0
 
 
@@ -374,41 +163,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_train)
 
-    models = sub.add_parser("models", help="the model registry")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    ls = models_sub.add_parser("list", help="list model versions")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.set_defaults(func=_models_list)
-    show = models_sub.add_parser("show", help="a version's metrics, gate report and plot")
-    show.add_argument("version")
-    show.set_defaults(func=_models_show)
-    promote = models_sub.add_parser("promote", help="make a version the production version")
-    promote.add_argument("version")
-    promote.add_argument("--reason", required=True, help="why (recorded in the audit log)")
-    promote.add_argument(
-        "--force", action="store_true", help="promote even if its gates failed (audited)"
-    )
-    promote.add_argument("--actor", help="who (default: RATCHET_ACTOR or the OS user)")
-    promote.set_defaults(func=_models_promote)
-    rollback = models_sub.add_parser("rollback", help="return to the previous production version")
-    rollback.add_argument("--reason", required=True, help="why (recorded in the audit log)")
-    rollback.add_argument("--actor", help="who (default: RATCHET_ACTOR or the OS user)")
-    rollback.set_defaults(func=_models_rollback)
-    canary = models_sub.add_parser(
-        "canary", help="serve a candidate beside production for A/B drafts (or --clear)"
-    )
-    canary.add_argument("version", nargs="?", help="the candidate to serve as the canary")
-    canary.add_argument("--clear", action="store_true", help="stop serving the canary")
-    canary.add_argument("--reason", help="why (recorded in the audit log)")
-    canary.add_argument("--actor", help="who (default: RATCHET_ACTOR or the OS user)")
-    canary.set_defaults(func=_models_canary)
-    report = models_sub.add_parser(
-        "canary-report", help="users' A/B picks: the canary's wins, losses and ties vs production"
-    )
-    report.add_argument("--canary", help="the version to report on (default: the canary)")
-    report.add_argument("--baseline", help="compared with (default: the production version)")
-    report.add_argument("--json", action="store_true", help="machine-readable output")
-    report.set_defaults(func=_models_canary_report)
-    audit = models_sub.add_parser("audit", help="the registry audit log (promotions, canaries)")
-    audit.add_argument("--limit", type=int, default=50)
-    audit.set_defaults(func=_models_audit)
+    from training.models_cli import register_models
+
+    register_models(sub)
