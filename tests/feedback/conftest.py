@@ -1,6 +1,7 @@
 """Feedback fixtures: settings pointing at a real broker and a fresh database,
 event builders, a consumer running in a thread, and the real API server
-(``api_factory``) for the feedback endpoints."""
+(``api_factory``) for the feedback endpoints; ``stack``: one API server, broker,
+database and consumer for a test module, each test its own ``user()``."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from feedback.events import ChatMessage, MessageLogged, RatingGiven
 from feedback.message_ids import new_message_id
 from feedback.settings import FeedbackSettings
 from infra.local.postgres import PrivateCluster
-from infra.local.tansu import Broker
+from infra.local.tansu import Broker, free_port
 from serving.app import build_app
 from serving.auth import create_key
 from serving.settings import ServingSettings
+from tests.conftest import CACHE
 from tests.serving.conftest import serving_settings
 from tests.serving.server import ServerThread, new_database
 
@@ -243,3 +245,62 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Any
         return out
     finally:
         consumer.close()
+
+
+FEEDBACK_RATE_CAP = 150  # feedback events per user per minute, on the `stack` server
+
+
+@dataclass
+class Stack:
+    api: ApiServer
+    consumer: ConsumerThread
+
+    @property
+    def url(self) -> str:
+        return self.api.database_url
+
+
+@pytest.fixture(scope="module")
+def stack(
+    pg_cluster: PrivateCluster,
+    template_db: str,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("feedback-api")
+    broker = Broker(CACHE / "bin", free_port(), tmp / "tansu.log")
+    broker.start()
+    db = new_database(pg_cluster, template_db)
+    api = start_api(db, broker.bootstrap, tmp / "home", tiny_model_dir, rate_cap=FEEDBACK_RATE_CAP)
+    # Shares this process (and its GIL) with the server generating text: a longer
+    # session keeps a busy machine from turning slow heartbeats into rebalances.
+    settings = make_settings(
+        broker.bootstrap,
+        db,
+        tmp / "consumer-home",
+        consumer_session_timeout_ms=20000,
+        consumer_max_poll_interval_ms=60000,
+    )
+    consumer = FeedbackConsumer(settings)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    running = ConsumerThread(consumer, thread)
+    yield Stack(api, running)
+    running.stop()
+    api.stop()
+    broker.stop()
+
+
+def user() -> str:
+    """A new user id: counts per user are exact on a shared ``stack``."""
+    return f"u-{uuid.uuid4().hex[:10]}"
+
+
+def error_body(resp: httpx.Response, status: int, type_: str) -> dict:
+    """The OpenAI-shaped error body of ``resp``, after checking its status and type."""
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["type"] == type_, body
+    assert body["error"]["message"], body
+    return body["error"]

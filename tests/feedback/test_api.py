@@ -6,87 +6,29 @@ user, so counts are exact per user.
 
 from __future__ import annotations
 
-import threading
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
 import httpx
 import openai
 import psycopg
 import pytest
 
-from feedback.consumer import FeedbackConsumer
 from feedback.errors import ForeignMessageId, MalformedMessageId, UnknownMessageId
 from feedback.events import TOPIC_RATINGS, Event, decode
 from feedback.message_ids import new_message_id
-from infra.local.postgres import PrivateCluster
-from infra.local.tansu import Broker, free_port
 from serving.errors import FeedbackRateLimited
 from serving.feedback.protocol import ComparisonRequest, CorrectionRequest, RatingRequest
 from serving.feedback.service import FeedbackService
-from tests.conftest import CACHE
 from tests.feedback.conftest import (
-    ApiServer,
-    ConsumerThread,
+    FEEDBACK_RATE_CAP,
+    Stack,
     count,
-    make_settings,
+    error_body,
     mint,
     post_all,
     rating_ids,
     read_topic,
-    start_api,
+    user,
     wait_for,
 )
-from tests.serving.server import new_database
-
-RATE_CAP = 150  # feedback events per user per minute, for this module's server
-
-
-@dataclass
-class Stack:
-    api: ApiServer
-    consumer: ConsumerThread
-
-    @property
-    def url(self) -> str:
-        return self.api.database_url
-
-
-@pytest.fixture(scope="module")
-def stack(
-    pg_cluster: PrivateCluster,
-    template_db: str,
-    tiny_model_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("feedback-api")
-    broker = Broker(CACHE / "bin", free_port(), tmp / "tansu.log")
-    broker.start()
-    db = new_database(pg_cluster, template_db)
-    api = start_api(db, broker.bootstrap, tmp / "home", tiny_model_dir, rate_cap=RATE_CAP)
-    # Shares this process (and its GIL) with the server generating text: a longer
-    # session keeps a busy machine from turning slow heartbeats into rebalances.
-    settings = make_settings(
-        broker.bootstrap,
-        db,
-        tmp / "consumer-home",
-        consumer_session_timeout_ms=20000,
-        consumer_max_poll_interval_ms=60000,
-    )
-    consumer = FeedbackConsumer(settings)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    running = ConsumerThread(consumer, thread)
-    yield Stack(api, running)
-    running.stop()
-    api.stop()
-    broker.stop()
-
-
-def user() -> str:
-    return f"u-{uuid.uuid4().hex[:10]}"
 
 
 def choice_ids(resp: object) -> list[str]:
@@ -241,15 +183,6 @@ def test_duplicates_and_changes_of_mind(stack: Stack) -> None:
     http.close()
 
 
-def _error(resp: httpx.Response, status: int, type_: str) -> dict:
-    assert resp.status_code == status, (resp.status_code, resp.text)
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["type"] == type_, body
-    assert body["error"]["message"], body
-    return body["error"]
-
-
 def test_bad_requests_get_4xx_with_error_body(stack: Stack) -> None:
     name, intruder = user(), user()
     http, other = stack.api.client(name), stack.api.client(intruder)
@@ -259,13 +192,13 @@ def test_bad_requests_get_4xx_with_error_body(stack: Stack) -> None:
     forged = f"msg_{uid}_{owner}_{'0' * 16}"
     post = http.post
 
-    err = _error(
+    err = error_body(
         other.post("/v1/feedback/ratings", json={"message_id": mine, "thumbs": "up"}),
         403,
         "permission_error",
     )
     assert err["code"] == "foreign_message_id"
-    _error(
+    error_body(
         other.post(
             "/v1/feedback/comparisons",
             json={"message_id_a": theirs, "message_id_b": mine, "winner": "a"},
@@ -273,7 +206,7 @@ def test_bad_requests_get_4xx_with_error_body(stack: Stack) -> None:
         403,
         "permission_error",
     )
-    _error(
+    error_body(
         other.post("/v1/feedback/corrections", json={"message_id": mine, "corrected_reply": "x"}),
         403,
         "permission_error",
@@ -281,20 +214,20 @@ def test_bad_requests_get_4xx_with_error_body(stack: Stack) -> None:
     no_key = httpx.post(
         stack.api.base_url + "/v1/feedback/ratings", json={"message_id": mine, "thumbs": "up"}
     )
-    _error(no_key, 401, "authentication_error")
+    error_body(no_key, 401, "authentication_error")
     bad_key = httpx.post(
         stack.api.base_url + "/v1/feedback/ratings",
         json={"message_id": mine, "thumbs": "up"},
         headers={"Authorization": "Bearer rk_not-a-key"},
     )
-    _error(bad_key, 401, "authentication_error")
-    err = _error(
+    error_body(bad_key, 401, "authentication_error")
+    err = error_body(
         post("/v1/feedback/ratings", json={"message_id": "msg_nope", "thumbs": "up"}),
         422,
         "invalid_request_error",
     )
     assert err["code"] == "malformed_message_id"
-    err = _error(
+    err = error_body(
         post("/v1/feedback/ratings", json={"message_id": forged, "thumbs": "up"}),
         404,
         "not_found_error",
@@ -313,22 +246,22 @@ def test_bad_requests_get_4xx_with_error_body(stack: Stack) -> None:
         {"message_id": 42, "thumbs": "up"},
         {"thumbs": "up"},
     ):
-        err = _error(post("/v1/feedback/ratings", json=body), 422, "invalid_request_error")
+        err = error_body(post("/v1/feedback/ratings", json=body), 422, "invalid_request_error")
         assert err["code"] == "validation_error", (body, err)
     for body in (
         {"message_id_a": mine, "message_id_b": mine, "winner": "a"},
         {"message_id_a": mine, "message_id_b": theirs, "winner": "c"},
         {"message_id_a": mine, "winner": "a"},
     ):
-        _error(post("/v1/feedback/comparisons", json=body), 422, "invalid_request_error")
+        error_body(post("/v1/feedback/comparisons", json=body), 422, "invalid_request_error")
     for body in (
         {"message_id": mine, "corrected_reply": ""},
         {"message_id": mine, "corrected_reply": "   "},
         {"message_id": mine, "corrected_reply": "y" * 20001},
         {"message_id": mine},
     ):
-        _error(post("/v1/feedback/corrections", json=body), 422, "invalid_request_error")
-    _error(
+        error_body(post("/v1/feedback/corrections", json=body), 422, "invalid_request_error")
+    error_body(
         post(
             "/v1/feedback/ratings",
             content=b"{not json",
@@ -337,7 +270,7 @@ def test_bad_requests_get_4xx_with_error_body(stack: Stack) -> None:
         422,
         "invalid_request_error",
     )
-    _error(post("/v1/feedback/ratings", json=[1, 2]), 422, "invalid_request_error")
+    error_body(post("/v1/feedback/ratings", json=[1, 2]), 422, "invalid_request_error")
 
     # None of that published anything: after a valid rating is stored, it is the only row.
     (ok,) = post_all(http, "/v1/feedback/ratings", [{"message_id": mine, "thumbs": "down"}])
@@ -352,10 +285,10 @@ def test_bad_requests_get_4xx_with_error_body(stack: Stack) -> None:
 def test_feedback_rate_cap_per_user(stack: Stack) -> None:
     name = user()
     http = stack.api.client(name)
-    ids = mint(name, RATE_CAP + 1)
+    ids = mint(name, FEEDBACK_RATE_CAP + 1)
     post_all(http, "/v1/feedback/ratings", [{"message_id": m, "thumbs": "up"} for m in ids[:-1]])
     resp = http.post("/v1/feedback/ratings", json={"message_id": ids[-1], "thumbs": "up"})
-    err = _error(resp, 429, "rate_limit_error")
+    err = error_body(resp, 429, "rate_limit_error")
     assert err["code"] == "feedback_rate_limited"
     assert int(resp.headers["Retry-After"]) >= 1
     # A repeat of feedback already given is answered (same event), not counted.
@@ -367,7 +300,9 @@ def test_feedback_rate_cap_per_user(stack: Stack) -> None:
     with stack.api.client(other) as c:
         assert c.post("/v1/feedback/ratings", json={"message_id": m, "stars": 2}).status_code == 202
     wait_for(
-        lambda: count(stack.url, "ratings", f"user_id = '{name}'") == RATE_CAP, 60, "capped ratings"
+        lambda: count(stack.url, "ratings", f"user_id = '{name}'") == FEEDBACK_RATE_CAP,
+        60,
+        "capped ratings",
     )
     http.close()
 
@@ -400,69 +335,3 @@ def test_service_directly_without_http() -> None:
         service.rate(RatingRequest(message_id=n, thumbs="up"), user_id="ann")
     assert caught.value.status == 429 and caught.value.headers["Retry-After"]
     assert len(published) == 4
-
-
-def test_batch_end_to_end_all_or_nothing(stack: Stack) -> None:
-    name, intruder = user(), user()
-    http = stack.api.client(name)
-    ids = mint(name, 12)
-    (theirs,) = mint(intruder, 1)
-    batch = {
-        "ratings": [
-            {"message_id": m, "thumbs": "up" if i % 2 else "down"} for i, m in enumerate(ids[:10])
-        ]
-        + [{"message_id": ids[0], "thumbs": "down"}],  # the same as item 0: a duplicate
-        "comparisons": [{"message_id_a": ids[10], "message_id_b": ids[11], "winner": "b"}],
-        "corrections": [{"message_id": ids[10], "corrected_reply": "The better answer."}],
-    }
-    # One id given to someone else: 403 naming the item, and nothing of it is kept.
-    bad = {**batch, "ratings": [*batch["ratings"][:3], {"message_id": theirs, "stars": 1}]}
-    err = _error(http.post("/v1/feedback/batch", json=bad), 403, "permission_error")
-    assert err["message"].startswith("ratings[3]: "), err
-    assert err["code"] == "foreign_message_id"
-
-    resp = http.post("/v1/feedback/batch", json=batch)
-    assert resp.status_code == 202, resp.text
-    body = resp.json()
-    assert [len(body[k]) for k in ("ratings", "comparisons", "corrections")] == [11, 1, 1]
-    rating_events = [r["event_id"] for r in body["ratings"]]
-    assert rating_events[10] == rating_events[0]  # the in-batch duplicate is the first event
-    assert len(set(rating_events)) == 10
-    where = f"user_id = '{name}'"
-    wait_for(lambda: count(stack.url, "ratings", where) == 10, 60, "batched ratings")
-    wait_for(lambda: count(stack.url, "corrections", where) == 1, 60, "batched correction")
-    wait_for(lambda: count(stack.url, "comparisons", where) == 1, 60, "batched comparison")
-    assert rating_ids(stack.url, name) == set(rating_events)
-    assert count(stack.url, "ratings", where + " AND thumbs = 'down'") == 5
-    # Nothing from the refused batch was published: the topic holds this batch only.
-    records = read_topic(stack.api.settings.kafka_bootstrap_servers, TOPIC_RATINGS)
-    on_topic = [e for e in map(decode, (r.value for r in records)) if e.user_id == name]
-    assert sorted(str(e.event_id) for e in on_topic) == sorted(set(rating_events))
-    http.close()
-
-
-def test_batch_limits(stack: Stack) -> None:
-    name = user()
-    http = stack.api.client(name)
-    empty = _error(http.post("/v1/feedback/batch", json={}), 422, "invalid_request_error")
-    assert "empty" in empty["message"]
-    (m,) = mint(name, 1)
-    many = {"ratings": [{"message_id": m, "thumbs": "up"}] * 1001}
-    assert _error(http.post("/v1/feedback/batch", json=many), 422, "invalid_request_error")
-    # More new feedback than the per-minute cap: refused outright, it could never fit.
-    ids = mint(name, RATE_CAP + 1)
-    over = {"ratings": [{"message_id": x, "thumbs": "up"} for x in ids]}
-    err = _error(http.post("/v1/feedback/batch", json=over), 400, "invalid_request_error")
-    assert err["code"] == "batch_too_large"
-    # A batch that fits the cap but not what is left of this minute: 429, nothing taken.
-    first = {"ratings": [{"message_id": x, "thumbs": "up"} for x in ids[:100]]}
-    assert http.post("/v1/feedback/batch", json=first).status_code == 202
-    second = {"ratings": [{"message_id": x, "thumbs": "down"} for x in ids[100:]]}
-    resp = http.post("/v1/feedback/batch", json=second)
-    assert _error(resp, 429, "rate_limit_error")["code"] == "feedback_rate_limited"
-    assert int(resp.headers["Retry-After"]) >= 1
-    # What is left of the window is still free: the refused batch took none of it.
-    fits = {"ratings": [{"message_id": x, "thumbs": "down"} for x in ids[100:RATE_CAP]]}
-    assert http.post("/v1/feedback/batch", json=fits).status_code == 202
-    wait_for(lambda: count(stack.url, "ratings", f"user_id = '{name}'") == RATE_CAP, 60, "batches")
-    http.close()
