@@ -8,6 +8,8 @@ Postgres advisory lock makes concurrent ``migrate`` calls safe.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -21,6 +23,18 @@ _MIGRATE_LOCK = 7_400_001  # advisory lock key held while migrating
 
 def connect(url: str, **kwargs: object) -> psycopg.Connection:
     return psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
+
+
+@contextmanager
+def given_or_own(conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+    """``conn``, or a connection of our own to the configured store, closed afterwards."""
+    if conn is not None:
+        yield conn
+        return
+    from feedback.settings import get_settings
+
+    with psycopg.connect(get_settings().database_url, connect_timeout=5) as own:
+        yield own
 
 
 def open_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> ConnectionPool:

@@ -44,8 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -53,6 +52,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 
+from feedback.db import given_or_own
 from feedback.quality import redact, redact_messages
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def load_pairs(
     ``conn`` None opens a connection to ``DATABASE_URL``. Ordered by ``created_at``."""
     names = _names(names)
     window = {"since": since, "until": until}
-    with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+    with given_or_own(conn) as c, c.cursor(row_factory=dict_row) as cur:
         pairs = [
             *_comparison_pairs(cur, window, names),
             *_correction_pairs(cur, window, names),
@@ -246,7 +246,7 @@ def load_sft_examples(
     stored after ``since`` and up to ``until``."""
     names = _names(names)
     window = {"since": since, "until": until}
-    with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+    with given_or_own(conn) as c, c.cursor(row_factory=dict_row) as cur:
         cur.execute(_CORRECTIONS, window)
         out = [
             _sft(row, row["corrected_reply"], "correction", names)
@@ -270,7 +270,7 @@ def load_kto_examples(
     """Thumbs verdicts as unpaired (prompt, completion, label) examples, stored after
     ``since`` and up to ``until``."""
     names = _names(names)
-    with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+    with given_or_own(conn) as c, c.cursor(row_factory=dict_row) as cur:
         cur.execute(_THUMBS, {"since": since, "until": until})
         out = [
             KtoRecord(
@@ -382,14 +382,3 @@ def _names(names: Iterable[str] | None) -> list[str]:
     from feedback.settings import get_settings
 
     return list(get_settings().pii_names)
-
-
-@contextmanager
-def _connection(conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
-    if conn is not None:
-        yield conn
-        return
-    from feedback.settings import get_settings
-
-    with psycopg.connect(get_settings().database_url, connect_timeout=5) as own:
-        yield own

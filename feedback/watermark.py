@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import psycopg
 from psycopg.rows import dict_row
 
+from feedback.db import given_or_own
 from feedback.errors import FeedbackError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ def committed_through(conn: psycopg.Connection | None = None) -> datetime:
 
     Use it on an autocommit or READ COMMITTED connection: a REPEATABLE READ
     transaction would keep reading from a snapshot older than this answer."""
-    with _connection(conn) as c:
+    with given_or_own(conn) as c:
         clock: datetime = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
         if not c.autocommit:
             level = c.execute("SHOW transaction_isolation").fetchone()[0]  # type: ignore[index]
@@ -98,14 +97,3 @@ def committed_through(conn: psycopg.Connection | None = None) -> datetime:
             oldest["state"],
         )
     return min(clock, oldest["started"]) - timedelta(microseconds=1)
-
-
-@contextmanager
-def _connection(conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
-    if conn is not None:
-        yield conn
-        return
-    from feedback.settings import get_settings
-
-    with psycopg.connect(get_settings().database_url, connect_timeout=5) as own:
-        yield own

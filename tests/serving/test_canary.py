@@ -9,6 +9,7 @@ The feedback runs through the real broker and consumer into Postgres."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -119,6 +120,43 @@ def ids_of(resp: Any) -> list[str]:
     return [c.model_extra["message_id"] for c in resp.choices]
 
 
+@contextlib.contextmanager
+def canary_server(
+    pg_cluster,  # type: ignore[no-untyped-def]
+    template_db: str,
+    tiny_model_dir: Path,
+    root: Path,
+    bootstrap: str,
+    **settings: Any,
+) -> Iterator[CanaryServer]:
+    """The API (with ``settings``) on a fresh database whose production version is the
+    tiny model (v0001), and a feedback consumer storing what it logs."""
+    db = new_database(pg_cluster, template_db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        registry.ensure_base(conn, str(tiny_model_dir), weights_digest(tiny_model_dir))
+    serving = serving_settings(db, bootstrap, root / "home", tiny_model_dir, **settings)
+    consumer = FeedbackConsumer(
+        FeedbackSettings(
+            database_url=db,
+            kafka_bootstrap_servers=bootstrap,
+            home=root / "consumer-home",
+            consumer_group=f"canary-tests-{uuid.uuid4().hex[:8]}",
+            message_id_secret=serving.message_id_secret,
+        )
+    )
+    consuming = threading.Thread(target=consumer.run, name="canary-consumer", daemon=True)
+    consuming.start()
+    thread = ServerThread(build_app(serving)).start()
+    try:
+        yield CanaryServer(
+            thread.base_url, serving, make_keys(db), thread, root, Path(tiny_model_dir)
+        )
+    finally:
+        thread.stop()
+        consumer.stop()
+        consuming.join(30)
+
+
 @pytest.fixture(scope="module")
 def server(
     pg_cluster,  # type: ignore[no-untyped-def]
@@ -129,32 +167,12 @@ def server(
     root = tmp_path_factory.mktemp("canary")
     broker = Broker(CACHE / "bin", free_port(), root / "tansu.log")
     broker.start()
-    db = new_database(pg_cluster, template_db)
-    with psycopg.connect(db, autocommit=True) as conn:
-        registry.ensure_base(conn, str(tiny_model_dir), weights_digest(tiny_model_dir))
-    settings = serving_settings(
-        db, broker.bootstrap, root / "home", tiny_model_dir, backend="transformers"
-    )
-    consumer = FeedbackConsumer(
-        FeedbackSettings(
-            database_url=db,
-            kafka_bootstrap_servers=broker.bootstrap,
-            home=root / "consumer-home",
-            consumer_group=f"canary-tests-{uuid.uuid4().hex[:8]}",
-            message_id_secret=settings.message_id_secret,
-        )
-    )
-    consuming = threading.Thread(target=consumer.run, name="canary-consumer", daemon=True)
-    consuming.start()
-    thread = ServerThread(build_app(settings)).start()
     try:
-        yield CanaryServer(
-            thread.base_url, settings, make_keys(db), thread, root, Path(tiny_model_dir)
-        )
+        with canary_server(
+            pg_cluster, template_db, tiny_model_dir, root, broker.bootstrap, backend="transformers"
+        ) as running:
+            yield running
     finally:
-        thread.stop()
-        consumer.stop()
-        consuming.join(30)
         broker.stop()
 
 

@@ -6,22 +6,12 @@ engine the product serves with."""
 from __future__ import annotations
 
 import shutil
-import threading
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 
-from feedback.consumer import FeedbackConsumer
-from feedback.settings import FeedbackSettings
-from serving.app import build_app
-from tests.serving.conftest import serving_settings
-from tests.serving.server import ServerThread, make_keys, new_database
-from tests.serving.test_canary import ASK, CanaryServer, ids_of, wait_until
+from tests.serving.test_canary import ASK, CanaryServer, canary_server, ids_of, wait_until
 from training import registry
-from training.base_model import weights_digest
 
 
 @pytest.fixture(scope="module")
@@ -33,31 +23,9 @@ def vllm_server(
     tmp_path_factory,
 ) -> Iterator[CanaryServer]:
     root = tmp_path_factory.mktemp("canary-vllm")
-    db = new_database(pg_cluster, template_db)
-    with psycopg.connect(db, autocommit=True) as conn:
-        registry.ensure_base(conn, str(tiny_model_dir), weights_digest(tiny_model_dir))
-    settings = serving_settings(db, kafka_bootstrap, root / "home", tiny_model_dir)
-    assert settings.backend == "vllm"
-    consumer = FeedbackConsumer(
-        FeedbackSettings(
-            database_url=db,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            home=root / "consumer-home",
-            consumer_group=f"canary-vllm-{uuid.uuid4().hex[:8]}",
-            message_id_secret=settings.message_id_secret,
-        )
-    )
-    consuming = threading.Thread(target=consumer.run, name="canary-consumer", daemon=True)
-    consuming.start()
-    thread = ServerThread(build_app(settings)).start()
-    try:
-        yield CanaryServer(
-            thread.base_url, settings, make_keys(db), thread, root, Path(tiny_model_dir)
-        )
-    finally:
-        thread.stop()
-        consumer.stop()
-        consuming.join(30)
+    with canary_server(pg_cluster, template_db, tiny_model_dir, root, kafka_bootstrap) as running:
+        assert running.settings.backend == "vllm"
+        yield running
 
 
 def test_two_vllm_engines_answer_an_ab_request(vllm_server: CanaryServer) -> None:
