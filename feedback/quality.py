@@ -99,12 +99,9 @@ class FeedbackGate:
         self._times: dict[str, deque[float]] = {}
         self._seen: dict[tuple[str, str], tuple[float, uuid.UUID]] = {}
 
-    def check(self, user_id: str, fingerprint: str, event_id: uuid.UUID) -> Verdict:
-        """Record and judge feedback ``fingerprint`` (its content) from ``user_id``."""
-        return self.check_many(user_id, [(fingerprint, event_id)])[0]
-
-    def check_many(self, user_id: str, items: Sequence[tuple[str, uuid.UUID]]) -> list[Verdict]:
-        """Judge a batch of ``(fingerprint, event_id)`` from one user, all or nothing.
+    def check(self, user_id: str, items: Sequence[tuple[str, uuid.UUID]]) -> list[Verdict]:
+        """Record and judge feedback from ``user_id``: ``(fingerprint, event_id)`` pairs,
+        a fingerprint being the feedback's content; one item or a batch, all or nothing.
 
         Duplicates (of earlier feedback, or of an earlier item in the batch) get
         the first event's id. If the rest does not fit in the user's window,

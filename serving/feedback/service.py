@@ -162,7 +162,7 @@ class FeedbackService:
                 latest[key] = (item.body, token)
                 fingerprint = f"{item.target}\n{token}\n{item.body}"
                 fingerprints.append((fingerprint, item.event.event_id))
-            verdicts = self._gate.check_many(user_id, fingerprints)
+            verdicts = self._gate.check(user_id, fingerprints)
             refused = [v for v in verdicts if not v.accept and v.duplicate_of is None]
             if refused:
                 if refused[0].retry_after == float("inf"):
