@@ -50,6 +50,6 @@ bench: install
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider
 
 lint: install
-	$(VENV)/bin/ruff check serving feedback training infra tests
-	$(VENV)/bin/ruff format --check serving feedback training infra tests
-	$(VENV)/bin/mypy serving feedback training
+	$(VENV)/bin/ruff check ratchet serving feedback training infra tests
+	$(VENV)/bin/ruff format --check ratchet serving feedback training infra tests
+	$(VENV)/bin/mypy ratchet serving feedback training

@@ -10,10 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from feedback.settings import FeedbackSettings
-
-
-class FeedbackCliError(Exception):
-    """A user mistake; printed as ``ratchet feedback: message`` (exit 2)."""
+from ratchet.cli import database_unreachable
 
 
 def _fail(command: str, message: str) -> int:
@@ -22,7 +19,7 @@ def _fail(command: str, message: str) -> int:
 
 
 def _db_migrate(args: argparse.Namespace) -> int:
-    from feedback.db import migrate
+    from ratchet.db import migrate
 
     settings = FeedbackSettings()
     applied = migrate(settings.database_url)
@@ -32,7 +29,7 @@ def _db_migrate(args: argparse.Namespace) -> int:
 
 def _consume(args: argparse.Namespace) -> int:
     from feedback.consumer import FeedbackConsumer, serve_metrics
-    from feedback.db import migrate
+    from ratchet.db import migrate
 
     overrides: dict[str, object] = {}
     if args.group:
@@ -149,7 +146,7 @@ def _export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         return _fail("feedback export", str(exc))
     except psycopg.OperationalError as exc:
-        return _fail("feedback export", f"cannot reach the store: {exc}")
+        return _fail("feedback export", database_unreachable(exc))
     print(
         f"wrote {summary.pairs} preference pairs, {summary.kto} KTO examples, "
         f"{summary.sft} SFT examples to {args.out} ({args.format})"

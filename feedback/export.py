@@ -89,14 +89,15 @@ def export(
     *,
     fmt: str = "jsonl",
     since: datetime | None = None,
-    names: Iterable[str] | None = None,
+    names: Iterable[str] = (),
 ) -> ExportSummary:
     """Write the pairs, KTO and SFT examples built since ``since`` (and up to
-    ``committed_through``, returned as ``complete_through``) into the directory ``out``."""
+    ``committed_through``, returned as ``complete_through``) into the directory ``out``,
+    with the person ``names`` redacted (the caller passes its ``pii_names`` setting)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     _prepare(out)
-    names = None if names is None else list(names)
+    names = list(names)
     until = committed_through(conn)
     pairs = load_pairs(conn, since, until=until, names=names)
     kto = load_kto_examples(conn, since, until=until, names=names)

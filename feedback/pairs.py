@@ -208,14 +208,15 @@ def load_pairs(
     since: datetime | None = None,
     *,
     until: datetime | None = None,
-    names: Iterable[str] | None = None,
+    names: Iterable[str],
     max_pairs_per_prompt: int | None = 32,
 ) -> list[PreferencePair]:
     """Preference pairs from comparisons, corrections and ratings stored after ``since``
     (and up to ``until``: pass :func:`committed_through` when chaining watermarks).
 
-    ``conn`` None opens a connection to ``DATABASE_URL``. Ordered by ``created_at``."""
-    names = _names(names)
+    ``names`` are the person names to redact besides the patterns (the caller passes its
+    ``pii_names`` setting). Ordered by ``created_at``."""
+    names = list(names)
     window = {"since": since, "until": until}
     with given_or_own(conn) as c, c.cursor(row_factory=dict_row) as cur:
         pairs = [
@@ -240,11 +241,11 @@ def load_sft_examples(
     since: datetime | None = None,
     *,
     until: datetime | None = None,
-    names: Iterable[str] | None = None,
+    names: Iterable[str],
 ) -> list[SftRecord]:
     """Corrections, and replies every rater gave top marks (thumbs up or 5 stars),
     stored after ``since`` and up to ``until``."""
-    names = _names(names)
+    names = list(names)
     window = {"since": since, "until": until}
     with given_or_own(conn) as c, c.cursor(row_factory=dict_row) as cur:
         cur.execute(_CORRECTIONS, window)
@@ -265,11 +266,11 @@ def load_kto_examples(
     since: datetime | None = None,
     *,
     until: datetime | None = None,
-    names: Iterable[str] | None = None,
+    names: Iterable[str],
 ) -> list[KtoRecord]:
     """Thumbs verdicts as unpaired (prompt, completion, label) examples, stored after
     ``since`` and up to ``until``."""
-    names = _names(names)
+    names = list(names)
     with given_or_own(conn) as c, c.cursor(row_factory=dict_row) as cur:
         cur.execute(_THUMBS, {"since": since, "until": until})
         out = [
@@ -374,11 +375,3 @@ def _sft(row: dict[str, Any], completion: str, source: Any, names: list[str]) ->
         message_id=row["id"],
         model_version=row["model_version"],
     )
-
-
-def _names(names: Iterable[str] | None) -> list[str]:
-    if names is not None:
-        return list(names)
-    from feedback.settings import get_settings
-
-    return list(get_settings().pii_names)

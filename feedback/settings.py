@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from feedback.env_file import stack_env_file
+from ratchet.settings import RatchetSettings
 
 # Fine on loopback; `ratchet serve` refuses it on any other address.
 DEV_MESSAGE_ID_SECRET = "ratchet-dev-secret-change-me"
 
 
-class FeedbackSettings(BaseSettings):
+class FeedbackSettings(RatchetSettings):
     """Where the feedback store and the event log live, and how events flow.
 
     Read from ``RATCHET_*`` variables, the standard ``DATABASE_URL`` and
@@ -22,21 +20,6 @@ class FeedbackSettings(BaseSettings):
     ``make stack-up``.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="RATCHET_", env_file=stack_env_file(), extra="ignore", populate_by_name=True
-    )
-
-    database_url: str = Field(
-        default="postgresql://postgres@127.0.0.1:5432/ratchet",
-        validation_alias=AliasChoices("DATABASE_URL", "RATCHET_DATABASE_URL"),
-        description="Postgres DSN of the feedback store and model registry.",
-    )
-    kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:19092",
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "RATCHET_KAFKA_BOOTSTRAP_SERVERS"),
-        description="Comma-separated Kafka bootstrap servers.",
-    )
-    home: Path = Field(default=Path(".ratchet"), description="State directory (spool, logs, runs).")
     consumer_group: str = Field(default="ratchet-store", description="Kafka consumer group id.")
     consumer_batch_size: int = Field(
         default=500, ge=1, description="Max events per DB transaction."
@@ -101,8 +84,3 @@ class FeedbackSettings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.home / "spool"
-
-
-@lru_cache
-def get_settings() -> FeedbackSettings:
-    return FeedbackSettings()

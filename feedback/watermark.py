@@ -31,8 +31,8 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg.rows import dict_row
 
-from feedback.db import given_or_own
 from feedback.errors import FeedbackError
+from ratchet.db import given_or_own
 
 logger = logging.getLogger(__name__)
 

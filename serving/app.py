@@ -16,8 +16,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool
 
-from feedback.db import open_pool
 from feedback.producer import EventProducer
+from ratchet.db import open_pool
 from serving.auth import KeyStore, RateLimiter
 from serving.chat.grounding import Retriever
 from serving.chat.routes import router as chat_router
@@ -64,8 +64,7 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
             logger.warning("Use this for local demos only; never expose this server.")
             logger.warning("=" * 72)
         pool = await asyncio.to_thread(open_pool, settings.database_url)
-        feedback_settings = settings.feedback_settings()
-        producer = EventProducer(feedback_settings)
+        producer = EventProducer(settings)
 
         def on_swap(version: str) -> None:
             metrics.set_version(version)
@@ -96,7 +95,7 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
             feedback = FeedbackService(
                 producer,
                 message_id_secret=settings.message_id_secret,
-                per_minute=feedback_settings.rate_cap_per_minute,
+                per_minute=settings.rate_cap_per_minute,
             )
             app.state.ratchet = AppState(
                 settings=settings,

@@ -1,81 +1,29 @@
-"""The ``ratchet`` command. Each package adds its subcommands through the
-``ratchet.commands`` entry-point group (``register(subparsers)``), so this
-module imports neither training nor torch."""
+"""Serving's ``ratchet`` subcommands (``serve``, ``keys``, ``kb``, ``slack``), added
+through the ``ratchet.commands`` entry point ``serving.cli:register``.
+
+The command's root is :mod:`ratchet.cli`; its ``main`` and ``build_parser`` stay
+importable from here for installs whose console script still points at
+``serving.cli:main``."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from importlib.metadata import entry_points
 
+from ratchet.cli import build_parser, main
 
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ratchet", description="Ratchet: a chatbot that learns.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for ep in sorted(entry_points(group="ratchet.commands"), key=lambda e: e.name):
-        ep.load()(sub)
-    return parser
+__all__ = ["build_parser", "main", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Serving's own subcommands (serve, keys, kb, slack) register here."""
-    from serving import commands
+    from serving import serve_cli
+    from serving.kb import cli as kb_cli
+    from serving.slack import cli as slack_cli
 
-    commands.register(sub)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except CliError as exc:
-        print(f"ratchet {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        message = unreachable_service(exc)
-        if message is None:
-            raise
-        print(f"ratchet {args.command}: {message}", file=sys.stderr)
-        return 2
-
-
-def unreachable_service(exc: BaseException) -> str | None:
-    """A message naming the setting and address when ``exc`` says the database or the
-    Kafka broker cannot be reached; None for anything else."""
-    import psycopg
-    from kafka import errors as kafka_errors
-
-    if isinstance(exc, psycopg.OperationalError):
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return (
-            f"cannot reach the database (DATABASE_URL): {first}; is the stack up (make stack-up)?"
-        )
-    if isinstance(exc, kafka_errors.KafkaConnectionError | kafka_errors.KafkaTimeoutError):
-        return (
-            f"cannot reach the Kafka broker (KAFKA_BOOTSTRAP_SERVERS): {exc}; "
-            "is the stack up (make stack-up)?"
-        )
-    return None
-
-
-class CliError(Exception):
-    """A problem with what the user asked for; printed without a traceback."""
+    serve_cli.register(sub)
+    kb_cli.register(sub)
+    slack_cli.register(sub)
 
 
 if __name__ == "__main__":
-    # Run the imported module, not this __main__ copy: subcommands raise serving.cli.CliError.
-    from serving.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.settings import DEV_MESSAGE_ID_SECRET
-from serving.cli import CliError
+from ratchet.cli import CliError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _keys_create(args: argparse.Namespace) -> int:
     import psycopg
 
-    from feedback.db import connect
+    from ratchet.db import connect
     from serving.auth import create_key
     from serving.settings import ServingSettings
 
@@ -79,8 +79,6 @@ def _keys_create(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     except psycopg.errors.UndefinedTable as exc:
         raise CliError("the api_keys table is missing: run `ratchet db migrate` first") from exc
-    except psycopg.OperationalError as exc:
-        raise CliError(f"cannot reach the database: {exc}") from exc
     print(key)
     print(
         f"(API key for user {args.user!r}, role {args.role}; it is shown only once)",

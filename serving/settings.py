@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from feedback.env_file import stack_env_file
-from feedback.settings import DEV_MESSAGE_ID_SECRET, FeedbackSettings
+from feedback.settings import FeedbackSettings
 
 BackendName = Literal["vllm", "vllm-server", "transformers"]
 
 
-class ServingSettings(BaseSettings):
+class ServingSettings(FeedbackSettings):
     """How the chat API runs. Read from ``RATCHET_*`` variables, the standard
-    ``DATABASE_URL`` and ``KAFKA_BOOTSTRAP_SERVERS``, and ``.ratchet/stack.env``."""
+    ``DATABASE_URL`` and ``KAFKA_BOOTSTRAP_SERVERS``, and ``.ratchet/stack.env``.
 
-    model_config = SettingsConfigDict(
-        env_prefix="RATCHET_", env_file=stack_env_file(), extra="ignore", populate_by_name=True
-    )
-
-    # Shared with the feedback package (producer, message ids).
-    database_url: str = Field(
-        default="postgresql://postgres@127.0.0.1:5432/ratchet",
-        validation_alias=AliasChoices("DATABASE_URL", "RATCHET_DATABASE_URL"),
-        description="Postgres DSN: API keys, model registry.",
-    )
-    kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:19092",
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "RATCHET_KAFKA_BOOTSTRAP_SERVERS"),
-        description="Kafka bootstrap servers for the event producer.",
-    )
-    home: Path = Field(default=Path(".ratchet"), description="State directory (spool, logs).")
-    message_id_secret: str = Field(
-        default=DEV_MESSAGE_ID_SECRET, description="HMAC key that signs message ids."
-    )
+    It extends the feedback settings: the server runs the event producer, signs
+    message ids and caps feedback rates with them."""
 
     # HTTP server
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
@@ -128,17 +108,3 @@ class ServingSettings(BaseSettings):
     def slack_enabled(self) -> bool:
         """Whether the Slack app is configured for HTTP mode."""
         return bool(self.slack_bot_token and self.slack_signing_secret)
-
-    def feedback_settings(self) -> FeedbackSettings:
-        """The feedback package's settings, as seen by serving."""
-        return FeedbackSettings(
-            database_url=self.database_url,
-            kafka_bootstrap_servers=self.kafka_bootstrap_servers,
-            home=self.home,
-            message_id_secret=self.message_id_secret,
-        )
-
-
-@lru_cache
-def get_settings() -> ServingSettings:
-    return ServingSettings()

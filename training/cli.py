@@ -7,46 +7,15 @@ and registry errors are printed as ``ratchet CMD: message`` (exit 2)."""
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from ratchet.cli import CliError
+from training.cli_base import cli_errors, connect
 
 logger = logging.getLogger(__name__)
 
-
-def cli_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn training errors and unreachable databases into CLI messages."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        import psycopg
-
-        from serving.cli import CliError
-        from training.errors import TrainingError
-
-        try:
-            return func(args)
-        except TrainingError as exc:
-            raise CliError(str(exc)) from exc
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
-            raise CliError(
-                "the database schema is older than this Ratchet: run `ratchet db migrate`"
-            ) from exc
-        except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CliError(
-                f"cannot reach the database ({first}); is the stack up (make stack-up)?"
-            ) from exc
-
-    return wrapper
-
-
-def connect(settings: Any) -> Any:
-    import psycopg
-
-    return psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5)
+__all__ = ["cli_errors", "connect", "register"]  # cli_errors, connect: for older imports
 
 
 @cli_errors
@@ -61,7 +30,7 @@ def _model_bootstrap(args: argparse.Namespace) -> int:
     path = bootstrap(settings, force=args.force)
     print(f"base model ready at {path}")
     try:
-        from feedback.db import migrate
+        from ratchet.db import migrate
 
         migrate(settings.database_url)
         with connect(settings) as conn:
@@ -89,8 +58,6 @@ def _train(args: argparse.Namespace) -> int:
         try:
             every = parse_interval(args.every)
         except ValueError as exc:
-            from serving.cli import CliError
-
             raise CliError(str(exc)) from exc
         run_periodically(
             settings,

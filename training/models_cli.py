@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.cli import cli_errors, connect
+from training.cli_base import cli_errors, connect
 
 
 def print_gates(report: dict[str, Any] | None) -> None:
@@ -159,7 +159,7 @@ def _models_rollback(args: argparse.Namespace) -> int:
 
 @cli_errors
 def _models_canary(args: argparse.Namespace) -> int:
-    from serving.cli import CliError
+    from ratchet.cli import CliError
     from training.registry import clear_canary, set_canary
     from training.settings import TrainingSettings
 

@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from feedback.env_file import stack_env_file
+from ratchet.settings import RatchetSettings
+
+TrainSize = Literal["tiny", "demo", "full"]
 
 
-class TrainingSettings(BaseSettings):
+class TrainingSettings(RatchetSettings):
     """Where models live and how training runs. ``RATCHET_*`` variables override."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="RATCHET_", env_file=stack_env_file(), extra="ignore", populate_by_name=True
-    )
-
-    database_url: str = Field(
-        default="postgresql://postgres@127.0.0.1:5432/ratchet",
-        validation_alias=AliasChoices("DATABASE_URL", "RATCHET_DATABASE_URL"),
-        description="Postgres DSN of the feedback store and model registry.",
-    )
-    home: Path = Field(default=Path(".ratchet"), description="State directory (runs, logs, cache).")
     models_dir: Path = Field(default=Path("models"), description="Where model versions are saved.")
     base_model: Path | None = Field(
         default=None,
         description="A local Hugging Face model directory to use instead of SmolLM2-135M-Instruct.",
     )
-    train_size: str = Field(
+    train_size: TrainSize = Field(
         default="demo", description="Size preset of a training cycle: tiny, demo or full."
     )
     gates_config: Path | None = Field(
@@ -53,8 +44,3 @@ class TrainingSettings(BaseSettings):
     @property
     def base_model_dir(self) -> Path:
         return self.base_model if self.base_model is not None else self.models_dir / "base"
-
-
-@lru_cache
-def get_settings() -> TrainingSettings:
-    return TrainingSettings()

@@ -70,8 +70,18 @@ class FeedbackSource(Protocol):
     ) -> Sequence[Any]: ...
 
 
+def _settings_pii_names() -> list[str]:
+    from feedback.settings import FeedbackSettings
+
+    return list(FeedbackSettings().pii_names)
+
+
+@dataclass
 class StoreSource:
-    """Reads the feedback store through ``feedback.pairs``."""
+    """Reads the feedback store through ``feedback.pairs``, redacting ``names`` (default:
+    the feedback settings' ``pii_names``, read when the source is made)."""
+
+    names: list[str] = field(default_factory=_settings_pii_names)
 
     def horizon(self, conn: psycopg.Connection | None) -> datetime | None:
         from feedback.watermark import committed_through
@@ -83,14 +93,14 @@ class StoreSource:
     ) -> Sequence[Any]:
         from feedback import pairs
 
-        return pairs.load_pairs(conn, since, until=until)
+        return pairs.load_pairs(conn, since, until=until, names=self.names)
 
     def load_sft_examples(
         self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
     ) -> Sequence[Any]:
         from feedback import pairs
 
-        return pairs.load_sft_examples(conn, since, until=until)
+        return pairs.load_sft_examples(conn, since, until=until, names=self.names)
 
 
 @dataclass

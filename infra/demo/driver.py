@@ -17,7 +17,6 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from feedback.db import connect
 from feedback.settings import FeedbackSettings
 from infra.demo import report
 from infra.demo.employees import Employee, Evaluation, Tally, evaluate, simulate
@@ -32,6 +31,7 @@ from infra.demo.training_step import (
     served_version,
     wait_for_version,
 )
+from ratchet.db import connect
 from serving.auth import create_key
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def ratchet_cmd(*args: str) -> list[str]:
     """``ratchet ARGS`` with this interpreter (works without the console script on PATH)."""
-    return [sys.executable, "-m", "serving.cli", *args]
+    return [sys.executable, "-m", "ratchet", *args]
 
 
 @dataclass(frozen=True)

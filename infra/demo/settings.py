@@ -7,26 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from feedback.env_file import stack_env_file
+from ratchet.settings import RatchetSettings
 
 
-class DemoSettings(BaseSettings):
-    """How big the demo is and where it runs. Unset sizes follow ``size``."""
+class DemoSettings(RatchetSettings):
+    """How big the demo is and where it runs. Unset sizes follow ``size``. The shared
+    fields (``RATCHET_HOME``: the demo keeps its files in demo/ below it) keep their names."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="RATCHET_DEMO_", env_file=stack_env_file(), extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="RATCHET_DEMO_")
 
     size: Literal["full", "tiny"] = Field(
         default="full", description="full: SmolLM2-135M, all questions; tiny: the tiny test model."
-    )
-    home: Path = Field(
-        default=Path(".ratchet"),
-        validation_alias=AliasChoices("RATCHET_HOME", "RATCHET_DEMO_HOME"),
-        description="Ratchet's state directory; the demo keeps its files in demo/ below it.",
     )
     host: str = Field(default="127.0.0.1", description="Address the demo API listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the demo API.")

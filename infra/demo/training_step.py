@@ -67,7 +67,7 @@ def run_training_cycle(*, size: str, database_url: str, progress: bool = True) -
 
 def promote(database_url: str, version: str, *, force: bool, reason: str) -> str:
     """Promote ``version``; return the audit action recorded (promote or force_promote)."""
-    from feedback.db import connect
+    from ratchet.db import connect
     from training import registry
 
     with connect(database_url) as conn:

@@ -16,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from feedback.db import ensure_database
 from infra.local.postgres import PrivateCluster, StackError, answers
 from infra.local.tansu import Broker, bootstrap_answers, port_open
+from ratchet.db import ensure_database
+from ratchet.env_file import read_env_file, write_env_file
 
 logger = logging.getLogger("ratchet.stack")
 
@@ -29,18 +30,6 @@ TANSU_PORT = 19092
 
 def home() -> Path:
     return Path(os.environ.get("RATCHET_HOME", ".ratchet")).resolve()
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
-def _write_env_file(path: Path, values: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
 
 
 def _db_url_on(server_url: str, dbname: str = "ratchet") -> str:
@@ -89,10 +78,10 @@ def up_kafka(root: Path) -> str:
 
 def up() -> dict[str, str]:
     root = home()
-    values = _read_env_file(root / "stack.env")
+    values = read_env_file(root / "stack.env")
     values["DATABASE_URL"] = up_postgres(root)
     values["KAFKA_BOOTSTRAP_SERVERS"] = up_kafka(root)
-    _write_env_file(root / "stack.env", values)
+    write_env_file(root / "stack.env", values)
     return values
 
 
@@ -144,7 +133,7 @@ def down() -> None:
 
 def status() -> int:
     root = home()
-    values = _read_env_file(root / "stack.env")
+    values = read_env_file(root / "stack.env")
     db = values.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     kafka = values.get("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{TANSU_PORT}")
     ok_db, ok_kafka = answers(db), bootstrap_answers(kafka)

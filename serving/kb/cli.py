@@ -50,8 +50,8 @@ def _settings():  # noqa: ANN202 - KBSettings, imported lazily
 def _connect(url: str):  # noqa: ANN202
     import psycopg
 
-    from feedback.db import migrate
-    from serving.cli import CliError
+    from ratchet.cli import CliError
+    from ratchet.db import migrate
 
     try:
         migrate(url)
@@ -63,7 +63,7 @@ def _connect(url: str):  # noqa: ANN202
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from serving.cli import CliError
+    from ratchet.cli import CliError
     from serving.kb.embeddings import Embedder
     from serving.kb.errors import KBError
     from serving.kb.ingest import Ingestor

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from feedback.env_file import stack_env_file
+from ratchet.settings import RatchetSettings
 
 
-class KBSettings(BaseSettings):
-    """How documents are split and embedded, and how retrieval filters them."""
+class KBSettings(RatchetSettings):
+    """How documents are split and embedded, and how retrieval filters them. The
+    shared fields (``DATABASE_URL``, ...) keep their standard names."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="RATCHET_KB_", env_file=stack_env_file(), extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="RATCHET_KB_")
 
-    database_url: str = Field(
-        default="postgresql://postgres@127.0.0.1:5432/ratchet",
-        validation_alias=AliasChoices("DATABASE_URL", "RATCHET_DATABASE_URL"),
-        description="Postgres DSN holding the knowledge base tables.",
-    )
     embedding_model: Path | None = Field(
         default=None,
         description="Sentence-embedding model directory (mean pooling); default: the "
@@ -48,8 +41,3 @@ class KBSettings(BaseSettings):
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("RATCHET_KB_CHUNK_OVERLAP must be smaller than RATCHET_KB_CHUNK_SIZE")
         return self
-
-
-@lru_cache
-def get_kb_settings() -> KBSettings:
-    return KBSettings()

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from serving.cli import CliError
+from ratchet.cli import CliError
 
 
 def _slack(args: argparse.Namespace) -> int:
