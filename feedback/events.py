@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -21,6 +21,10 @@ TOPIC_RATINGS = "ratchet.ratings.v1"
 TOPIC_COMPARISONS = "ratchet.comparisons.v1"
 TOPIC_CORRECTIONS = "ratchet.corrections.v1"
 TOPIC_DEAD_LETTERS = "ratchet.dead-letters.v1"
+
+
+Messages = list[dict[str, str]]
+"""Chat messages as plain dicts (``role``, ``content``): prompts in records and trainers."""
 
 
 def _now() -> datetime:
@@ -144,3 +148,9 @@ def encode(event: Event) -> bytes:
 def decode(data: bytes | str) -> AnyEvent:
     """Parse one event; raises ``pydantic.ValidationError`` on anything invalid."""
     return _ADAPTER.validate_json(data)
+
+
+class Publisher(Protocol):
+    """Where events go: :class:`feedback.producer.EventProducer`, or a test's list."""
+
+    def publish(self, event: Event) -> None: ...

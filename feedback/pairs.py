@@ -36,7 +36,7 @@ once the message arrives, since the message's ``stored_at`` then raises
 ``created_at`` past the old watermark.
 
 All text that leaves through this module is PII-redacted with
-:func:`feedback.quality.redact` (``names``, by default ``RATCHET_PII_NAMES``).
+:func:`feedback.redaction.redact` (``names``: the caller passes ``RATCHET_PII_NAMES``).
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from feedback.db import given_or_own
-from feedback.quality import redact, redact_messages
+from feedback.events import Messages
+from feedback.redaction import redact, redact_messages
 
 logger = logging.getLogger(__name__)
-
-Messages = list[dict[str, str]]
 PairSource = Literal["comparison", "correction", "rating"]
 
 # A message's mean score must beat another's by more than this to form a pair

@@ -1,16 +1,14 @@
 """The FastAPI app: ``build_app(settings)``; the lifespan opens the DB pool, the
 model manager (engine + hot swap) and the event producer, and keeps them in one
-typed :class:`AppState` on ``app.state.ratchet``."""
+typed :class:`~serving.state.AppState` on ``app.state.ratchet``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -25,92 +23,37 @@ from serving.chat.service import ChatService
 from serving.errors import register_exception_handlers
 from serving.feedback.routes import router as feedback_router
 from serving.feedback.service import FeedbackService
-from serving.kb.retriever import open_knowledge_base
-from serving.kb.routes import KB_EXTRA
 from serving.kb.routes import router as kb_router
 from serving.metrics import CONTENT_TYPE, RequestMetricsMiddleware, ServingMetrics
-from serving.models_watch import ModelManager, SwapError
+from serving.model_manager import ModelManager, SwapError
 from serving.settings import ServingSettings
+from serving.state import AppState
+
+if TYPE_CHECKING:
+    from slack_bolt.async_app import AsyncApp
+
+    from serving.kb.retriever import KnowledgeBase
+
+__all__ = ["AppState", "build_app"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class AppState:
-    """Everything routes reach through ``StateDep``."""
-
-    settings: ServingSettings
-    pool: ConnectionPool
-    models: ModelManager
-    producer: EventProducer
-    chat: ChatService
-    feedback: FeedbackService
-    metrics: ServingMetrics
-    keys: KeyStore
-    rate_limiter: RateLimiter
-    retriever: Retriever | None = None
-    started_at: float = field(default_factory=time.time)
-    extras: dict[str, Any] = field(default_factory=dict)  # other features' objects
-
-
 def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) -> FastAPI:
     metrics = ServingMetrics()
+    slack: AsyncApp | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.auth:
-            logger.warning("=" * 72)
-            logger.warning("AUTH IS OFF (--no-auth): every caller is user 'dev' with role admin.")
-            logger.warning("Use this for local demos only; never expose this server.")
-            logger.warning("=" * 72)
+            _warn_no_auth()
         pool = await asyncio.to_thread(open_pool, settings.database_url)
         producer = EventProducer(settings)
-
-        def on_swap(version: str) -> None:
-            metrics.set_version(version)
-            if models.swaps:  # not for the first load
-                metrics.swaps.inc()
-
-        def on_swap_error(err: SwapError) -> None:
-            if err.role == "canary":
-                metrics.canary_load_failures.labels(err.version).inc()
-            else:
-                metrics.swap_failures.labels(err.version).inc()
-
-        models = ModelManager(
-            settings,
-            pool,
-            on_swap=on_swap,
-            on_swap_error=on_swap_error,
-            on_canary=metrics.set_canary,
-        )
+        models = _model_manager(settings, pool, metrics)
         try:
             await models.start()
-            extras: dict[str, Any] = {}
-            active = retriever
-            if active is None and settings.knowledge_bot:
-                kb = await asyncio.to_thread(open_knowledge_base, settings, pool)
-                active = extras[KB_EXTRA] = kb
-            chat = ChatService(settings, models, producer, metrics=metrics, retriever=active)
-            feedback = FeedbackService(
-                producer,
-                message_id_secret=settings.message_id_secret,
-                per_minute=settings.rate_cap_per_minute,
-            )
-            app.state.ratchet = AppState(
-                settings=settings,
-                pool=pool,
-                models=models,
-                producer=producer,
-                chat=chat,
-                feedback=feedback,
-                metrics=metrics,
-                keys=KeyStore(pool),
-                rate_limiter=RateLimiter(
-                    per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
-                ),
-                retriever=active,
-                extras=extras,
+            app.state.ratchet = await _state(
+                settings, pool, models, producer, metrics, retriever, slack
             )
             logger.info("serving model version %s (%s backend)", models.version, settings.backend)
             yield
@@ -121,9 +64,96 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
 
     app = FastAPI(title="Ratchet", version="0.1.0", lifespan=lifespan)
     register_exception_handlers(app)
-
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    _add_ops_routes(app, metrics)
+    app.include_router(chat_router)
+    app.include_router(kb_router)
+    app.include_router(feedback_router)
+    if settings.slack_enabled:
+        from serving.slack import mount_slack
 
+        slack = mount_slack(app, settings)
+    return app
+
+
+def _warn_no_auth() -> None:
+    logger.warning("=" * 72)
+    logger.warning("AUTH IS OFF (--no-auth): every caller is user 'dev' with role admin.")
+    logger.warning("Use this for local demos only; never expose this server.")
+    logger.warning("=" * 72)
+
+
+def _model_manager(
+    settings: ServingSettings, pool: ConnectionPool, metrics: ServingMetrics
+) -> ModelManager:
+    """The model manager, reporting swaps and failed loads to ``metrics``."""
+    models: ModelManager
+
+    def on_swap(version: str) -> None:
+        metrics.set_version(version)
+        if models.swaps:  # not for the first load
+            metrics.swaps.inc()
+
+    def on_swap_error(err: SwapError) -> None:
+        if err.role == "canary":
+            metrics.canary_load_failures.labels(err.version).inc()
+        else:
+            metrics.swap_failures.labels(err.version).inc()
+
+    models = ModelManager(
+        settings, pool, on_swap=on_swap, on_swap_error=on_swap_error, on_canary=metrics.set_canary
+    )
+    return models
+
+
+async def _state(
+    settings: ServingSettings,
+    pool: ConnectionPool,
+    models: ModelManager,
+    producer: EventProducer,
+    metrics: ServingMetrics,
+    retriever: Retriever | None,
+    slack: AsyncApp | None,
+) -> AppState:
+    """The services of a started server (the knowledge base loads here when it is on)."""
+    knowledge_base = await _knowledge_base(settings, pool, retriever)
+    active = retriever if retriever is not None else knowledge_base
+    return AppState(
+        settings=settings,
+        pool=pool,
+        models=models,
+        producer=producer,
+        chat=ChatService(settings, models, producer, metrics=metrics, retriever=active),
+        feedback=FeedbackService(
+            producer,
+            message_id_secret=settings.message_id_secret,
+            per_minute=settings.rate_cap_per_minute,
+        ),
+        metrics=metrics,
+        keys=KeyStore(pool),
+        rate_limiter=RateLimiter(
+            per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
+        ),
+        retriever=active,
+        knowledge_base=knowledge_base,
+        slack=slack,
+    )
+
+
+async def _knowledge_base(
+    settings: ServingSettings, pool: ConnectionPool, retriever: Retriever | None
+) -> KnowledgeBase | None:
+    """A given retriever that is a knowledge base; else the one RATCHET_KNOWLEDGE_BOT opens."""
+    from serving.kb.retriever import KnowledgeBase, open_knowledge_base
+
+    if isinstance(retriever, KnowledgeBase):
+        return retriever
+    if retriever is None and settings.knowledge_bot:
+        return await asyncio.to_thread(open_knowledge_base, settings, pool)
+    return None
+
+
+def _add_ops_routes(app: FastAPI, metrics: ServingMetrics) -> None:
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -133,46 +163,36 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
         state: AppState | None = getattr(request.app.state, "ratchet", None)
         if state is None:
             return JSONResponse({"status": "starting"}, status_code=503)
-        checks: dict[str, Any] = {"model_version": state.models.version}
-        ok = state.models.ready
-        try:
-            await state.models.current.check()
-            checks["model"] = "ok"
-        except Exception as exc:  # readiness reports, never raises
-            ok, checks["model"] = False, f"error: {exc}"
-        try:
-            await asyncio.to_thread(_ping_db, state.pool)
-            checks["database"] = "ok"
-        except Exception as exc:  # readiness reports, never raises
-            ok, checks["database"] = False, f"error: {type(exc).__name__}"
-        err = state.models.last_error
-        checks["last_swap_error"] = (
-            {"version": err.version, "path": err.path, "message": err.message} if err else None
-        )
-        # The canary never decides readiness: without it, A/B requests get production drafts.
-        checks["canary_version"] = state.models.canary_version
-        canary_err = state.models.last_canary_error
-        checks["last_canary_error"] = (
-            {"version": canary_err.version, "path": canary_err.path, "message": canary_err.message}
-            if canary_err
-            else None
-        )
-        checks["status"] = "ready" if ok else "not ready"
-        return JSONResponse(checks, status_code=200 if ok else 503)
+        return await _readiness(state)
 
     @app.get("/metrics", tags=["ops"])
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app.include_router(chat_router)
-    app.include_router(kb_router)
-    app.include_router(feedback_router)
-    # Other feature routers (feedback API, knowledge base, Slack) are included here.
-    if settings.slack_enabled:
-        from serving.slack import mount_slack
 
-        mount_slack(app, settings)
-    return app
+async def _readiness(state: AppState) -> JSONResponse:
+    checks: dict[str, Any] = {"model_version": state.models.version}
+    ok = state.models.ready
+    try:
+        await state.models.current.check()
+        checks["model"] = "ok"
+    except Exception as exc:  # readiness reports, never raises
+        ok, checks["model"] = False, f"error: {exc}"
+    try:
+        await asyncio.to_thread(_ping_db, state.pool)
+        checks["database"] = "ok"
+    except Exception as exc:  # readiness reports, never raises
+        ok, checks["database"] = False, f"error: {type(exc).__name__}"
+    checks["last_swap_error"] = _error_json(state.models.last_error)
+    # The canary never decides readiness: without it, A/B requests get production drafts.
+    checks["canary_version"] = state.models.canary_version
+    checks["last_canary_error"] = _error_json(state.models.last_canary_error)
+    checks["status"] = "ready" if ok else "not ready"
+    return JSONResponse(checks, status_code=200 if ok else 503)
+
+
+def _error_json(err: SwapError | None) -> dict[str, str] | None:
+    return {"version": err.version, "path": err.path, "message": err.message} if err else None
 
 
 def _ping_db(pool: ConnectionPool) -> None:

@@ -11,7 +11,7 @@ from serving.auth import DEV_USER, Role, User, bearer_token
 from serving.errors import Forbidden
 
 if TYPE_CHECKING:
-    from serving.app import AppState
+    from serving.state import AppState
 
 
 # Dependencies here are ``async def``: FastAPI runs a plain ``def`` dependency in a

@@ -13,6 +13,8 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.cleanup import CLEANUP_FAILURES
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -20,6 +22,7 @@ class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(CLEANUP_FAILURES)  # process-wide: cleanup that failed, logged at WARNING
         self.requests = Counter(
             "ratchet_http_requests",
             "HTTP requests by route and status code.",

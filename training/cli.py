@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import get_args
 
 from ratchet.cli import CliError
 from training.cli_base import cli_errors, connect
+from training.settings import TrainSize
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     train.add_argument("--algo", choices=["ppo", "dpo"], default="ppo", help="policy optimisation")
     train.add_argument(
         "--size",
-        choices=["tiny", "demo", "full"],
+        choices=get_args(TrainSize),
         default=None,
         help="cycle size preset (default RATCHET_TRAIN_SIZE or demo)",
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-Messages = list[dict[str, str]]
+from feedback.events import Messages
 
 
 def conversation_tokens(tokenizer: Any, prompt: Messages, reply: str) -> int:

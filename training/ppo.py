@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from feedback.events import Messages
 from training.ppo_config import PpoStageConfig
 
 logger = logging.getLogger(__name__)
 
-Messages = list[dict[str, str]]
 RewardFn = Callable[[Sequence[Messages], Sequence[str]], list[float]]
 
 

@@ -27,11 +27,10 @@ from typing import Any, Protocol
 
 import psycopg
 
+from feedback.events import Messages
 from training.errors import TrainingError
 
 logger = logging.getLogger(__name__)
-
-Messages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from feedback.settings import FeedbackSettings
 from infra.demo import report
-from infra.demo.employees import Employee, Evaluation, Tally, evaluate, simulate
+from infra.demo.employees import Employee, Evaluation, evaluate, simulate
 from infra.demo.questions import PREFERENCE, load_questions, split
+from infra.demo.report import DemoResult
 from infra.demo.services import Background, api_ready, ratchet_cmd, wait_alive, wait_ready
 from infra.demo.settings import DemoSettings
 from infra.demo.steps import Steps
 from infra.demo.training_step import (
-    CycleOutcome,
     promote,
     run_training_cycle,
     served_version,
@@ -39,24 +38,6 @@ logger = logging.getLogger(__name__)
 EMPLOYEE_NAMES = ["ana", "bruno", "carla", "diogo", "eva", "filipe", "gita", "hugo"]
 OPERATOR = "you"
 STEPS = 12
-
-
-@dataclass
-class DemoResult:
-    """What the demo did, for the summary, the report and the e2e test."""
-
-    model_dir: str = ""
-    tally: Tally | None = None
-    stored_ratings: int = 0
-    before: Evaluation | None = None
-    after: Evaluation | None = None
-    cycle: CycleOutcome | None = None
-    promotion: str | None = None  # "promote", "force_promote", or None (not promoted)
-    swap_seconds: float | None = None
-    served: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    keys: dict[str, str] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)
 
 
 class Demo:

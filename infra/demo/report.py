@@ -7,8 +7,9 @@ import base64
 import html
 import io
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -18,8 +19,23 @@ from infra.demo.questions import Judgement, Question
 from infra.demo.settings import DemoSettings
 from infra.demo.training_step import CycleOutcome
 
-if TYPE_CHECKING:
-    from infra.demo.driver import DemoResult
+
+@dataclass
+class DemoResult:
+    """What the demo did, for the summary, the report and the e2e test."""
+
+    model_dir: str = ""
+    tally: Tally | None = None
+    stored_ratings: int = 0
+    before: Evaluation | None = None
+    after: Evaluation | None = None
+    cycle: CycleOutcome | None = None
+    promotion: str | None = None  # "promote", "force_promote", or None (not promoted)
+    swap_seconds: float | None = None
+    served: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
 
 
 def _fmt(value: Any) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from feedback.events import ChatMessage, MessageLogged
 from serving.backends import ChoiceDelta, Generation
 from serving.chat.protocol import Usage
+from serving.cleanup import close_quietly
 
 ABMode = Literal["canary", "drafts"]
 
@@ -52,7 +53,7 @@ class PreparedChat:
     citations: list[dict[str, Any]]
     generation: Generation
     started: float
-    exit: contextlib.AsyncExitStack
+    leases: contextlib.AsyncExitStack  # the model leases; closed when the reply ends
     texts: list[str] = field(default_factory=list)
     token_ids: list[list[int]] = field(default_factory=list)
     finish_reasons: list[str | None] = field(default_factory=list)
@@ -99,9 +100,8 @@ class PreparedChat:
     async def abandon(self) -> None:
         """Undo a started generation whose reply will never be delivered (nothing is logged)."""
         self.released = True
-        with contextlib.suppress(Exception):
-            await self.generation.aclose()
-        await self.exit.aclose()
+        await close_quietly("generation", self.generation.aclose)
+        await self.leases.aclose()
 
 
 @dataclass
@@ -174,8 +174,7 @@ async def merge_deltas(
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for stream in streams:
-            with contextlib.suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]
+            await close_quietly("stream", stream.aclose)  # type: ignore[attr-defined]
         for part in parts:
             await release(part)
 

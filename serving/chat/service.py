@@ -3,27 +3,25 @@
 No FastAPI here. Every reply (every choice when ``n > 1``) gets its own signed
 ``message_id`` and is published as a ``MessageLogged`` event when it ends.
 
-An A/B request (``"ab": true``) answers with two choices. With a canary loaded
-(``ratchet models canary VERSION``), one comes from production and one from the
-canary, in random order, each logged with its own ``model_version``; without
-one, they are two drafts of production (``"ab": "drafts"`` in the response).
+An A/B request (``"ab": true``) answers with two choices: one from production and
+one from the canary (``ratchet models canary VERSION``), or two drafts of
+production without one (:mod:`serving.chat.ab`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
-from feedback.events import ChatMessage, Event
+from feedback.events import ChatMessage, Publisher
 from feedback.message_ids import new_message_id
 from serving.backends import Backend, SamplingOptions
 from serving.chat import grounding
+from serving.chat.ab import prepare_ab
 from serving.chat.chunks import stream_chunks
 from serving.chat.prepared import PreparedAB, PreparedChat, Reply, merge_deltas
 from serving.chat.protocol import (
@@ -32,18 +30,15 @@ from serving.chat.protocol import (
     ChatCompletionResponse,
     Choice,
 )
+from serving.cleanup import close_quietly
 from serving.errors import InvalidRequest, PromptTooLong
 from serving.metrics import ServingMetrics
-from serving.models_watch import ModelManager
+from serving.model_manager import ModelManager
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
 
 _MODEL_ROLES = {"developer": "system"}  # roles chat templates rarely know
-
-
-class Publisher(Protocol):
-    def publish(self, event: Event) -> None: ...
 
 
 __all__ = ["ChatService", "PreparedAB", "PreparedChat", "Publisher", "Reply"]
@@ -215,60 +210,31 @@ class ChatService:
         conversation_id: uuid.UUID | None,
         knowledge: bool | None,
     ) -> PreparedChat | PreparedAB:
-        """One choice from production and one from the canary, in random order; two
-        production drafts (``ab="drafts"``) when no canary is loaded."""
+        """An A/B reply (see :mod:`serving.chat.ab`)."""
         self._validate(messages, options)
         chunks = await self._retrieve(messages, knowledge)
-        conversation_id = conversation_id or uuid.uuid4()
-        canary_stack = contextlib.AsyncExitStack()
-        canary = await canary_stack.enter_async_context(self._models.lease_canary())
-        if canary is None:
-            await canary_stack.aclose()
-            prep = await self._on_production(
-                messages, chunks, options, user_id=user_id, conversation_id=conversation_id
-            )
-            prep.ab = "drafts"
-            self._count_ab("drafts")
-            return prep
-        single = dataclasses.replace(options, n=1)
-        try:
-            production = await self._on_production(
-                messages, chunks, single, user_id=user_id, conversation_id=conversation_id
-            )
-        except BaseException:
-            await canary_stack.aclose()
-            raise
-        try:
-            candidate = await self._start(
-                canary_stack,
-                canary,
+        conversation = conversation_id or uuid.uuid4()
+
+        async def start(
+            stack: contextlib.AsyncExitStack, backend: Backend, opts: SamplingOptions
+        ) -> PreparedChat:
+            return await self._start(
+                stack,
+                backend,
                 messages,
                 chunks,
-                single,
+                opts,
                 user_id=user_id,
-                conversation_id=conversation_id,
+                conversation_id=conversation,
             )
-        except BaseException:
-            await production.abandon()
-            raise
-        parts = [production, candidate]
-        if secrets.randbelow(2):
-            parts.reverse()
-        self._count_ab("canary")
-        logger.info(
-            "A/B %s: choice %d from production %s, choice %d from canary %s",
-            conversation_id,
-            parts.index(production),
-            production.model_version,
-            parts.index(candidate),
-            candidate.model_version,
-        )
-        return PreparedAB(
-            id=f"chatcmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            parts=parts,
-            model_version=production.model_version,
-            citations=max((p.citations for p in parts), key=len),
+
+        async def on_production(opts: SamplingOptions) -> PreparedChat:
+            return await self._on_production(
+                messages, chunks, opts, user_id=user_id, conversation_id=conversation
+            )
+
+        return await prepare_ab(
+            self._models, on_production, start, options, conversation, self._count_ab
         )
 
     def _validate(self, messages: list[dict[str, str]], options: SamplingOptions) -> None:
@@ -350,7 +316,7 @@ class ChatService:
             citations=cites,
             generation=generation,
             started=time.monotonic(),
-            exit=stack,
+            leases=stack,
             texts=[""] * options.n,
             token_ids=[[] for _ in range(options.n)],
             finish_reasons=[None] * options.n,
@@ -389,9 +355,8 @@ class ChatService:
         if prep.released:
             return
         prep.released = True
-        with contextlib.suppress(Exception):
-            await prep.generation.aclose()
-        await prep.exit.aclose()
+        await close_quietly("generation", prep.generation.aclose)
+        await prep.leases.aclose()
         self._finish(prep)
 
     def _finish(self, prep: PreparedChat) -> None:

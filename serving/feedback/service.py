@@ -5,7 +5,7 @@ No FastAPI here. Each request:
 1. verifies every message id against the caller (``feedback.message_ids``):
    malformed -> ``MalformedMessageId`` (422), never issued -> ``UnknownMessageId``
    (404), given to someone else -> ``ForeignMessageId`` (403);
-2. passes :class:`~feedback.quality.FeedbackGate`: past the per-user cap ->
+2. passes :class:`~feedback.rate_cap.FeedbackRateCap`: past the per-user cap ->
    :class:`~serving.errors.FeedbackRateLimited` (429); the same feedback as the
    user's latest on that reply, again -> the first event's id, nothing published;
 3. publishes a ``RatingGiven`` / ``ComparisonGiven`` / ``CorrectionGiven`` with the
@@ -30,12 +30,11 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
 
 from feedback.errors import MessageIdError
-from feedback.events import ComparisonGiven, CorrectionGiven, Event, RatingGiven
+from feedback.events import ComparisonGiven, CorrectionGiven, Event, Publisher, RatingGiven
 from feedback.message_ids import verify_message_id
-from feedback.quality import FeedbackGate
+from feedback.rate_cap import FeedbackRateCap
 from serving.errors import FeedbackRateLimited, InvalidRequest
 from serving.feedback.protocol import (
     ComparisonRequest,
@@ -47,10 +46,6 @@ from serving.feedback.protocol import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class Publisher(Protocol):
-    def publish(self, event: Event) -> None: ...
 
 
 class FeedbackService:
@@ -68,7 +63,7 @@ class FeedbackService:
         self._publisher = publisher
         self._secret = message_id_secret
         self._per_minute = per_minute
-        self._gate = FeedbackGate(per_minute=per_minute, duplicate_window_s=duplicate_window_s)
+        self._gate = FeedbackRateCap(per_minute=per_minute, duplicate_window_s=duplicate_window_s)
         self._max_targets = max_targets
         self._lock = threading.Lock()
         # (user, target) -> (content of the latest accepted feedback, its chain token)

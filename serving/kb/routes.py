@@ -14,13 +14,10 @@ from serving.deps import StateDep, require_role
 from serving.errors import ServiceUnavailable
 from serving.kb import store
 from serving.kb.protocol import SearchHit, SearchRequest, SearchResponse, SourceList, SourceOut
-from serving.kb.retriever import KnowledgeBase
 
 router = APIRouter(prefix="/v1/kb", tags=["knowledge base"])
 
 Operator = Annotated[User, Depends(require_role("operator"))]
-
-KB_EXTRA = "kb"  # AppState.extras key of the KnowledgeBase
 
 
 def _sources(pool: ConnectionPool) -> list[store.SourceRow]:
@@ -49,8 +46,8 @@ async def list_sources(state: StateDep, user: Operator) -> SourceList:
 
 @router.post("/search", response_model=SearchResponse)
 async def search(body: SearchRequest, state: StateDep, user: Operator) -> SearchResponse:
-    kb = state.extras.get(KB_EXTRA) or state.retriever
-    if not isinstance(kb, KnowledgeBase):
+    kb = state.knowledge_base
+    if kb is None:
         raise ServiceUnavailable(
             "the knowledge base is not loaded: start the server with RATCHET_KNOWLEDGE_BOT=true"
         )

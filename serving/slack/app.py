@@ -136,7 +136,6 @@ def mount_slack(app: FastAPI, settings: ServingSettings) -> AsyncApp:
         return response
 
     app.add_api_route(EVENTS_PATH, slack_events, methods=["POST"], include_in_schema=False)
-    app.state.slack = bolt
     logger.info("Slack app mounted at %s", EVENTS_PATH)
     return bolt
 

@@ -171,10 +171,9 @@ def start_api(
 ) -> ApiServer:
     """Start the API on ``database_url`` (API keys) publishing to ``bootstrap``."""
     settings = serving_settings(database_url, bootstrap, home, model, backend="transformers")
+    settings = settings.model_copy(update={"rate_cap_per_minute": rate_cap})
     assert settings.message_id_secret == SECRET
-    with pytest.MonkeyPatch.context() as mp:  # the feedback cap is a feedback setting
-        mp.setenv("RATCHET_RATE_CAP_PER_MINUTE", str(rate_cap))
-        thread = ServerThread(build_app(settings)).start()
+    thread = ServerThread(build_app(settings)).start()
     return ApiServer(thread, settings)
 
 

@@ -44,9 +44,8 @@ def capped(
         tiny_model_dir,
         fake_slack.base_url,
     )
-    with pytest.MonkeyPatch.context() as mp:  # the cap is a feedback setting
-        mp.setenv("RATCHET_RATE_CAP_PER_MINUTE", str(CAP))
-        thread = ServerThread(build_app(settings)).start()
+    settings = settings.model_copy(update={"rate_cap_per_minute": CAP})
+    thread = ServerThread(build_app(settings)).start()
     yield SlackServer(
         thread.base_url, settings, slack_server.database_url, slack_server.bootstrap, thread
     )

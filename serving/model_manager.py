@@ -34,6 +34,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from serving.backends import Backend, make_backend
+from serving.cleanup import await_cancelled, close_quietly
 from serving.errors import ServiceUnavailable
 from serving.settings import ServingSettings
 from training.registry import NOTIFY_CHANNEL, get_canary, get_production
@@ -166,13 +167,11 @@ class ModelManager:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await await_cancelled("registry task", task)
         self._tasks.clear()
         for task in list(self._retiring):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await await_cancelled("retiring engine", task)
         for slot in (self._canary, self._current):
             if slot is not None:
                 await slot.backend.shutdown()
@@ -288,8 +287,7 @@ class ModelManager:
                 self.canary_version,
                 err.message,
             )
-            with contextlib.suppress(Exception):
-                await backend.shutdown()
+            await close_quietly("failed engine shutdown", backend.shutdown)
             if self._on_swap_error:
                 self._on_swap_error(err)
             return None
