@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import class_row
@@ -33,6 +33,9 @@ from training.errors import RegistryError
 
 NOTIFY_CHANNEL = "ratchet_models"
 _REGISTRY_LOCK = 7_400_200  # advisory transaction lock held by every registry write
+
+
+VersionStatus = Literal["candidate", "rejected", "production", "retired"]  # the table's CHECK
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class ModelVersion:
     metrics: dict[str, Any]
     gate_report: dict[str, Any] | None
     gates_passed: bool | None
-    status: str
+    status: VersionStatus
     created_at: datetime
     canary: bool = False
 
