@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +53,13 @@ class AppState:
     extras: dict[str, Any] = field(default_factory=dict)  # other features' objects
 
 
-def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) -> FastAPI:
+def build_app(
+    settings: ServingSettings,
+    *,
+    retriever: Retriever | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The API. ``clock`` (seconds) drives the per-key and per-user feedback rate caps."""
     metrics = ServingMetrics()
 
     @asynccontextmanager
@@ -97,6 +103,7 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
                 producer,
                 message_id_secret=settings.message_id_secret,
                 per_minute=feedback_settings.rate_cap_per_minute,
+                clock=clock,
             )
             app.state.ratchet = AppState(
                 settings=settings,
@@ -108,7 +115,9 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
                 metrics=metrics,
                 keys=KeyStore(pool),
                 rate_limiter=RateLimiter(
-                    per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
+                    per_minute=settings.rate_limit_per_minute,
+                    burst=settings.rate_limit_burst,
+                    clock=clock,
                 ),
                 retriever=active,
                 extras=extras,
