@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
@@ -90,8 +90,14 @@ class FeedbackGate:
     """Per-user sliding-window rate cap and exact-duplicate drop (in memory, thread-safe)."""
 
     def __init__(
-        self, *, per_minute: int, duplicate_window_s: float = 600.0, max_users: int = 100_000
+        self,
+        *,
+        per_minute: int,
+        duplicate_window_s: float = 600.0,
+        max_users: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock  # seconds; tests pass a clock they move by hand
         self._per_minute = per_minute
         self._dup_window = duplicate_window_s
         self._max_users = max_users
@@ -108,7 +114,7 @@ class FeedbackGate:
         nothing is recorded and every non-duplicate item is refused with the
         time until it would all fit (``inf`` when the batch is larger than the
         cap itself)."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             verdicts: list[Verdict] = []
             first: dict[str, uuid.UUID] = {}
