@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -30,8 +30,14 @@ class FeedbackRateCap:
     """Per-user sliding-window rate cap and exact-duplicate drop (in memory, thread-safe)."""
 
     def __init__(
-        self, *, per_minute: int, duplicate_window_s: float = 600.0, max_users: int = 100_000
+        self,
+        *,
+        per_minute: int,
+        duplicate_window_s: float = 600.0,
+        max_users: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock  # seconds; tests pass a clock they move by hand
         self._per_minute = per_minute
         self._dup_window = duplicate_window_s
         self._max_users = max_users
@@ -48,7 +54,7 @@ class FeedbackRateCap:
         nothing is recorded and every non-duplicate item is refused with the
         time until it would all fit (``inf`` when the batch is larger than the
         cap itself)."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             verdicts: list[Verdict] = []
             first: dict[str, uuid.UUID] = {}

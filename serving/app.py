@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,13 @@ __all__ = ["AppState", "build_app"]
 logger = logging.getLogger(__name__)
 
 
-def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) -> FastAPI:
+def build_app(
+    settings: ServingSettings,
+    *,
+    retriever: Retriever | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The API. ``clock`` (seconds) drives the per-key and per-user feedback rate caps."""
     metrics = ServingMetrics()
     slack: AsyncApp | None = None
 
@@ -53,7 +60,7 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
         try:
             await models.start()
             app.state.ratchet = await _state(
-                settings, pool, models, producer, metrics, retriever, slack
+                settings, pool, models, producer, metrics, retriever, slack, clock
             )
             logger.info("serving model version %s (%s backend)", models.version, settings.backend)
             yield
@@ -114,6 +121,7 @@ async def _state(
     metrics: ServingMetrics,
     retriever: Retriever | None,
     slack: AsyncApp | None,
+    clock: Callable[[], float],
 ) -> AppState:
     """The services of a started server (the knowledge base loads here when it is on)."""
     knowledge_base = await _knowledge_base(settings, pool, retriever)
@@ -128,11 +136,14 @@ async def _state(
             producer,
             message_id_secret=settings.message_id_secret,
             per_minute=settings.rate_cap_per_minute,
+            clock=clock,
         ),
         metrics=metrics,
         keys=KeyStore(pool),
         rate_limiter=RateLimiter(
-            per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
+            per_minute=settings.rate_limit_per_minute,
+            burst=settings.rate_limit_burst,
+            clock=clock,
         ),
         retriever=active,
         knowledge_base=knowledge_base,

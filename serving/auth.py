@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -139,7 +140,10 @@ def _known(user: User | None) -> User:
 class RateLimiter:
     """A token bucket per key, in this process."""
 
-    def __init__(self, *, per_minute: float, burst: int) -> None:
+    def __init__(
+        self, *, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock  # seconds; tests pass a clock they move by hand
         self._rate = per_minute / 60.0
         self._burst = float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time)
@@ -147,7 +151,7 @@ class RateLimiter:
 
     def check(self, key: str) -> None:
         """Take one token for ``key`` or raise RateLimited with the wait."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             tokens, last = self._buckets.get(key, (self._burst, now))
             tokens = min(self._burst, tokens + (now - last) * self._rate)

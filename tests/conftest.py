@@ -85,6 +85,13 @@ def tiny_model_dir() -> Path:
     return build_tiny_model(CACHE / "tiny-model")
 
 
+@pytest.fixture(scope="session")
+def tiny_model_b_dir() -> Path:
+    """A second tiny model: same architecture and tokenizer, other weights (another
+    seed), so a reply tells which of the two answered (see ``greedy_reply``)."""
+    return build_tiny_model(CACHE / "tiny-model-b", seed=1, init_std=0.1, ascii_only=True)
+
+
 @pytest.fixture
 def ratchet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An isolated RATCHET_HOME (spool, logs, runs) for one test."""

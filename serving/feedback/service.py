@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -59,11 +60,14 @@ class FeedbackService:
         per_minute: int,
         duplicate_window_s: float = 600.0,
         max_targets: int = 200_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._publisher = publisher
         self._secret = message_id_secret
         self._per_minute = per_minute
-        self._gate = FeedbackRateCap(per_minute=per_minute, duplicate_window_s=duplicate_window_s)
+        self._gate = FeedbackRateCap(
+            per_minute=per_minute, duplicate_window_s=duplicate_window_s, clock=clock
+        )
         self._max_targets = max_targets
         self._lock = threading.Lock()
         # (user, target) -> (content of the latest accepted feedback, its chain token)

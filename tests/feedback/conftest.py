@@ -29,6 +29,7 @@ from serving.app import build_app
 from serving.auth import create_key
 from serving.settings import ServingSettings
 from tests.conftest import CACHE
+from tests.fixtures.clock import ManualClock
 from tests.serving.conftest import serving_settings
 from tests.serving.server import ServerThread, new_database
 
@@ -133,10 +134,11 @@ def run_consumer() -> Iterator[Callable[[FeedbackSettings], ConsumerThread]]:
 
 @dataclass
 class ApiServer:
-    """A real API server (transformers backend on the tiny model) in a thread."""
+    """A real API server on the tiny model in a thread; ``clock`` drives its rate caps."""
 
     thread: ServerThread
     settings: ServingSettings
+    clock: ManualClock
 
     @property
     def base_url(self) -> str:
@@ -167,14 +169,22 @@ class ApiServer:
 
 
 def start_api(
-    database_url: str, bootstrap: str, home: Path, model: Path, *, rate_cap: int = 10_000
+    database_url: str,
+    bootstrap: str,
+    home: Path,
+    model: Path,
+    *,
+    rate_cap: int = 10_000,
+    backend: str = "transformers",
 ) -> ApiServer:
-    """Start the API on ``database_url`` (API keys) publishing to ``bootstrap``."""
-    settings = serving_settings(database_url, bootstrap, home, model, backend="transformers")
+    """Start the API on ``database_url`` (API keys) publishing to ``bootstrap``. Its
+    rate caps run on a manual clock: a window slides only when a test moves it."""
+    settings = serving_settings(database_url, bootstrap, home, model, backend=backend)
     settings = settings.model_copy(update={"rate_cap_per_minute": rate_cap})
     assert settings.message_id_secret == SECRET
-    thread = ServerThread(build_app(settings)).start()
-    return ApiServer(thread, settings)
+    clock = ManualClock()
+    thread = ServerThread(build_app(settings, clock=clock)).start()
+    return ApiServer(thread, settings, clock)
 
 
 @pytest.fixture
@@ -270,7 +280,16 @@ def stack(
     broker = Broker(CACHE / "bin", free_port(), tmp / "tansu.log")
     broker.start()
     db = new_database(pg_cluster, template_db)
-    api = start_api(db, broker.bootstrap, tmp / "home", tiny_model_dir, rate_cap=FEEDBACK_RATE_CAP)
+    # The vLLM engine, as in production (the fault tests' servers use transformers:
+    # they test the feedback path, and start several servers each).
+    api = start_api(
+        db,
+        broker.bootstrap,
+        tmp / "home",
+        tiny_model_dir,
+        rate_cap=FEEDBACK_RATE_CAP,
+        backend="vllm",
+    )
     # Shares this process (and its GIL) with the server generating text: a longer
     # session keeps a busy machine from turning slow heartbeats into rebalances.
     settings = make_settings(

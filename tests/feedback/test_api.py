@@ -290,7 +290,7 @@ def test_feedback_rate_cap_per_user(stack: Stack) -> None:
     resp = http.post("/v1/feedback/ratings", json={"message_id": ids[-1], "thumbs": "up"})
     err = error_body(resp, 429, "rate_limit_error")
     assert err["code"] == "feedback_rate_limited"
-    assert int(resp.headers["Retry-After"]) >= 1
+    assert resp.headers["Retry-After"] == "60"  # the window's clock has not moved
     # A repeat of feedback already given is answered (same event), not counted.
     again = http.post("/v1/feedback/ratings", json={"message_id": ids[0], "thumbs": "up"})
     assert again.status_code == 202
@@ -303,6 +303,19 @@ def test_feedback_rate_cap_per_user(stack: Stack) -> None:
         lambda: count(stack.url, "ratings", f"user_id = '{name}'") == FEEDBACK_RATE_CAP,
         60,
         "capped ratings",
+    )
+    # 59 s on, the window is still full; at 60 s it has slid past every earlier post.
+    stack.api.clock.advance(59)
+    resp = http.post("/v1/feedback/ratings", json={"message_id": ids[-1], "thumbs": "up"})
+    assert error_body(resp, 429, "rate_limit_error")["code"] == "feedback_rate_limited"
+    assert resp.headers["Retry-After"] == "1"
+    stack.api.clock.advance(1)
+    resp = http.post("/v1/feedback/ratings", json={"message_id": ids[-1], "thumbs": "up"})
+    assert resp.status_code == 202, resp.text
+    wait_for(
+        lambda: count(stack.url, "ratings", f"user_id = '{name}'") == FEEDBACK_RATE_CAP + 1,
+        60,
+        "the rating after the window slid",
     )
     http.close()
 

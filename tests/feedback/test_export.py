@@ -109,6 +109,26 @@ def test_hf_export_round_trips(populated: psycopg.Connection, tmp_path: Path) ->
     assert sorted(p.name for p in out.iterdir()) == ["kto", "pairs", "sft"]
 
 
+def test_hf_export_holds_no_raw_pii(populated: psycopg.Connection, tmp_path: Path) -> None:
+    """Every record of every dataset, and every byte of the files on disk, is free of
+    the PII the store holds (names, e-mail, phone, secret key)."""
+    out = tmp_path / "hf"
+    export(populated, out, fmt="hf", names=["Grace Hopper"])
+    records = [
+        json.dumps(row)
+        for kind in ("pairs", "kto", "sft")
+        for row in datasets.load_from_disk(str(out / kind))
+    ]
+    assert len(records) == 6
+    text = "\n".join(records)
+    on_disk = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    for raw in ("Ada Lovelace", SECRET, "it@example.com", "555 0100", "Grace Hopper"):
+        assert raw not in text, raw
+        assert raw.encode() not in on_disk, raw
+    for tag in ("[NAME]", "[SECRET]", "[EMAIL]", "[PHONE]"):
+        assert tag in text, tag
+
+
 def test_empty_store_exports_empty_files_and_datasets(
     conn: psycopg.Connection, tmp_path: Path
 ) -> None:

@@ -251,6 +251,8 @@ def test_text_leaving_the_store_is_redacted(conn: psycopg.Connection) -> None:
     [pair] = load_pairs(conn, None, names=["Grace Hopper"])
     [sft] = load_sft_examples(conn, None, names=["Grace Hopper"])
     kto = load_kto_examples(conn, None, names=["Grace Hopper"])
+    assert len(kto) == 1 and kto[0].label is True  # the thumbs-up: its text is checked too
+    assert kto[0].completion == pair.rejected and "[SECRET]" in kto[0].completion
     texts = [pair.prompt[0]["content"], pair.chosen, pair.rejected, sft.prompt[0]["content"]]
     texts += [sft.completion, *(k.completion for k in kto), *(k.prompt[0]["content"] for k in kto)]
     joined = "\n".join(texts)
@@ -260,6 +262,37 @@ def test_text_leaving_the_store_is_redacted(conn: psycopg.Connection) -> None:
     assert "[SECRET]" in pair.rejected and "[PHONE]" in pair.prompt[0]["content"]
     raw_reply = conn.execute("SELECT reply, prompt FROM messages").fetchone()
     assert secret in raw_reply[0] and "Ada Lovelace" in raw_reply[1][0]["content"]  # type: ignore[index]
+
+
+def test_every_turn_of_a_multi_turn_prompt_is_redacted(conn: psycopg.Connection) -> None:
+    """PII in earlier turns (the user's, the assistant's, the system's) is redacted as
+    well as in the last one, in pairs, SFT and KTO examples alike."""
+    m = MessageLogged(
+        user_id="alice",
+        message_id=new_message_id("alice", "test-secret"),
+        conversation_id=uuid.uuid4(),
+        model_version="v1",
+        prompt=[
+            ChatMessage(role="system", content="Operator on call: Grace Hopper."),
+            ChatMessage(role="user", content="I am Ada Lovelace, ada@example.com."),
+            ChatMessage(role="assistant", content="Noted, I will call +44 20 7946 0958."),
+            ChatMessage(role="user", content="My token is sk-a1B2c3D4e5F6g7H8i9J0. Thanks!"),
+        ],
+        reply="You are welcome.",
+    )
+    write_batch(conn, [m, correct(m, "Glad to help."), thumbs(m)])
+    names = ["Grace Hopper"]
+    [pair] = load_pairs(conn, None, names=names)
+    [sft] = load_sft_examples(conn, None, names=names)
+    [kto] = load_kto_examples(conn, None, names=names)
+    for prompt in (pair.prompt, sft.prompt, kto.prompt):
+        assert [t["role"] for t in prompt] == ["system", "user", "assistant", "user"]
+        joined = "\n".join(t["content"] for t in prompt)
+        for raw in ("Grace Hopper", "Ada Lovelace", "ada@example.com", "7946", "sk-a1B2"):
+            assert raw not in joined, (raw, joined)
+        for tag in ("[NAME]", "[EMAIL]", "[PHONE]", "[SECRET]"):
+            assert tag in joined, (tag, joined)
+        assert prompt[3]["content"].endswith("Thanks!")  # the rest of a turn is kept
 
 
 def test_the_store_source_redacts_the_settings_names(conn: psycopg.Connection, monkeypatch) -> None:

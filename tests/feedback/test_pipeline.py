@@ -21,9 +21,6 @@ def test_events_become_rows_exactly_once(settings: FeedbackSettings, run_consume
         producer.publish(m)
     for m in msgs[10:]:
         producer.publish(thumbs(m, up=False))
-    # Redelivery of the same event (same event_id) must not add rows.
-    producer.publish(early[0])
-    producer.publish(msgs[0])
     producer.publish(
         ComparisonGiven(
             user_id="alice",
@@ -39,7 +36,6 @@ def test_events_become_rows_exactly_once(settings: FeedbackSettings, run_consume
     )
     assert producer.flush(30)
     assert producer.backlog() == 0
-    producer.close()
 
     consumer = run_consumer(settings)
     url = settings.database_url
@@ -53,12 +49,28 @@ def test_events_become_rows_exactly_once(settings: FeedbackSettings, run_consume
         60,
         "all rows",
     )
+    # Redelivery of events already stored (same event_id, a later batch) must change nothing.
+    consumed = consumer.consumer.stats.events
+    for event in (early[0], msgs[0]):
+        producer.publish(event)
+    assert producer.flush(30)
+    producer.close()
+    wait_for(lambda: consumer.consumer.stats.events >= consumed + 2, 60, "the redelivery")
     consumer.stop()
     assert count(url, "ratings", "thumbs = 'up'") == 10
     assert count(url, "ratings", "thumbs = 'down'") == 30
     assert count(url, "users") == 1
     assert count(url, "conversations") == 40
     assert count(url, "dead_letters") == 0
+    # The rows are keyed so that their count cannot show a twice-applied event: the
+    # redelivered rating must not have been applied again (``revisions`` stays 1)
+    # and the row still holds the first delivery's event.
+    assert count(url, "ratings", "revisions <> 1") == 0
+    with psycopg.connect(url) as conn:
+        stored = conn.execute(
+            "SELECT event_id, thumbs FROM ratings WHERE message_id = %s", (msgs[0].message_id,)
+        ).fetchall()
+    assert stored == [(early[0].event_id, "up")]
 
 
 def test_latest_rating_wins(settings: FeedbackSettings, run_consumer) -> None:
@@ -73,8 +85,17 @@ def test_latest_rating_wins(settings: FeedbackSettings, run_consumer) -> None:
     assert producer.flush(30)
     producer.close()
     consumer = run_consumer(settings)
-    wait_for(lambda: count(settings.database_url, "messages") == 1, 60, "message row")
+    # All three events consumed (the message and BOTH ratings), not just the message row.
+    wait_for(
+        lambda: consumer.consumer.stats.events >= 3,
+        60,
+        "the message and both ratings consumed",
+        lambda: consumer.consumer.stats,
+    )
     consumer.stop()
+    assert count(settings.database_url, "messages") == 1
     with psycopg.connect(settings.database_url) as conn:
-        rows = conn.execute("SELECT event_id, stars, thumbs, comment FROM ratings").fetchall()
-    assert rows == [(second.event_id, 2, None, "meh")]
+        rows = conn.execute(
+            "SELECT event_id, stars, thumbs, comment, revisions FROM ratings"
+        ).fetchall()
+    assert rows == [(second.event_id, 2, None, "meh", 1)]

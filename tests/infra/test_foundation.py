@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 import uuid
@@ -10,6 +12,7 @@ import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 
 from feedback.db import migrate, migration_files
+from serving.cli import build_parser
 
 
 def test_migrations_are_recorded_and_idempotent(pg_cluster):
@@ -74,9 +77,35 @@ def test_tiny_model_generates_with_transformers(tiny_model_dir):
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
 
 
+# Every package's subcommands, by the package that registers them.
+COMMANDS = {
+    "serving": {"serve", "keys", "kb", "slack"},
+    "feedback": {"db", "consume", "feedback"},
+    "training": {"model", "train", "models"},
+}
+
+
+def _leaves(parser: argparse.ArgumentParser, path: str) -> dict[str, object]:
+    """``{"ratchet x y": func}`` for every runnable command under ``parser``."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return {path: parser.get_default("func")}
+    out: dict[str, object] = {}
+    for name, child in subs[0].choices.items():
+        out.update(_leaves(child, f"{path} {name}"))
+    return out
+
+
 def test_cli_lists_each_package_commands():
     out = subprocess.run(
         [sys.executable, "-m", "serving.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for command in ("db", "model"):
-        assert command in out
+    listed = set(re.findall(r"^ {4}([a-z]+) ", out, re.MULTILINE))
+    assert listed == set().union(*COMMANDS.values())
+    # Each command, down to its subcommands, runs a function of its own package.
+    leaves = _leaves(build_parser(), "ratchet")
+    for command, func in leaves.items():
+        assert callable(func), f"{command} runs nothing"
+        package = next(p for p, names in COMMANDS.items() if command.split()[1] in names)
+        assert func.__module__.split(".")[0] == package, (command, func.__module__)
+    assert len(leaves) > len(listed)  # db, models, keys, kb ... have subcommands

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from infra.local.stack import _alive, _stop
 
-# Exits one second after SIGTERM, like an API flushing its producer.
+# Exits one second after SIGTERM, like an API flushing its producer; the last thing it
+# does is write the file named by argv[1] (proof that its shutdown ran to the end).
 SLOW_EXIT = (
-    "import signal, sys, time\n"
-    "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(0)))\n"
+    "import pathlib, signal, sys, time\n"
+    "def bye(*a):\n"
+    "    time.sleep(1)\n"
+    "    pathlib.Path(sys.argv[1]).write_text('flushed')\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, bye)\n"
     "print('ready', flush=True)\n"
     "time.sleep(60)\n"
 )
@@ -24,8 +28,8 @@ IGNORES_TERM = (
 )
 
 
-def _start(code: str, pidfile: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+def _start(code: str, pidfile: Path, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     pidfile.write_text(str(proc.pid))
     return proc
@@ -33,11 +37,13 @@ def _start(code: str, pidfile: Path) -> subprocess.Popen[str]:
 
 def test_stop_waits_for_the_process_to_exit(tmp_path: Path) -> None:
     pidfile = tmp_path / "api.pid"
-    proc = _start(SLOW_EXIT, pidfile)
-    started = time.monotonic()
+    flushed = tmp_path / "flushed"
+    proc = _start(SLOW_EXIT, pidfile, str(flushed))
     _stop(pidfile, "api", timeout=30)
-    assert time.monotonic() - started >= 0.9  # it waited for the slow exit
+    # It returned only after the process finished its shutdown (not on a clock).
+    assert flushed.read_text() == "flushed"
     assert not _alive(proc.pid)
+    assert proc.wait(5) == 0  # a clean exit, not the SIGKILL fallback
     assert not pidfile.exists()
 
 

@@ -9,8 +9,12 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
-from serving.auth import RateLimiter, User
+from serving.app import build_app
+from serving.auth import User
 from serving.deps import CurrentUser, require_role
+from tests.fixtures.clock import ManualClock
+from tests.serving.conftest import serving_settings
+from tests.serving.server import ServerThread, make_keys, new_database
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -50,23 +54,48 @@ def test_missing_invalid_and_malformed_keys_get_401(live_server) -> None:  # typ
     assert_error(r, 401, "authentication_error")
 
 
-def test_rate_limit_gives_429_with_retry_after(live_server) -> None:  # type: ignore[no-untyped-def]
-    state = live_server.state
-    saved = state.rate_limiter
-    state.rate_limiter = RateLimiter(per_minute=6, burst=2)
+def test_rate_limit_from_settings_gives_429_with_retry_after_and_refills(
+    pg_cluster,  # type: ignore[no-untyped-def]
+    template_db,
+    kafka_bootstrap,
+    tiny_model_dir,
+    tmp_path,
+) -> None:
+    """The limits come from the settings (6 a minute, bursts of 2) through build_app,
+    and the bucket refills with the (manual) clock, never past the burst."""
+    db = new_database(pg_cluster, template_db)
+    settings = serving_settings(
+        db,
+        kafka_bootstrap,
+        tmp_path / "home",
+        tiny_model_dir,
+        backend="transformers",
+        rate_limit_per_minute=6,
+        rate_limit_burst=2,
+    )
+    clock = ManualClock()
+    thread = ServerThread(build_app(settings, clock=clock)).start()
+    keys = make_keys(db)
+    models = thread.base_url + "/v1/models"
+
+    def status(key: str) -> httpx.Response:
+        return httpx.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
     try:
-        models = live_server.base_url + "/v1/models"
-        auth = {"Authorization": f"Bearer {live_server.keys.user}"}
-        assert httpx.get(models, headers=auth).status_code == 200
-        assert httpx.get(models, headers=auth).status_code == 200
-        r = httpx.get(models, headers=auth)
+        assert [status(keys.user).status_code for _ in range(2)] == [200, 200]
+        r = status(keys.user)
         assert_error(r, 429, "rate_limit_error", "rate_limit_exceeded")
-        assert 1 <= int(r.headers["Retry-After"]) <= 10
+        assert r.headers["Retry-After"] == "10"  # one token every 10 s at 6 a minute
         # Limits are per key: another key still gets through.
-        other = {"Authorization": f"Bearer {live_server.keys.user2}"}
-        assert httpx.get(models, headers=other).status_code == 200
+        assert status(keys.user2).status_code == 200
+        clock.advance(5)
+        assert status(keys.user).headers.get("Retry-After") == "5"
+        clock.advance(5)
+        assert [status(keys.user).status_code for _ in range(2)] == [200, 429]
+        clock.advance(600)  # a long pause refills the bucket to the burst, not beyond
+        assert [status(keys.user).status_code for _ in range(3)] == [200, 200, 429]
     finally:
-        state.rate_limiter = saved
+        thread.stop()
 
 
 @pytest.mark.parametrize(

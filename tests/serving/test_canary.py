@@ -31,6 +31,7 @@ from infra.local.tansu import Broker, free_port
 from serving.app import build_app
 from serving.settings import ServingSettings
 from tests.conftest import CACHE
+from tests.fixtures.tiny_model import greedy_reply
 from tests.serving.conftest import serving_settings
 from tests.serving.server import Keys, ServerThread, make_keys, new_database
 from training import registry
@@ -177,11 +178,31 @@ def server(
 
 
 @pytest.fixture(scope="module")
-def candidate(server: CanaryServer) -> str:
-    """v0002: the tiny model's weights in a directory of their own, a candidate."""
+def candidate(server: CanaryServer, tiny_model_b_dir: Path) -> str:
+    """v0002: the second tiny model (other weights) in a directory of its own, a candidate."""
     path = server.root / "v0002-weights"
-    shutil.copytree(server.tiny, path)
+    shutil.copytree(tiny_model_b_dir, path)
     return server.add_candidate(path)
+
+
+def greedy_by_version(server: CanaryServer, candidate: str, max_tokens: int) -> dict[str, str]:
+    """What each version's weights answer to ``ASK`` with ``temperature: 0``."""
+    expected = {
+        "v0001": greedy_reply(server.tiny, ASK, max_tokens),
+        candidate: greedy_reply(server.root / "v0002-weights", ASK, max_tokens),
+    }
+    assert len(set(expected.values())) == 2, "the two versions' weights must tell apart"
+    return expected
+
+
+def check_choices(
+    server: CanaryServer, ids: list[str], texts: list[str], expected: dict[str, str]
+) -> dict[str, str]:
+    """Each choice's text is what the weights of the version it was logged under answer."""
+    versions = server.versions(ids)
+    for message_id, text in zip(ids, texts, strict=True):
+        assert text == expected[versions[message_id]], (versions[message_id], text)
+    return versions
 
 
 def test_without_a_canary_an_ab_request_gets_two_production_drafts(
@@ -216,15 +237,17 @@ def test_with_a_canary_each_version_answers_one_choice_in_random_order(
     server.registry(lambda c: registry.set_canary(c, candidate, actor="olga", reason="A/B"))
     wait_until(lambda: server.models.canary_version == candidate, "the canary is loaded")
     assert server.models.version == "v0001"  # production did not move
+    expected = greedy_by_version(server, candidate, 4)
     canary_at: list[int] = []
     all_ids: list[str] = []
     for _ in range(16):
-        resp = server.ab()
+        resp = server.ab(temperature=0)
         assert resp.model_extra["ab"] == "canary"
         # The response names production only: the canary's place is not given away.
         assert resp.model_extra["model_version"] == "v0001" == resp.model
         assert [c.index for c in resp.choices] == [0, 1]
         assert all(c.finish_reason in ("stop", "length") for c in resp.choices)
+        check_choices(server, ids_of(resp), [c.message.content for c in resp.choices], expected)
         all_ids.extend(ids_of(resp))
     versions = server.versions(all_ids)
     for i in range(0, len(all_ids), 2):
@@ -245,7 +268,12 @@ def test_a_streamed_ab_request_interleaves_both_versions(
     assert server.models.canary_version == candidate
     chunks = list(
         server.client().chat.completions.create(
-            model="ratchet", messages=ASK, max_tokens=6, stream=True, extra_body={"ab": True}
+            model="ratchet",
+            messages=ASK,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            extra_body={"ab": True},
         )
     )
     first = chunks[0]
@@ -258,7 +286,8 @@ def test_a_streamed_ab_request_interleaves_both_versions(
     texts = ["", ""]
     for c in chunks[1:]:
         texts[c.choices[0].index] += c.choices[0].delta.content or ""
-    assert sorted(server.versions(ids).values()) == ["v0001", candidate]
+    versions = check_choices(server, ids, texts, greedy_by_version(server, candidate, 6))
+    assert sorted(versions.values()) == ["v0001", candidate]
     with psycopg.connect(server.database_url) as conn:
         stored = dict(conn.execute("SELECT id, reply FROM messages WHERE id = ANY(%s)", (ids,)))
     assert [stored[i] for i in ids] == texts

@@ -7,10 +7,19 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.serving.test_canary import ASK, CanaryServer, canary_server, ids_of, wait_until
+from tests.serving.test_canary import (
+    ASK,
+    CanaryServer,
+    canary_server,
+    check_choices,
+    greedy_by_version,
+    ids_of,
+    wait_until,
+)
 from training import registry
 
 
@@ -28,23 +37,36 @@ def vllm_server(
         yield running
 
 
-def test_two_vllm_engines_answer_an_ab_request(vllm_server: CanaryServer) -> None:
+def test_two_vllm_engines_answer_an_ab_request(
+    vllm_server: CanaryServer, tiny_model_b_dir: Path
+) -> None:
     server = vllm_server
     path = server.root / "v0002-weights"
-    shutil.copytree(server.tiny, path)
+    shutil.copytree(tiny_model_b_dir, path)
     candidate = server.add_candidate(path)
     server.registry(lambda c: registry.set_canary(c, candidate, actor="olga", reason="A/B"))
     wait_until(lambda: server.models.canary_version == candidate, "the canary engine is up", 300)
 
-    resp = server.ab()
+    resp = server.ab(temperature=0)
     assert resp.model_extra["ab"] == "canary"
     assert all(c.finish_reason in ("stop", "length") for c in resp.choices)
+    texts = [c.message.content for c in resp.choices]
+    check_choices(server, ids_of(resp), texts, greedy_by_version(server, candidate, 4))
     streamed = list(
         server.client().chat.completions.create(
-            model="ratchet", messages=ASK, max_tokens=6, stream=True, extra_body={"ab": True}
+            model="ratchet",
+            messages=ASK,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            extra_body={"ab": True},
         )
     )
     stream_ids = [c.model_extra["message_id"] for c in streamed[0].choices]
+    streamed_texts = ["", ""]
+    for c in streamed[1:]:
+        streamed_texts[c.choices[0].index] += c.choices[0].delta.content or ""
+    check_choices(server, stream_ids, streamed_texts, greedy_by_version(server, candidate, 6))
     for ids in (ids_of(resp), stream_ids):
         assert sorted(server.versions(ids).values()) == ["v0001", candidate]
     # Clearing frees the canary's engine; production keeps answering.

@@ -14,6 +14,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from feedback.events import TOPIC_MESSAGES, MessageLogged, decode
 from feedback.message_ids import verify_message_id
+from tests.fixtures.tiny_model import greedy_reply
 
 HELLO = [{"role": "user", "content": "hello, what is the leave policy?"}]
 
@@ -80,6 +81,7 @@ def test_streaming_reply_is_framed_like_openai(client, live_server) -> None:  # 
         model="ratchet",
         messages=HELLO,
         max_tokens=10,
+        temperature=0,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -117,7 +119,8 @@ def test_streaming_reply_is_framed_like_openai(client, live_server) -> None:  # 
     for ev in events[:-2]:
         assert ev.startswith("data: ")
         json.loads(ev[len("data: ") :])
-    assert text is not None
+    # The streamed pieces add up to the model's own greedy answer.
+    assert text == greedy_reply(live_server.settings.model, HELLO, 10)
 
 
 def test_n_two_gives_two_choices_each_with_its_own_message_id(client, live_server) -> None:  # type: ignore[no-untyped-def]

@@ -18,12 +18,15 @@ import psycopg
 import pytest
 
 from serving.app import build_app
+from tests.fixtures.tiny_model import greedy_reply
 from tests.serving.conftest import serving_settings
 from tests.serving.server import Keys, ServerThread, make_keys, new_database
 from training import registry
 from training.base_model import weights_digest
 
 ASK = [{"role": "user", "content": "Tell me about the travel policy, in detail."}]
+TOKENS = 48
+REQUEST_S = 60  # per request: a stream stranded on a retired engine fails the test
 
 
 @dataclass
@@ -90,34 +93,55 @@ def swap_server(pg_cluster, template_db, kafka_bootstrap, tiny_model_dir, tmp_pa
 
 
 @dataclass
+class Reply:
+    version: str
+    text: str
+    started: float  # time.monotonic() when the request was sent
+    ended: float  # ... and when its last chunk came
+
+
+@dataclass
 class Traffic:
-    """Threads streaming chat requests back to back until stopped."""
+    """Threads streaming greedy chat requests back to back until stopped; each
+    request has its own timeout, so one stranded on a retired engine is an error."""
 
     base_url: str
     key: str
     threads: int = 4
-    versions: list[list[str]] = field(default_factory=list)  # per thread, in order
+    replies: list[list[Reply]] = field(default_factory=list)  # per thread, in order
     errors: list[str] = field(default_factory=list)
-    completed: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _loop(self, seen: list[str]) -> None:
-        client = openai.OpenAI(base_url=self.base_url + "/v1", api_key=self.key, max_retries=0)
+    @property
+    def completed(self) -> int:
+        with self._lock:
+            return sum(len(seen) for seen in self.replies)
+
+    def _one(self, client: openai.OpenAI) -> Reply:
+        started = time.monotonic()
+        chunks = list(
+            client.chat.completions.create(
+                model="ratchet", messages=ASK, max_tokens=TOKENS, temperature=0, stream=True
+            )
+        )
+        ended = time.monotonic()
+        versions = {c.model_extra["model_version"] for c in chunks}
+        finished = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+        if len(versions) != 1 or len(finished) != 1:
+            raise AssertionError(f"versions {versions}, {len(finished)} finish chunks")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return Reply(versions.pop(), text, started, ended)
+
+    def _loop(self, seen: list[Reply]) -> None:
+        client = openai.OpenAI(
+            base_url=self.base_url + "/v1", api_key=self.key, max_retries=0, timeout=REQUEST_S
+        )
         while not self._stop.is_set():
             try:
-                chunks = list(
-                    client.chat.completions.create(
-                        model="ratchet", messages=ASK, max_tokens=48, stream=True
-                    )
-                )
-                versions = {c.model_extra["model_version"] for c in chunks}
-                finished = [c for c in chunks if c.choices and c.choices[0].finish_reason]
-                if len(versions) != 1 or len(finished) != 1:
-                    raise AssertionError(f"versions {versions}, {len(finished)} finish chunks")
-                seen.append(versions.pop())
+                reply = self._one(client)
                 with self._lock:
-                    self.completed += 1
+                    seen.append(reply)
             except Exception as exc:  # recorded; the test fails on any
                 with self._lock:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -125,8 +149,8 @@ class Traffic:
     def __enter__(self) -> Traffic:
         self._workers = []
         for _ in range(self.threads):
-            seen: list[str] = []
-            self.versions.append(seen)
+            seen: list[Reply] = []
+            self.replies.append(seen)
             worker = threading.Thread(target=self._loop, args=(seen,), daemon=True)
             worker.start()
             self._workers.append(worker)
@@ -135,26 +159,56 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for worker in self._workers:
-            worker.join(120)
+            worker.join(REQUEST_S + 10)
+        alive = sum(worker.is_alive() for worker in self._workers)
+        assert alive == 0, f"{alive} client thread(s) still waiting on a reply"
 
 
-def test_a_swap_under_streaming_traffic_loses_no_request(swap_server: SwapServer) -> None:
+def installed_at(server: SwapServer, version: str, timeout: float = 300) -> float:
+    """When the server switched new requests to ``version`` (its own record)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        times = [at for v, at in server.models.installed if v == version]
+        if times:
+            return times[0]
+        assert time.monotonic() < deadline, f"{version} was never installed"
+        time.sleep(0.05)
+
+
+def wait_for_count(traffic: Traffic, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while traffic.completed < count:
+        assert not traffic.errors, traffic.errors[:3]
+        assert time.monotonic() < deadline, f"{traffic.completed} of {count} requests completed"
+        time.sleep(0.05)
+
+
+def test_a_swap_under_streaming_traffic_loses_no_request(
+    swap_server: SwapServer, tiny_model_b_dir: Path
+) -> None:
     assert swap_server.served() == "v0001"
     new_dir = swap_server.root / "v0002-weights"
-    shutil.copytree(swap_server.models.current.path, new_dir)
+    shutil.copytree(tiny_model_b_dir, new_dir)
+    old_text = greedy_reply(swap_server.models.current.path, ASK, TOKENS)
+    new_text = greedy_reply(new_dir, ASK, TOKENS)
+    assert old_text != new_text  # the two weights tell apart
     with Traffic(swap_server.base_url, swap_server.keys.user) as traffic:
-        time.sleep(2)  # traffic flowing on v0001
+        wait_for_count(traffic, 8)  # traffic flowing on v0001
         version = swap_server.register(new_dir)
-        swap_server.wait_for(version)
-        before = traffic.completed
-        deadline = time.monotonic() + 60
-        while traffic.completed < before + 8 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        expected = {"v0001": old_text, version: new_text}
+        swapped = installed_at(swap_server, version)
+        wait_for_count(traffic, traffic.completed + 8)
     assert not traffic.errors, traffic.errors[:3]
-    flat = [v for seen in traffic.versions for v in seen]
-    assert "v0001" in flat and version in flat
-    for seen in traffic.versions:  # each client moves forward once, never back
-        assert seen == sorted(seen), seen
+    replies = [r for seen in traffic.replies for r in seen]
+    assert {r.version for r in replies} == {"v0001", version}
+    for reply in replies:  # each reply came from the weights of the version it names
+        assert reply.text == expected[reply.version], reply
+    for seen in traffic.replies:  # each client moves forward once, never back
+        assert [r.version for r in seen] == sorted(r.version for r in seen)
+    # Requests were in flight on the old engine when the new one was installed,
+    # and they finished there.
+    late = [r for r in replies if r.version == "v0001" and r.ended > swapped]
+    assert late, "no request was in flight on v0001 at the swap"
     # New requests report the new version in the body and the headers.
     resp = httpx.post(
         f"{swap_server.base_url}/v1/chat/completions",

@@ -2,8 +2,8 @@
 lifespan opens the knowledge base (RATCHET_KNOWLEDGE_BOT on), answers cite the
 retrieved sources, and the inspection endpoints need the operator role.
 
-The model is the tiny random Llama on the transformers backend: its replies are
-noise, but the prompt, the citations and the wiring are real."""
+The model is the tiny random Llama on the vLLM engine (as in production): its
+replies are noise, but the prompt, the citations and the wiring are real."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def kb_server(
         kafka_bootstrap_servers=kafka_bootstrap,
         home=tmp_path_factory.mktemp("kb-serving-home"),
         model=tiny_model_dir,
-        backend="transformers",
+        backend="vllm",
         max_model_len=2048,
         dtype="float32",
         default_max_tokens=4,

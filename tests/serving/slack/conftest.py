@@ -1,5 +1,5 @@
 """Slack fixtures: the fake Slack Web API, and ONE real API server with Slack mounted
-(transformers backend on the tiny model, its own database and tansu broker), on
+(the vLLM engine on the tiny model, its own database and tansu broker), on
 which the acceptance tests post signed Slack requests."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def slack_settings(
     database_url: str, bootstrap: str, home: Path, model: Path, base_url: str, **kw
 ) -> ServingSettings:  # type: ignore[no-untyped-def]
     base = dict(
-        backend="transformers",
+        backend="vllm",
         default_max_tokens=40,
         slack_bot_token=BOT_TOKEN,
         slack_signing_secret=SIGNING_SECRET,

@@ -1,6 +1,6 @@
 """Acceptance: signed Slack requests to ``POST /slack/events`` of the real app.
 
-The app runs in uvicorn (transformers backend on the tiny model, real Postgres
+The app runs in uvicorn (the vLLM engine on the tiny model, real Postgres
 and tansu); its Web API calls go to the fake Slack server, which records them.
 """
 
@@ -24,7 +24,6 @@ from tests.serving.slack.payloads import (
 )
 
 ALICE_ID = f"slack:{TEAM_ID}:{ALICE}"
-SETTLE_S = 1.5  # how long to watch for a call that must not come
 
 
 def in_thread(channel: str, thread_ts: str):  # type: ignore[no-untyped-def]
@@ -44,6 +43,12 @@ def answer(server: SlackServer, fake: FakeSlack, event: dict, **post_kw) -> tupl
     placeholder = fake.wait_for("chat.postMessage", in_thread(event["channel"], thread_ts))
     final = fake.wait_for("chat.update", finished(placeholder.response["ts"]), timeout=90)
     return placeholder, final
+
+
+def settle(server: SlackServer, fake: FakeSlack) -> None:
+    """Post a sentinel DM and wait until it is fully answered: whatever the app did
+    with the events posted before it, it has done by then (in place of a sleep)."""
+    answer(server, fake, direct_message("sentinel"))
 
 
 def buttons(update: Call) -> dict[str, str]:
@@ -91,7 +96,7 @@ def test_bot_messages_and_edits_in_dms_are_not_answered(
     edit["subtype"] = "message_changed"
     for event in (own, edit):
         assert slack_server.post(event_callback(event)).status_code == 200
-    time.sleep(SETTLE_S)
+    settle(slack_server, fake_slack)
     for event in (own, edit):
         assert not [
             c for c in fake_slack.of("chat.postMessage") if in_thread(DM_CHANNEL, event["ts"])(c)
@@ -114,7 +119,7 @@ def test_bad_signature_is_rejected_with_401(
         headers={"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=1"},
     )
     assert garbage.status_code == 401
-    time.sleep(SETTLE_S)
+    settle(slack_server, fake_slack)
     assert not [c for c in fake_slack.of("chat.postMessage") if in_thread(CHANNEL, event["ts"])(c)]
 
 
@@ -126,7 +131,7 @@ def test_replayed_request_older_than_five_minutes_is_rejected(
     old = sign(body, timestamp=int(time.time()) - 6 * 60)  # correctly signed, but stale
     resp = slack_server.post(body, signed=False, headers=old)
     assert resp.status_code == 401
-    time.sleep(SETTLE_S)
+    settle(slack_server, fake_slack)
     assert not [c for c in fake_slack.of("chat.postMessage") if in_thread(CHANNEL, event["ts"])(c)]
 
 
@@ -143,7 +148,7 @@ def test_retried_event_is_answered_once(slack_server: SlackServer, fake_slack: F
         body, headers={"X-Slack-Retry-Num": "2", "X-Slack-Retry-Reason": "http_error"}
     )
     assert late.status_code == 200
-    time.sleep(SETTLE_S)
+    settle(slack_server, fake_slack)
     posts = [c for c in fake_slack.of("chat.postMessage") if in_thread(CHANNEL, event["ts"])(c)]
     assert len(posts) == 1
 

@@ -21,6 +21,7 @@ from feedback.message_ids import new_message_id
 from serving.app import build_app
 from serving.slack import blocks
 from tests.feedback.conftest import read_topic
+from tests.fixtures.clock import ManualClock
 from tests.serving.server import ServerThread
 from tests.serving.slack.conftest import SlackServer, slack_settings
 from tests.serving.slack.fake_slack import TEAM_ID, FakeSlack
@@ -43,9 +44,11 @@ def capped(
         tmp_path_factory.mktemp("slack-capped-home"),
         tiny_model_dir,
         fake_slack.base_url,
+        backend="transformers",  # it answers no chat: the cheap backend will do
     )
     settings = settings.model_copy(update={"rate_cap_per_minute": CAP})
-    thread = ServerThread(build_app(settings)).start()
+    # A manual clock: the cap's 60 s window never slides under a slow test.
+    thread = ServerThread(build_app(settings, clock=ManualClock())).start()
     yield SlackServer(
         thread.base_url, settings, slack_server.database_url, slack_server.bootstrap, thread
     )

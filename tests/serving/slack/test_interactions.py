@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 
 from serving.slack import blocks
@@ -84,12 +85,35 @@ def test_thumbs_up_click_stores_a_rating_for_the_message_and_user(
     assert row == (ALICE_ID, "up")
 
 
+def settled_rating(server: SlackServer, fake: FakeSlack, answered: Answered, action: str) -> None:
+    """A sentinel: Alice's own click ``action`` on ``answered``, waited for until the
+    consumer stored it. Ratings of one reply share a partition key, so a rating
+    published before the sentinel would be stored by then too."""
+    thumbs = "up" if action == blocks.ACTION_RATE_UP else "down"
+    click(server, answered, action)
+    ephemeral_to(fake, ALICE, "Thanks")
+    wait_for_row(
+        server.database_url,
+        "SELECT 1 FROM ratings WHERE message_id = %s AND user_id = %s AND thumbs = %s",
+        (answered.message_id, ALICE_ID, thumbs),
+    )
+
+
+def ratings_by(url: str, **where: str) -> int:
+    ((column, value),) = where.items()
+    with psycopg.connect(url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM ratings WHERE {column} = %s", (value,)).fetchone()
+    return int(row[0])  # type: ignore[index]
+
+
 def test_someone_else_cannot_rate_an_answer_given_to_another_user(
-    slack_server: SlackServer, fake_slack: FakeSlack, answered: Answered
+    slack_server: SlackServer, fake_slack: FakeSlack, answered: Answered, feedback_consumer: None
 ) -> None:
     click(slack_server, answered, blocks.ACTION_RATE_DOWN, user=BOB)
     note = ephemeral_to(fake_slack, BOB, "Only the person who asked")
     assert note.args["channel"] == CHANNEL
+    settled_rating(slack_server, fake_slack, answered, blocks.ACTION_RATE_DOWN)
+    assert ratings_by(slack_server.database_url, user_id=f"slack:{TEAM_ID}:{BOB}") == 0
 
 
 def test_suggest_opens_a_modal_whose_submission_stores_a_correction(
@@ -124,8 +148,10 @@ def test_suggest_opens_a_modal_whose_submission_stores_a_correction(
 
 
 def test_a_forged_message_id_is_refused(
-    slack_server: SlackServer, fake_slack: FakeSlack, answered: Answered
+    slack_server: SlackServer, fake_slack: FakeSlack, answered: Answered, feedback_consumer: None
 ) -> None:
     forged = Answered(answered.thread_ts, answered.message_ts, "msg_" + "0" * 32, answered.text)
     click(slack_server, forged, blocks.ACTION_RATE_UP)
     ephemeral_to(fake_slack, ALICE, "can no longer be rated")
+    settled_rating(slack_server, fake_slack, answered, blocks.ACTION_RATE_UP)
+    assert ratings_by(slack_server.database_url, message_id=forged.message_id) == 0
