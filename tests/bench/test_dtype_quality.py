@@ -81,6 +81,7 @@ def paired_interval(a: list[float], b: list[float]) -> tuple[float, float]:
     return diffs[int(0.025 * len(diffs))], diffs[int(0.975 * len(diffs)) - 1]
 
 
+@pytest.mark.timeout(1800)
 def test_bf16_fact_hit_rate_matches_fp32(tmp_path: Path) -> None:
     from training.base_model import GGUF_NAME, convert
 

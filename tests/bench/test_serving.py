@@ -258,6 +258,7 @@ def run_api(settings: ServingSettings) -> tuple[list[LoadRun], LoadRun, float]:
     return api, api_openai, start_s
 
 
+@pytest.mark.timeout(3600)  # five phases on models/base: about 20 minutes on two busy cores
 def test_serving_throughput_and_ttft(
     pg_cluster,  # type: ignore[no-untyped-def]
     template_db: str,
