@@ -312,6 +312,14 @@ class ModelManager:
         task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, slot: _Slot) -> None:
+        try:
+            await self._drain(slot)
+        finally:  # also when close() cancels the wait: the engine is stopped, not leaked
+            await slot.backend.shutdown()
+        self.retired.append((slot.backend.version, time.monotonic()))
+        logger.info("version %s freed", slot.backend.version)
+
+    async def _drain(self, slot: _Slot) -> None:
         if slot.leases > 0:
             logger.info(
                 "version %s: waiting for %d in-flight request(s)", slot.backend.version, slot.leases
@@ -326,9 +334,6 @@ class ModelManager:
                     slot.leases,
                     self._settings.swap_drain_seconds,
                 )
-        await slot.backend.shutdown()
-        self.retired.append((slot.backend.version, time.monotonic()))
-        logger.info("version %s freed", slot.backend.version)
 
     async def _poll_loop(self) -> None:
         while True:

@@ -50,10 +50,16 @@ class ServingSettings(FeedbackSettings):
         description="vLLM KV cache size in GiB (default: 1 on CPU, where vLLM's own rule counts"
         " the weights against gpu_memory_utilization; on GPU, vLLM's rule).",
     )
-    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
-        default="auto", description="Weights dtype of the vLLM engine."
+    dtype: Literal["machine", "auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        default="machine",
+        description="Dtype the vLLM engine computes in: machine (bfloat16 where the CPU has bf16"
+        " instructions or on a bf16 GPU, else float32), auto (the checkpoint's), or a dtype.",
     )
-    enforce_eager: bool = Field(default=True, description="vLLM: no CUDA graphs / compilation.")
+    enforce_eager: bool | None = Field(
+        default=None,
+        description="vLLM: true runs eagerly (no torch.compile / CUDA graphs); unset or false"
+        " compiles, with the compile cache under RATCHET_HOME/cache/vllm.",
+    )
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when not given.")
     max_n: int = Field(default=4, ge=1, description="Largest n (choices per request) accepted.")
 

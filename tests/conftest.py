@@ -26,6 +26,9 @@ CACHE = REPO / ".ratchet" / "cache"
 # Keep torch from fighting over the two cores with the services under test.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The vLLM engine runs eagerly in tests: compiling costs minutes per start on two
+# shared cores (README, "Serving speed"); the benchmarks compile.
+os.environ.setdefault("RATCHET_ENFORCE_EAGER", "true")
 
 
 @pytest.fixture(scope="session")

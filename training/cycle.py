@@ -23,7 +23,7 @@ import psycopg
 
 from feedback.db import migrate
 from training import registry, runs
-from training.base_model import weights_digest
+from training.base_model import cast_weights, weights_digest
 from training.cycle_config import TrainCycleConfig
 from training.errors import TrainingError
 from training.settings import TrainingSettings
@@ -244,6 +244,7 @@ def _stages(
         metrics["ppo"]["final_kl"] = history[-1]["mean_kl"]
 
     t0 = time.monotonic()
+    cast_weights(out_dir, settings.save_dtype)  # the gates judge the weights that are served
     candidate, reference = Policy(out_dir), Policy(parent_dir)
     report = run_gates(
         candidate=candidate,

