@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg_pool import ConnectionPool
 
 from feedback.db import open_pool
 from feedback.producer import EventProducer
 from serving.auth import KeyStore, RateLimiter
 from serving.chat.grounding import Retriever
+from serving.chat.ownership import ConversationOwners
 from serving.chat.routes import router as chat_router
 from serving.chat.service import ChatService
-from serving.errors import register_exception_handlers
+from serving.errors import error_responses, register_exception_handlers
 from serving.feedback.routes import router as feedback_router
 from serving.feedback.service import FeedbackService
 from serving.kb.retriever import open_knowledge_base
@@ -92,12 +93,21 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
             if active is None and settings.knowledge_bot:
                 kb = await asyncio.to_thread(open_knowledge_base, settings, pool)
                 active = extras[KB_EXTRA] = kb
-            chat = ChatService(settings, models, producer, metrics=metrics, retriever=active)
+            chat = ChatService(
+                settings,
+                models,
+                producer,
+                metrics=metrics,
+                retriever=active,
+                owners=ConversationOwners(pool),
+            )
             feedback = FeedbackService(
                 producer,
                 message_id_secret=settings.message_id_secret,
                 per_minute=feedback_settings.rate_cap_per_minute,
+                metrics=metrics,
             )
+            metrics.watch_producer(producer)
             app.state.ratchet = AppState(
                 settings=settings,
                 pool=pool,
@@ -129,7 +139,7 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses=error_responses(503))
     async def readyz(request: Request) -> JSONResponse:
         state: AppState | None = getattr(request.app.state, "ratchet", None)
         if state is None:
@@ -161,8 +171,9 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
         checks["status"] = "ready" if ok else "not ready"
         return JSONResponse(checks, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
+        """Prometheus metrics (text exposition format)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(chat_router)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from serving.auth import DEV_USER, Role, User, bearer_token
 from serving.errors import Forbidden
@@ -25,16 +26,21 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated["AppState", Depends(get_state)]
 
 
+# Declares the bearer security scheme in the OpenAPI document; the header itself
+# is read below, so a missing or malformed one gets our 401 with its own message.
+BEARER = HTTPBearer(auto_error=False, description="An API key from `ratchet keys create`.")
+
+
 async def get_current_user(
     request: Request,
-    authorization: Annotated[str | None, Header()] = None,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
 ) -> User:
     """The caller, from ``Authorization: Bearer <key>``; 401 without a valid key,
     429 (with Retry-After) past the key's rate limit. In --no-auth mode: user ``dev``, admin."""
     state: AppState = request.app.state.ratchet
     if not state.settings.auth:
         return DEV_USER
-    key = bearer_token(authorization)
+    key = bearer_token(request.headers.get("authorization"))
     user = await state.keys.authenticate_async(key)
     state.rate_limiter.check(user.key_id)
     request.state.user = user

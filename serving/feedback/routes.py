@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from serving.deps import CurrentUser, StateDep
+from serving.errors import error_responses
 from serving.feedback.protocol import (
     ComparisonRequest,
     CorrectionRequest,
@@ -19,7 +20,11 @@ from serving.feedback.protocol import (
     RatingRequest,
 )
 
-router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+router = APIRouter(
+    prefix="/v1/feedback",
+    tags=["feedback"],
+    responses=error_responses(400, 401, 403, 404, 422, 429),
+)
 
 
 @router.post("/ratings", status_code=status.HTTP_202_ACCEPTED)

@@ -32,11 +32,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from feedback.errors import MessageIdError
+from feedback.errors import (
+    ForeignMessageId,
+    MalformedMessageId,
+    MessageIdError,
+    UnknownMessageId,
+)
 from feedback.events import ComparisonGiven, CorrectionGiven, Event, RatingGiven
 from feedback.message_ids import verify_message_id
 from feedback.quality import FeedbackGate
-from serving.errors import FeedbackRateLimited, InvalidRequest
+from serving.errors import APIError, FeedbackRateLimited, InvalidRequest
 from serving.feedback.protocol import (
     ComparisonRequest,
     CorrectionRequest,
@@ -45,6 +50,7 @@ from serving.feedback.protocol import (
     FeedbackBatchAccepted,
     RatingRequest,
 )
+from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +70,10 @@ class FeedbackService:
         per_minute: int,
         duplicate_window_s: float = 600.0,
         max_targets: int = 200_000,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self._publisher = publisher
+        self._metrics = metrics
         self._secret = message_id_secret
         self._per_minute = per_minute
         self._gate = FeedbackGate(per_minute=per_minute, duplicate_window_s=duplicate_window_s)
@@ -79,18 +87,25 @@ class FeedbackService:
         verify_message_id(message_id, user_id, self._secret)
 
     def rate(self, req: RatingRequest, *, user_id: str) -> FeedbackAccepted:
-        return self._submit([self._rating(req, user_id)], user_id)[0]
+        with self._counting_refusals():
+            return self._submit([self._rating(req, user_id)], user_id)[0]
 
     def compare(self, req: ComparisonRequest, *, user_id: str) -> FeedbackAccepted:
-        return self._submit([self._comparison(req, user_id)], user_id)[0]
+        with self._counting_refusals():
+            return self._submit([self._comparison(req, user_id)], user_id)[0]
 
     def correct(self, req: CorrectionRequest, *, user_id: str) -> FeedbackAccepted:
-        return self._submit([self._correction(req, user_id)], user_id)[0]
+        with self._counting_refusals():
+            return self._submit([self._correction(req, user_id)], user_id)[0]
 
     def submit_batch(self, batch: FeedbackBatch, *, user_id: str) -> FeedbackBatchAccepted:
         """Many pieces of feedback from one user in one call, all or nothing: one id
         this user may not rate, or a batch past the cap, and nothing is published.
         Errors name the item (``ratings[3]: ...``)."""
+        with self._counting_refusals():
+            return self._submit_batch(batch, user_id)
+
+    def _submit_batch(self, batch: FeedbackBatch, user_id: str) -> FeedbackBatchAccepted:
         items: list[_Item] = []
         for i, rating in enumerate(batch.ratings):
             with _named(f"ratings[{i}]"):
@@ -107,6 +122,17 @@ class FeedbackService:
             comparisons=[next(accepted) for _ in batch.comparisons],
             corrections=[next(accepted) for _ in batch.corrections],
         )
+
+    @contextmanager
+    def _counting_refusals(self) -> Iterator[None]:
+        """Count a refusal by its reason (the error code the client gets)."""
+        try:
+            yield
+        except (MessageIdError, APIError) as exc:
+            if self._metrics is not None:
+                reason = _REASONS.get(type(exc)) or getattr(exc, "code", None) or "other"
+                self._metrics.feedback_refused.labels(reason).inc()
+            raise
 
     # -- one request -> event, target, content ---------------------------------
 
@@ -179,6 +205,9 @@ class FeedbackService:
                 self._latest.popitem(last=False)
         out: list[FeedbackAccepted] = []
         for item, verdict in zip(items, verdicts, strict=True):
+            if self._metrics is not None:
+                duplicate = "false" if verdict.duplicate_of is None else "true"
+                self._metrics.feedback_accepted.labels(item.kind, duplicate).inc()
             if verdict.duplicate_of is not None:
                 logger.info(
                     "feedback on %s by %s repeats event %s; not published",
@@ -216,3 +245,14 @@ class _Item:
     event: Event
     target: str  # what it is about: "rating:<message id>", ...
     body: str  # its content, canonical JSON (without the target)
+
+    @property
+    def kind(self) -> str:
+        return self.target.partition(":")[0]
+
+
+_REASONS: dict[type[Exception], str] = {
+    MalformedMessageId: "malformed_message_id",
+    UnknownMessageId: "unknown_message_id",
+    ForeignMessageId: "foreign_message_id",
+}
