@@ -39,6 +39,14 @@ stack-down:
 stack-status: install
 	$(PY) -m infra.local.stack status
 
+## serve: the API on 127.0.0.1:8000 in the foreground (API keys required; Ctrl-C stops it)
+serve: stack-up
+	$(VENV)/bin/ratchet serve
+
+## consume: the feedback consumer in the foreground (Kafka -> Postgres; metrics on 127.0.0.1:9464)
+consume: stack-up
+	$(VENV)/bin/ratchet consume --migrate
+
 migrate: stack-up
 	$(VENV)/bin/ratchet db migrate
 
