@@ -27,6 +27,13 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["chat"], responses=error_responses(401, 422, 429))
 
 T = TypeVar("T")
+# One server-sent event of a streamed completion: ``data`` is a chat.completion.chunk
+# as JSON, an error body, or ``[DONE]``.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks for its client
 CLIENT_CLOSED = 499  # nginx's "client closed request": never seen by the client
 
@@ -69,7 +76,7 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
     response_model=ChatCompletionResponse,
     responses={
         **error_responses(400, 403, 404),
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}},
     },
 )
 async def chat_completions(
