@@ -23,6 +23,7 @@ from serving.chat.grounding import Retriever
 from serving.chat.ownership import ConversationOwners
 from serving.chat.routes import router as chat_router
 from serving.chat.service import ChatService
+from serving.deps import declare_bearer_auth
 from serving.errors import error_responses, register_exception_handlers
 from serving.feedback.routes import router as feedback_router
 from serving.feedback.service import FeedbackService
@@ -132,6 +133,7 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
 
     app = FastAPI(title="Ratchet", version="0.1.0", lifespan=lifespan)
     register_exception_handlers(app)
+    declare_bearer_auth(app)
 
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
@@ -176,9 +178,11 @@ def build_app(settings: ServingSettings, *, retriever: Retriever | None = None) 
         """Prometheus metrics (text exposition format)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    # Starlette tries routes in order: the feedback routes, the busiest by far
+    # (one POST per rating), first.
+    app.include_router(feedback_router)
     app.include_router(chat_router)
     app.include_router(kb_router)
-    app.include_router(feedback_router)
     # Other feature routers (feedback API, knowledge base, Slack) are included here.
     if settings.slack_enabled:
         from serving.slack import mount_slack

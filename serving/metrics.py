@@ -4,7 +4,7 @@ apps in one process, as in tests, do not collide)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -193,6 +193,8 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: ServingMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route, status) -> its counters; routes are few, statuses a handful
+        self._children: dict[tuple[str, int], list[Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -201,13 +203,19 @@ class RequestMetricsMiddleware:
         metrics = self.metrics
 
         started = False
+        children = self._children
 
         def count(status: int) -> None:
-            code = str(status)
             path = getattr(scope.get("route"), "path", "unmatched")
-            metrics.requests.labels(path, code).inc()
-            if status >= 400:
-                metrics.errors.labels(code).inc()
+            counters = children.get((path, status))
+            if counters is None:  # first of its kind: look the label children up once
+                code = str(status)
+                counters = [metrics.requests.labels(path, code)]
+                if status >= 400:
+                    counters.append(metrics.errors.labels(code))
+                children[(path, status)] = counters
+            for counter in counters:
+                counter.inc()
 
         async def counting_send(message: Message) -> None:
             nonlocal started

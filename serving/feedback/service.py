@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from feedback.errors import (
     ForeignMessageId,
@@ -74,6 +74,7 @@ class FeedbackService:
     ) -> None:
         self._publisher = publisher
         self._metrics = metrics
+        self._accepted: dict[tuple[str, bool], Any] = {}  # (kind, duplicate) -> counter
         self._secret = message_id_secret
         self._per_minute = per_minute
         self._gate = FeedbackGate(per_minute=per_minute, duplicate_window_s=duplicate_window_s)
@@ -122,6 +123,16 @@ class FeedbackService:
             comparisons=[next(accepted) for _ in batch.comparisons],
             corrections=[next(accepted) for _ in batch.corrections],
         )
+
+    def _accepted_counter(self, kind: str, duplicate: bool) -> Any:
+        counter = self._accepted.get((kind, duplicate))
+        if counter is None:
+            assert self._metrics is not None
+            label = "true" if duplicate else "false"
+            counter = self._accepted[(kind, duplicate)] = self._metrics.feedback_accepted.labels(
+                kind, label
+            )
+        return counter
 
     @contextmanager
     def _counting_refusals(self) -> Iterator[None]:
@@ -206,8 +217,7 @@ class FeedbackService:
         out: list[FeedbackAccepted] = []
         for item, verdict in zip(items, verdicts, strict=True):
             if self._metrics is not None:
-                duplicate = "false" if verdict.duplicate_of is None else "true"
-                self._metrics.feedback_accepted.labels(item.kind, duplicate).inc()
+                self._accepted_counter(item.kind, verdict.duplicate_of is not None).inc()
             if verdict.duplicate_of is not None:
                 logger.info(
                     "feedback on %s by %s repeats event %s; not published",
