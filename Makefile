@@ -8,7 +8,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test install stack-up stack-down stack-status bench lint serve consume migrate bootstrap
+.PHONY: demo test install stack-up stack-down stack-status bench soak lint serve consume migrate bootstrap
 
 ## install: create .venv if missing and install Ratchet with its pinned dependencies
 install: $(STAMP)
@@ -56,6 +56,10 @@ bootstrap: install
 ## bench: benchmarks with figures and ratios against an in-run baseline
 bench: install
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider
+
+## soak: chat and feedback under faults (consumer kill -9, broker and Postgres restarts), with counts
+soak: install
+	$(PY) -m pytest tests/bench/test_soak.py -m bench -s -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check serving feedback training infra tests
