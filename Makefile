@@ -8,7 +8,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test install stack-up stack-down stack-status bench lint serve consume migrate bootstrap
+.PHONY: demo test install stack-up stack-down stack-status bench soak lint serve consume migrate bootstrap
 
 ## install: create .venv if missing and install Ratchet with its pinned dependencies
 install: $(STAMP)
@@ -39,6 +39,14 @@ stack-down:
 stack-status: install
 	$(PY) -m infra.local.stack status
 
+## serve: the API on 127.0.0.1:8000 in the foreground (API keys required; Ctrl-C stops it)
+serve: stack-up
+	$(VENV)/bin/ratchet serve
+
+## consume: the feedback consumer in the foreground (Kafka -> Postgres; metrics on 127.0.0.1:9464)
+consume: stack-up
+	$(VENV)/bin/ratchet consume --migrate
+
 migrate: stack-up
 	$(VENV)/bin/ratchet db migrate
 
@@ -48,6 +56,10 @@ bootstrap: install
 ## bench: benchmarks with figures and ratios against an in-run baseline
 bench: install
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider
+
+## soak: chat and feedback under faults (consumer kill -9, broker and Postgres restarts), with counts
+soak: install
+	$(PY) -m pytest tests/bench/test_soak.py -m bench -s -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check ratchet serving feedback training infra tests

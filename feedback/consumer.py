@@ -325,6 +325,17 @@ class _Probe(Exception):
 
 
 def serve_metrics(port: int) -> None:
-    """Expose this process's Prometheus metrics on 127.0.0.1:``port``."""
-    if port:
+    """Expose this process's Prometheus metrics on 127.0.0.1:``port`` (loopback only).
+    A port in use is logged and skipped: the consumer's work matters more than its metrics."""
+    if not port:
+        return
+    try:
         start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        logger.warning(
+            "consumer metrics NOT served: 127.0.0.1:%s: %s (set RATCHET_CONSUMER_METRICS_PORT)",
+            port,
+            exc,
+        )
+        return
+    logger.info("consumer metrics on http://127.0.0.1:%s/metrics", port)

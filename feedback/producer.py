@@ -70,6 +70,8 @@ class EventProducer:
         self._closed = False
         self._last_probe = 0.0
         self._last_error_log = 0.0
+        # this producer's share of EVENTS_OUT (the API exports it on its own registry)
+        self.outcomes: dict[str, int] = {"sent": 0, "spooled": 0, "replayed": 0}
         self._thread = threading.Thread(target=self._run, name="ratchet-producer", daemon=True)
         self._thread.start()
 
@@ -221,6 +223,7 @@ class EventProducer:
 
     def _on_sent(self, _metadata: Any) -> None:
         EVENTS_OUT.labels("sent").inc()
+        self.outcomes["sent"] += 1  # kafka-python's one I/O thread calls back
         self._settle()
 
     def _on_failed(self, record: Record, exc: Exception) -> None:
@@ -245,6 +248,8 @@ class EventProducer:
     def _to_spool(self, records: list[Record]) -> None:
         self._spool.append(records)
         EVENTS_OUT.labels("spooled").inc(len(records))
+        with self._settled:
+            self.outcomes["spooled"] += len(records)
 
     def _replay(self) -> None:
         """Resend the backlog in order, deleting what the broker acknowledged."""
@@ -275,6 +280,7 @@ class EventProducer:
             if acked:
                 self._spool.delete_through(rows[acked - 1].seq)
                 EVENTS_OUT.labels("replayed").inc(acked)
+                self.outcomes["replayed"] += acked
                 total += acked
             if acked < len(rows):
                 self._healthy = False

@@ -62,10 +62,11 @@ class FeedbackSettings(RatchetSettings):
         default=500, ge=10, description="How long one poll waits for events."
     )
     consumer_metrics_port: int = Field(
-        default=0,
+        default=9464,
         ge=0,
         le=65535,
-        description="Port of the consumer's /metrics on 127.0.0.1 (0: off).",
+        description="Port of `ratchet consume`'s /metrics on 127.0.0.1 (lag, dead letters,"
+        " stored events; 0: off). A second consumer on the host needs another port.",
     )
     consumer_retry_interval_s: float = Field(
         default=1.0, gt=0, description="Wait between attempts while Postgres is unreachable."

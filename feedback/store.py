@@ -54,6 +54,13 @@ _RATING_COLS = "user_id, message_id, event_id, thumbs, stars, score, comment, ta
 _COMPARISON_COLS = "event_id, user_id, message_id_a, message_id_b, winner, occurred_at"
 _CORRECTION_COLS = "user_id, message_id, event_id, corrected_reply, occurred_at"
 
+# Revisions: a new row counts every distinct event of its (user, reply) in the batch;
+# an update adds those newer than the stored one (a rating and its change often land
+# in one batch after an outage). Redelivered events are not newer, so add nothing.
+_NEWER = """(SELECT count(DISTINCT n.event_id) FROM stage_{table} AS n
+        WHERE n.user_id = EXCLUDED.user_id AND n.message_id = EXCLUDED.message_id
+        AND (n.occurred_at, n.event_id) > ({table}.occurred_at, {table}.event_id))"""
+
 _UPSERT = f"""
 INSERT INTO users (id) SELECT DISTINCT id FROM stage_users ON CONFLICT DO NOTHING;
 INSERT INTO conversations (id, user_id)
@@ -61,23 +68,28 @@ INSERT INTO conversations (id, user_id)
     ON CONFLICT DO NOTHING;
 INSERT INTO messages ({_MESSAGE_COLS})
     SELECT {_MESSAGE_COLS} FROM stage_messages ON CONFLICT DO NOTHING;
-INSERT INTO ratings ({_RATING_COLS})
-    SELECT DISTINCT ON (user_id, message_id) {_RATING_COLS} FROM stage_ratings
+INSERT INTO ratings ({_RATING_COLS}, revisions)
+    SELECT DISTINCT ON (user_id, message_id) {_RATING_COLS},
+        count(*) OVER (PARTITION BY user_id, message_id)
+    FROM (SELECT DISTINCT ON (event_id) * FROM stage_ratings) AS s
     ORDER BY user_id, message_id, occurred_at DESC, event_id DESC
     ON CONFLICT (user_id, message_id) DO UPDATE SET
         event_id = EXCLUDED.event_id, thumbs = EXCLUDED.thumbs, stars = EXCLUDED.stars,
         score = EXCLUDED.score, comment = EXCLUDED.comment, tags = EXCLUDED.tags,
-        occurred_at = EXCLUDED.occurred_at, revisions = ratings.revisions + 1, stored_at = now()
+        occurred_at = EXCLUDED.occurred_at, stored_at = now(),
+        revisions = ratings.revisions + {_NEWER.format(table="ratings")}
     WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id) > (ratings.occurred_at, ratings.event_id);
 INSERT INTO comparisons ({_COMPARISON_COLS})
     SELECT {_COMPARISON_COLS} FROM stage_comparisons ON CONFLICT (event_id) DO NOTHING;
-INSERT INTO corrections ({_CORRECTION_COLS})
-    SELECT DISTINCT ON (user_id, message_id) {_CORRECTION_COLS} FROM stage_corrections
+INSERT INTO corrections ({_CORRECTION_COLS}, revisions)
+    SELECT DISTINCT ON (user_id, message_id) {_CORRECTION_COLS},
+        count(*) OVER (PARTITION BY user_id, message_id)
+    FROM (SELECT DISTINCT ON (event_id) * FROM stage_corrections) AS s
     ORDER BY user_id, message_id, occurred_at DESC, event_id DESC
     ON CONFLICT (user_id, message_id) DO UPDATE SET
         event_id = EXCLUDED.event_id, corrected_reply = EXCLUDED.corrected_reply,
-        occurred_at = EXCLUDED.occurred_at, revisions = corrections.revisions + 1,
-        stored_at = now()
+        occurred_at = EXCLUDED.occurred_at, stored_at = now(),
+        revisions = corrections.revisions + {_NEWER.format(table="corrections")}
     WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id)
         > (corrections.occurred_at, corrections.event_id);
 """

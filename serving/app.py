@@ -12,16 +12,18 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg_pool import ConnectionPool
 
 from feedback.producer import EventProducer
 from ratchet.db import open_pool
 from serving.auth import KeyStore, RateLimiter
 from serving.chat.grounding import Retriever
+from serving.chat.ownership import ConversationOwners
 from serving.chat.routes import router as chat_router
 from serving.chat.service import ChatService
-from serving.errors import register_exception_handlers
+from serving.deps import declare_bearer_auth
+from serving.errors import error_responses, register_exception_handlers
 from serving.feedback.routes import router as feedback_router
 from serving.feedback.service import FeedbackService
 from serving.kb.routes import router as kb_router
@@ -71,11 +73,14 @@ def build_app(
 
     app = FastAPI(title="Ratchet", version="0.1.0", lifespan=lifespan)
     register_exception_handlers(app)
+    declare_bearer_auth(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_ops_routes(app, metrics)
+    # Starlette tries routes in order: the feedback routes, the busiest by far
+    # (one POST per rating), first.
+    app.include_router(feedback_router)
     app.include_router(chat_router)
     app.include_router(kb_router)
-    app.include_router(feedback_router)
     if settings.slack_enabled:
         from serving.slack import mount_slack
 
@@ -126,17 +131,26 @@ async def _state(
     """The services of a started server (the knowledge base loads here when it is on)."""
     knowledge_base = await _knowledge_base(settings, pool, retriever)
     active = retriever if retriever is not None else knowledge_base
+    metrics.watch_producer(producer)
     return AppState(
         settings=settings,
         pool=pool,
         models=models,
         producer=producer,
-        chat=ChatService(settings, models, producer, metrics=metrics, retriever=active),
+        chat=ChatService(
+            settings,
+            models,
+            producer,
+            metrics=metrics,
+            retriever=active,
+            owners=ConversationOwners(pool),
+        ),
         feedback=FeedbackService(
             producer,
             message_id_secret=settings.message_id_secret,
             per_minute=settings.rate_cap_per_minute,
             clock=clock,
+            metrics=metrics,
         ),
         metrics=metrics,
         keys=KeyStore(pool),
@@ -169,15 +183,16 @@ def _add_ops_routes(app: FastAPI, metrics: ServingMetrics) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses=error_responses(503))
     async def readyz(request: Request) -> JSONResponse:
         state: AppState | None = getattr(request.app.state, "ratchet", None)
         if state is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         return await _readiness(state)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
+        """Prometheus metrics (text exposition format)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 

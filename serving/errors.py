@@ -7,9 +7,13 @@ Hierarchy (raise these from services; routes never build error bodies):
     ├── Unauthorized          401 authentication_error
     ├── Forbidden             403 permission_error
     ├── NotFound              404 not_found_error
+    │   └── ModelNotFound         404, an unknown ``model`` name
     ├── RateLimited           429 rate_limit_error (+ Retry-After)
     │   └── FeedbackRateLimited   429, too much feedback from one user
     └── ServiceUnavailable    503 service_unavailable
+
+An unparseable JSON body is 400 ``invalid_json`` on every route; a body that parses
+but does not match the schema is 422 ``validation_error``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedback.errors import ForeignMessageId, MalformedMessageId, UnknownMessageId
@@ -138,6 +143,54 @@ class PromptTooLong(InvalidRequest):
         )
 
 
+class CompletionTooLong(PromptTooLong):
+    """``max_tokens`` asks for more than the context window leaves after the prompt
+    (OpenAI answers 400 too; a subclass of PromptTooLong, so grounding drops sources
+    before giving up)."""
+
+    def __init__(self, prompt_tokens: int, requested: int, max_model_len: int):
+        InvalidRequest.__init__(
+            self,
+            f"this model's maximum context length is {max_model_len} tokens; you requested "
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} "
+            "in the completion). Reduce the length of the messages or the completion.",
+            code="context_length_exceeded",
+            param="max_tokens",
+        )
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The one error body of the API (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+_WHEN = {
+    400: "Bad request: an unparseable JSON body (code invalid_json), or a value the server refuses",
+    401: "Missing, malformed or revoked API key",
+    403: "The key's role is too low, or the reply or conversation belongs to another user",
+    404: "An unknown message id, model or resource",
+    422: "The body does not match the schema (or a malformed message id)",
+    429: "Rate limited (see Retry-After)",
+    503: "Not ready (model or knowledge base not loaded)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error status codes, all :class:`ErrorResponse`."""
+    return {code: {"model": ErrorResponse, "description": _WHEN[code]} for code in codes}
+
+
 def error_body(message: str, type: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "code": code}}
 
@@ -154,9 +207,14 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+INVALID_JSON_MESSAGE = "the request body is not valid JSON (UTF-8)"
+_FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
 def register_exception_handlers(app: FastAPI) -> None:
     """Map every error to the one body shape. Status codes:
-    APIError -> its status; request validation -> 422; MalformedMessageId -> 422;
+    APIError -> its status; an unparseable body -> 400 ``invalid_json``;
+    request validation -> 422; MalformedMessageId -> 422;
     UnknownMessageId -> 404; ForeignMessageId -> 403; anything else -> 500 (logged)."""
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -167,10 +225,15 @@ def register_exception_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            return _json(400, INVALID_JSON_MESSAGE, "invalid_request_error", "invalid_json")
         return _json(422, _validation_message(exc), "invalid_request_error", "validation_error")
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.detail == _FASTAPI_PARSE_ERROR:
+            # FastAPI's answer to a body it cannot decode at all (bad UTF-8, ...)
+            return _json(400, INVALID_JSON_MESSAGE, "invalid_request_error", "invalid_json")
         kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
         etype = kind.get(exc.status_code, "invalid_request_error")
         if exc.status_code >= 500:

@@ -87,6 +87,11 @@ class ServingSettings(FeedbackSettings):
         description="Ground answers in the knowledge base unless a request says not to.",
     )
     retrieval_k: int = Field(default=4, ge=1, le=50, description="Chunks put into the prompt.")
+    citations_in_content: bool = Field(
+        default=False,
+        description="Also append the sources to each reply's content as a markdown list "
+        "(for clients such as LangChain's ChatOpenAI that drop the `citations` field).",
+    )
 
     # Slack (serving/slack): mounted at POST /slack/events when token and signing secret are set.
     slack_bot_token: str | None = Field(

@@ -108,6 +108,15 @@ def _gate(passed: bool, value: float, threshold: str, **detail: Any) -> dict[str
     }
 
 
+def kl_gate(kl: float, kl_max: float) -> dict[str, Any]:
+    """The KL budget. A true KL is never negative: a negative Monte-Carlo estimate
+    means the sample was too small to measure it, so the gate fails closed."""
+    if kl < 0:
+        note = "a negative estimate: too few samples to measure the KL"
+        return _gate(False, kl, f"0 <= KL <= {kl_max}", note=note)
+    return _gate(kl <= kl_max, kl, f"<= {kl_max}")
+
+
 def run_gates(
     *,
     candidate: Policy,
@@ -161,7 +170,7 @@ def run_gates(
     bar.update()
 
     kl = mean_kl(candidate, reference, cand_batches)
-    gates["kl"] = _gate(kl <= t.kl_max, kl, f"<= {t.kl_max}")
+    gates["kl"] = kl_gate(kl, t.kl_max)
     bar.update()
 
     cand_len = sum(len(r) for r in cand_replies) / len(cand_replies)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.errors import PromptTooLong
+from serving.errors import CompletionTooLong, PromptTooLong
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,11 @@ def resolve_max_tokens(
     prompt_tokens: int, requested: int | None, *, default: int, max_model_len: int
 ) -> int:
     """Completion budget: ``requested`` (or ``default``) clamped to the room left in
-    the context window; raises PromptTooLong when there is no room at all."""
+    the context window; raises PromptTooLong when there is no room at all, and
+    CompletionTooLong (400, as OpenAI) when an explicit ``requested`` does not fit."""
     room = max_model_len - prompt_tokens
     if room < 1:
         raise PromptTooLong(prompt_tokens, max_model_len)
+    if requested is not None and requested > room:
+        raise CompletionTooLong(prompt_tokens, requested, max_model_len)
     return max(1, min(requested if requested is not None else default, room))

@@ -74,11 +74,13 @@ async def stream_chunks(
     deltas: AsyncIterator[list[ChoiceDelta]],
     *,
     include_usage: bool = False,
+    footnotes: str = "",
 ) -> AsyncIterator[bytes]:
     """OpenAI chunks, each as the JSON of its ``ChatCompletionChunk`` (``exclude_none``):
     a role chunk per choice (with the citations and, for an A/B request, ``ab``),
     content deltas, a finish chunk per choice, then (if asked) a usage chunk with
-    no choices. ``deltas`` is the request's generation (it runs as this is iterated)."""
+    no choices. ``deltas`` is the request's generation (it runs as this is iterated);
+    ``footnotes`` (the sources as text) is a last content delta of every choice."""
     writer = ChunkWriter(
         id=prep.id,
         created=prep.created,
@@ -106,6 +108,8 @@ async def stream_chunks(
             if d.text:
                 yield writer.content(d.index, d.text)
             if d.finish_reason is not None:
+                if footnotes:
+                    yield writer.content(d.index, footnotes)
                 finish = ChunkChoice(
                     index=d.index,
                     delta=DeltaMessage(),

@@ -97,3 +97,14 @@ def last_user_text(messages: list[dict[str, str]]) -> str:
         if m["role"] == "user":
             return m["content"]
     return ""
+
+
+def footnotes(citations: list[dict[str, Any]]) -> str:
+    """The sources as markdown appended to a reply's content, for clients that read
+    only ``choices[].message.content`` (LangChain's ``ChatOpenAI`` drops unknown
+    fields): a blank line, ``Sources:``, then a markdown list item ``[n] title (path)``
+    per source, numbered as the model was told to cite them."""
+    if not citations:
+        return ""
+    lines = [f"- [{c['index']}] {c['title']} ({c['source_path']})" for c in citations]
+    return "\n\nSources:\n" + "\n".join(lines)

@@ -10,6 +10,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+def _int64_bounds(schema: dict[str, Any]) -> None:
+    # A callable: a dict given to json_schema_extra has its big ints turned into floats.
+    for alt in schema.get("anyOf", [schema]):
+        if alt.get("type") == "integer":
+            alt.update(minimum=SEED_MIN, maximum=SEED_MAX)
+
 
 class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -39,13 +48,15 @@ class StreamOptions(OpenAIBaseModel):
 
 class ChatCompletionRequest(OpenAIBaseModel):
     model: str | None = None
-    messages: list[ChatMessageIn]
+    # documented minItems; an empty list is a 400 from the service, as OpenAI answers
+    messages: list[ChatMessageIn] = Field(json_schema_extra={"minItems": 1})
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # int64, as in OpenAI's spec; outside it is a 400 (checked by the service)
+    seed: int | None = Field(default=None, json_schema_extra=_int64_bounds)
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -141,7 +152,6 @@ class ModelCard(OpenAIBaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "ratchet"
-    root: str | None = None  # the weights directory
 
 
 class ModelList(OpenAIBaseModel):

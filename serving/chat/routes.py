@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Coroutine
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from serving.chat.protocol import ChatCompletionRequest, ModelCard, ModelList
+from serving.chat.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ModelCard,
+    ModelList,
+)
 from serving.deps import CurrentUser, StateDep
-from serving.errors import APIError, InvalidRequest, error_body
+from serving.errors import APIError, InvalidRequest, error_body, error_responses
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["chat"])
+router = APIRouter(prefix="/v1", tags=["chat"], responses=error_responses(401, 422, 429))
+
+T = TypeVar("T")
+# One server-sent event of a streamed completion: ``data`` is a chat.completion.chunk
+# as JSON, an error body, or ``[DONE]``.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
+DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks for its client
+CLIENT_CLOSED = 499  # nginx's "client closed request": never seen by the client
 
 MESSAGE_ID_HEADER = "X-Ratchet-Message-Id"
 VERSION_HEADER = "X-Ratchet-Model-Version"
@@ -35,13 +53,39 @@ def _conversation(header: str | None) -> uuid.UUID | None:
         ) from exc
 
 
-@router.post("/chat/completions", response_model=None)
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """Run ``work`` until it ends or the client goes away; then cancel it (which
+    aborts the generation in the engine) and return None."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return None
+    finally:
+        task.cancel()
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={
+        **error_responses(400, 403, 404),
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}},
+    },
+)
 async def chat_completions(
+    request: Request,
     body: ChatCompletionRequest,
     state: StateDep,
     user: CurrentUser,
     x_ratchet_conversation_id: Annotated[str | None, Header()] = None,
-) -> JSONResponse | StreamingResponse:
+) -> Response:
     prep = await state.chat.prepare(
         body, user_id=user.id, conversation_id=_conversation(x_ratchet_conversation_id)
     )
@@ -51,7 +95,10 @@ async def chat_completions(
         CONVERSATION_HEADER: str(prep.conversation_id),
     }
     if not body.stream:
-        response = await state.chat.complete(prep)
+        response = await unless_disconnected(request, state.chat.complete(prep))
+        if response is None:
+            logger.info("client of %s went away; generation aborted", prep.id)
+            return Response(status_code=CLIENT_CLOSED)
         return JSONResponse(response.model_dump(mode="json"), headers=headers)
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -77,7 +124,6 @@ async def chat_completions(
 
 @router.get("/models")
 async def list_models(state: StateDep, user: CurrentUser) -> ModelList:
-    backend = state.models.current
-    return ModelList(
-        data=[ModelCard(id=backend.version, created=int(state.started_at), root=backend.path)]
-    )
+    """The names ``model`` may take: the production version and the ``ratchet`` alias."""
+    created = int(state.started_at)
+    return ModelList(data=[ModelCard(id=m, created=created) for m in state.chat.model_ids()])

@@ -23,15 +23,18 @@ from serving.backends import Backend, SamplingOptions
 from serving.chat import grounding
 from serving.chat.ab import prepare_ab
 from serving.chat.chunks import stream_chunks
+from serving.chat.ownership import ConversationOwners
 from serving.chat.prepared import PreparedAB, PreparedChat, Reply, merge_deltas
 from serving.chat.protocol import (
+    SEED_MAX,
+    SEED_MIN,
     AssistantMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
 )
 from serving.cleanup import close_quietly
-from serving.errors import InvalidRequest, PromptTooLong
+from serving.errors import InvalidRequest, ModelNotFound, PromptTooLong
 from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager
 from serving.settings import ServingSettings
@@ -39,6 +42,7 @@ from serving.settings import ServingSettings
 logger = logging.getLogger(__name__)
 
 _MODEL_ROLES = {"developer": "system"}  # roles chat templates rarely know
+MODEL_ALIAS = "ratchet"  # a request's ``model``: whichever version production serves
 
 
 __all__ = ["ChatService", "PreparedAB", "PreparedChat", "Publisher", "Reply"]
@@ -53,8 +57,10 @@ class ChatService:
         *,
         metrics: ServingMetrics | None = None,
         retriever: grounding.Retriever | None = None,
+        owners: ConversationOwners | None = None,
     ) -> None:
         self._settings = settings
+        self._owners = owners
         self._models = models
         self._producer = producer
         self._metrics = metrics
@@ -69,12 +75,18 @@ class ChatService:
         user_id: str,
         conversation_id: uuid.UUID | None = None,
     ) -> PreparedChat | PreparedAB:
-        """Validate ``req`` and start generating; raises InvalidRequest (400) before any output."""
+        """Validate ``req`` and start generating; raises InvalidRequest (400), ModelNotFound
+        (404) or ForeignConversation (403) before any output."""
+        self._check_model(req.model)
         if req.ab and req.n not in (1, 2):
             raise InvalidRequest(
                 "an A/B request ('ab': true) answers with two choices:"
                 " leave 'n' out or set it to 2",
                 param="n",
+            )
+        if req.seed is not None and not SEED_MIN <= req.seed <= SEED_MAX:
+            raise InvalidRequest(
+                f"'seed' must be a 64-bit signed integer ({SEED_MIN} to {SEED_MAX})", param="seed"
             )
         options = SamplingOptions(
             max_tokens=req.max_new_tokens(),
@@ -85,22 +97,43 @@ class ChatService:
             n=2 if req.ab else req.n,
         )
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        conversation_id = req.conversation_id or conversation_id
+        if conversation_id is not None and self._owners is not None:
+            await self._owners.check(conversation_id, user_id)
         prepare = self._prepare_ab if req.ab else self._prepare
-        return await prepare(
+        prep = await prepare(
             messages,
             options,
             user_id=user_id,
-            conversation_id=req.conversation_id or conversation_id,
+            conversation_id=conversation_id,
             knowledge=req.knowledge,
+        )
+        if self._owners is not None:
+            self._owners.remember(prep.conversation_id, user_id)
+        return prep
+
+    def model_ids(self) -> list[str]:
+        """The names a request's ``model`` may take: the production version serving
+        now, and :data:`MODEL_ALIAS` for "whatever production serves"."""
+        served = self._models.version
+        return [served, MODEL_ALIAS] if served else [MODEL_ALIAS]
+
+    def _check_model(self, model: str | None) -> None:
+        if model is None or model in self.model_ids():
+            return
+        raise ModelNotFound(
+            f"the model '{model[:100]}' does not exist; this server serves "
+            f"{' or '.join(repr(m) for m in self.model_ids())} (see GET /v1/models)"
         )
 
     async def complete(self, prep: PreparedChat | PreparedAB) -> ChatCompletionResponse:
         async for _ in self._deltas(prep):
             pass
+        notes = self.footnotes(prep)
         choices = [
             Choice(
                 index=i,
-                message=AssistantMessage(content=prep.texts[i]),
+                message=AssistantMessage(content=prep.texts[i] + notes),
                 finish_reason=prep.finish_reasons[i],
                 message_id=prep.message_ids[i],
             )
@@ -123,7 +156,16 @@ class ChatService:
         self, prep: PreparedChat | PreparedAB, *, include_usage: bool = False
     ) -> AsyncIterator[bytes]:
         """The request's ``chat.completion.chunk`` objects, as JSON (see :func:`stream_chunks`)."""
-        return stream_chunks(prep, self._deltas(prep), include_usage=include_usage)
+        return stream_chunks(
+            prep, self._deltas(prep), include_usage=include_usage, footnotes=self.footnotes(prep)
+        )
+
+    def footnotes(self, prep: PreparedChat | PreparedAB) -> str:
+        """The sources appended to the content (setting ``citations_in_content``);
+        the logged reply and the ``citations`` field stay as they are."""
+        if not self._settings.citations_in_content:
+            return ""
+        return grounding.footnotes(prep.citations)
 
     # ---- simple API (Slack and other adapters) ------------------------------
 

@@ -7,13 +7,22 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from serving.chat.protocol import OpenAIBaseModel
 
+# The pattern is documented, not enforced here: a malformed id gets the service's
+# 422 ``malformed_message_id`` (feedback.message_ids), with a message naming it.
+MESSAGE_ID_PATTERN = r"^msg_[0-9a-f]{32}_[0-9a-f]{8}_[0-9a-f]{16}$"
 MessageId = Annotated[
     str,
-    Field(min_length=1, max_length=200, description="The reply's id (X-Ratchet-Message-Id)."),
+    Field(
+        min_length=1,
+        max_length=200,
+        description="The reply's id (X-Ratchet-Message-Id).",
+        json_schema_extra={"pattern": MESSAGE_ID_PATTERN},
+    ),
 ]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
@@ -83,9 +92,19 @@ class CorrectionRequest(OpenAIBaseModel):
 MAX_BATCH = 1000
 
 
+_NOT_EMPTY: JsonDict = {
+    "anyOf": [
+        {"required": [name], "properties": {name: {"minItems": 1}}}
+        for name in ("ratings", "comparisons", "corrections")
+    ]
+}
+
+
 class FeedbackBatch(OpenAIBaseModel):
     """Many pieces of feedback in one request (at most ``MAX_BATCH`` in all);
     accepted or refused as a whole."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_NOT_EMPTY)
 
     ratings: list[RatingRequest] = Field(default_factory=list, max_length=MAX_BATCH)
     comparisons: list[ComparisonRequest] = Field(default_factory=list, max_length=MAX_BATCH)

@@ -3,13 +3,19 @@
 Feedback is stored asynchronously (Kafka -> consumer -> Postgres): 202 means the
 event was accepted and will be stored; its ``event_id`` is the idempotency key.
 ``/batch`` takes many at once (all or nothing), for clients that send in bulk.
+
+The routes answer with the JSON the service's model writes (pydantic-core), not
+through FastAPI's response-model pass, which validates and encodes the same
+object a second time; ``response_model`` still documents the body.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel
 
 from serving.deps import CurrentUser, StateDep
+from serving.errors import error_responses
 from serving.feedback.protocol import (
     ComparisonRequest,
     CorrectionRequest,
@@ -19,26 +25,34 @@ from serving.feedback.protocol import (
     RatingRequest,
 )
 
-router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+router = APIRouter(
+    prefix="/v1/feedback",
+    tags=["feedback"],
+    responses=error_responses(400, 401, 403, 404, 422, 429),
+)
 
 
-@router.post("/ratings", status_code=status.HTTP_202_ACCEPTED)
-async def rate(body: RatingRequest, state: StateDep, user: CurrentUser) -> FeedbackAccepted:
-    return state.feedback.rate(body, user_id=user.id)
+def _accepted(body: BaseModel) -> Response:
+    return Response(
+        body.model_dump_json(), status_code=status.HTTP_202_ACCEPTED, media_type="application/json"
+    )
 
 
-@router.post("/comparisons", status_code=status.HTTP_202_ACCEPTED)
-async def compare(body: ComparisonRequest, state: StateDep, user: CurrentUser) -> FeedbackAccepted:
-    return state.feedback.compare(body, user_id=user.id)
+@router.post("/ratings", status_code=status.HTTP_202_ACCEPTED, response_model=FeedbackAccepted)
+async def rate(body: RatingRequest, state: StateDep, user: CurrentUser) -> Response:
+    return _accepted(state.feedback.rate(body, user_id=user.id))
 
 
-@router.post("/corrections", status_code=status.HTTP_202_ACCEPTED)
-async def correct(body: CorrectionRequest, state: StateDep, user: CurrentUser) -> FeedbackAccepted:
-    return state.feedback.correct(body, user_id=user.id)
+@router.post("/comparisons", status_code=status.HTTP_202_ACCEPTED, response_model=FeedbackAccepted)
+async def compare(body: ComparisonRequest, state: StateDep, user: CurrentUser) -> Response:
+    return _accepted(state.feedback.compare(body, user_id=user.id))
 
 
-@router.post("/batch", status_code=status.HTTP_202_ACCEPTED)
-async def submit_batch(
-    body: FeedbackBatch, state: StateDep, user: CurrentUser
-) -> FeedbackBatchAccepted:
-    return state.feedback.submit_batch(body, user_id=user.id)
+@router.post("/corrections", status_code=status.HTTP_202_ACCEPTED, response_model=FeedbackAccepted)
+async def correct(body: CorrectionRequest, state: StateDep, user: CurrentUser) -> Response:
+    return _accepted(state.feedback.correct(body, user_id=user.id))
+
+
+@router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=FeedbackBatchAccepted)
+async def submit_batch(body: FeedbackBatch, state: StateDep, user: CurrentUser) -> Response:
+    return _accepted(state.feedback.submit_batch(body, user_id=user.id))

@@ -31,12 +31,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from feedback.errors import MessageIdError
+from feedback.errors import (
+    ForeignMessageId,
+    MalformedMessageId,
+    MessageIdError,
+    UnknownMessageId,
+)
 from feedback.events import ComparisonGiven, CorrectionGiven, Event, Publisher, RatingGiven
 from feedback.message_ids import verify_message_id
 from feedback.rate_cap import FeedbackRateCap
-from serving.errors import FeedbackRateLimited, InvalidRequest
+from serving.errors import APIError, FeedbackRateLimited, InvalidRequest
 from serving.feedback.protocol import (
     ComparisonRequest,
     CorrectionRequest,
@@ -45,6 +51,7 @@ from serving.feedback.protocol import (
     FeedbackBatchAccepted,
     RatingRequest,
 )
+from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +68,11 @@ class FeedbackService:
         duplicate_window_s: float = 600.0,
         max_targets: int = 200_000,
         clock: Callable[[], float] = time.monotonic,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self._publisher = publisher
+        self._metrics = metrics
+        self._accepted: dict[tuple[str, bool], Any] = {}  # (kind, duplicate) -> counter
         self._secret = message_id_secret
         self._per_minute = per_minute
         self._gate = FeedbackRateCap(
@@ -78,18 +88,25 @@ class FeedbackService:
         verify_message_id(message_id, user_id, self._secret)
 
     def rate(self, req: RatingRequest, *, user_id: str) -> FeedbackAccepted:
-        return self._submit([self._rating(req, user_id)], user_id)[0]
+        with self._counting_refusals():
+            return self._submit([self._rating(req, user_id)], user_id)[0]
 
     def compare(self, req: ComparisonRequest, *, user_id: str) -> FeedbackAccepted:
-        return self._submit([self._comparison(req, user_id)], user_id)[0]
+        with self._counting_refusals():
+            return self._submit([self._comparison(req, user_id)], user_id)[0]
 
     def correct(self, req: CorrectionRequest, *, user_id: str) -> FeedbackAccepted:
-        return self._submit([self._correction(req, user_id)], user_id)[0]
+        with self._counting_refusals():
+            return self._submit([self._correction(req, user_id)], user_id)[0]
 
     def submit_batch(self, batch: FeedbackBatch, *, user_id: str) -> FeedbackBatchAccepted:
         """Many pieces of feedback from one user in one call, all or nothing: one id
         this user may not rate, or a batch past the cap, and nothing is published.
         Errors name the item (``ratings[3]: ...``)."""
+        with self._counting_refusals():
+            return self._submit_batch(batch, user_id)
+
+    def _submit_batch(self, batch: FeedbackBatch, user_id: str) -> FeedbackBatchAccepted:
         items: list[_Item] = []
         for i, rating in enumerate(batch.ratings):
             with _named(f"ratings[{i}]"):
@@ -106,6 +123,27 @@ class FeedbackService:
             comparisons=[next(accepted) for _ in batch.comparisons],
             corrections=[next(accepted) for _ in batch.corrections],
         )
+
+    def _accepted_counter(self, kind: str, duplicate: bool) -> Any:
+        counter = self._accepted.get((kind, duplicate))
+        if counter is None:
+            assert self._metrics is not None
+            label = "true" if duplicate else "false"
+            counter = self._accepted[(kind, duplicate)] = self._metrics.feedback_accepted.labels(
+                kind, label
+            )
+        return counter
+
+    @contextmanager
+    def _counting_refusals(self) -> Iterator[None]:
+        """Count a refusal by its reason (the error code the client gets)."""
+        try:
+            yield
+        except (MessageIdError, APIError) as exc:
+            if self._metrics is not None:
+                reason = _REASONS.get(type(exc)) or getattr(exc, "code", None) or "other"
+                self._metrics.feedback_refused.labels(reason).inc()
+            raise
 
     # -- one request -> event, target, content ---------------------------------
 
@@ -178,6 +216,8 @@ class FeedbackService:
                 self._latest.popitem(last=False)
         out: list[FeedbackAccepted] = []
         for item, verdict in zip(items, verdicts, strict=True):
+            if self._metrics is not None:
+                self._accepted_counter(item.kind, verdict.duplicate_of is not None).inc()
             if verdict.duplicate_of is not None:
                 logger.info(
                     "feedback on %s by %s repeats event %s; not published",
@@ -215,3 +255,14 @@ class _Item:
     event: Event
     target: str  # what it is about: "rating:<message id>", ...
     body: str  # its content, canonical JSON (without the target)
+
+    @property
+    def kind(self) -> str:
+        return self.target.partition(":")[0]
+
+
+_REASONS: dict[type[Exception], str] = {
+    MalformedMessageId: "malformed_message_id",
+    UnknownMessageId: "unknown_message_id",
+    ForeignMessageId: "foreign_message_id",
+}

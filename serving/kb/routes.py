@@ -11,11 +11,13 @@ from psycopg_pool import ConnectionPool
 
 from serving.auth import User
 from serving.deps import StateDep, require_role
-from serving.errors import ServiceUnavailable
+from serving.errors import ServiceUnavailable, error_responses
 from serving.kb import store
 from serving.kb.protocol import SearchHit, SearchRequest, SearchResponse, SourceList, SourceOut
 
-router = APIRouter(prefix="/v1/kb", tags=["knowledge base"])
+router = APIRouter(
+    prefix="/v1/kb", tags=["knowledge base"], responses=error_responses(401, 403, 422, 429, 503)
+)
 
 Operator = Annotated[User, Depends(require_role("operator"))]
 

@@ -42,7 +42,7 @@ def assert_error(resp: httpx.Response, status: int, type_: str, code: str | None
 
 
 def test_missing_invalid_and_malformed_keys_get_401(live_server) -> None:  # type: ignore[no-untyped-def]
-    body = {"model": "m", "messages": HELLO}
+    body = {"model": "ratchet", "messages": HELLO}
     r = post(live_server, body, key=None)
     assert_error(r, 401, "authentication_error", "invalid_api_key")
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -101,19 +101,23 @@ def test_rate_limit_from_settings_gives_429_with_retry_after_and_refills(
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
-        ({"model": "m", "messages": []}, 400, "at least one message"),
-        ({"model": "m"}, 422, "messages"),
-        ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, 422, "role"),
-        ({"model": "m", "messages": HELLO, "temperature": -0.5}, 422, "temperature"),
-        ({"model": "m", "messages": HELLO, "temperature": 3}, 422, "temperature"),
-        ({"model": "m", "messages": HELLO, "top_p": 1.5}, 422, "top_p"),
-        ({"model": "m", "messages": HELLO, "top_p": 0}, 422, "top_p"),
-        ({"model": "m", "messages": HELLO, "max_tokens": 0}, 422, "max_tokens"),
-        ({"model": "m", "messages": HELLO, "n": 0}, 422, "n"),
-        ({"model": "m", "messages": HELLO, "n": 50}, 400, "n=50"),
-        ({"model": "m", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
-        ({"model": "m", "messages": HELLO, "conversation_id": "nope"}, 422, "conversation_id"),
-        ({"model": "m", "messages": HELLO, "knowledge": True}, 400, "knowledge"),
+        ({"model": "ratchet", "messages": []}, 400, "at least one message"),
+        ({"model": "ratchet"}, 422, "messages"),
+        ({"model": "ratchet", "messages": [{"role": "wizard", "content": "hi"}]}, 422, "role"),
+        ({"model": "ratchet", "messages": HELLO, "temperature": -0.5}, 422, "temperature"),
+        ({"model": "ratchet", "messages": HELLO, "temperature": 3}, 422, "temperature"),
+        ({"model": "ratchet", "messages": HELLO, "top_p": 1.5}, 422, "top_p"),
+        ({"model": "ratchet", "messages": HELLO, "top_p": 0}, 422, "top_p"),
+        ({"model": "ratchet", "messages": HELLO, "max_tokens": 0}, 422, "max_tokens"),
+        ({"model": "ratchet", "messages": HELLO, "n": 0}, 422, "n"),
+        ({"model": "ratchet", "messages": HELLO, "n": 50}, 400, "n=50"),
+        ({"model": "ratchet", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
+        (
+            {"model": "ratchet", "messages": HELLO, "conversation_id": "nope"},
+            422,
+            "conversation_id",
+        ),
+        ({"model": "ratchet", "messages": HELLO, "knowledge": True}, 400, "knowledge"),
     ],
 )
 def test_bad_input_gets_a_clear_4xx(live_server, body, status, fragment) -> None:  # type: ignore[no-untyped-def]
@@ -124,7 +128,11 @@ def test_bad_input_gets_a_clear_4xx(live_server, body, status, fragment) -> None
 def test_prompt_longer_than_the_context_window_is_400(live_server) -> None:  # type: ignore[no-untyped-def]
     long = " ".join(["keyword"] * 2000)
     for stream in (False, True):
-        body = {"model": "m", "messages": [{"role": "user", "content": long}], "stream": stream}
+        body = {
+            "model": "ratchet",
+            "messages": [{"role": "user", "content": long}],
+            "stream": stream,
+        }
         message = assert_error(
             post(live_server, body), 400, "invalid_request_error", "context_length_exceeded"
         )
@@ -132,10 +140,12 @@ def test_prompt_longer_than_the_context_window_is_400(live_server) -> None:  # t
 
 
 def test_malformed_json_and_bad_conversation_header(live_server) -> None:  # type: ignore[no-untyped-def]
-    assert_error(post(live_server, None, raw=b"{not json"), 422, "invalid_request_error")
+    assert_error(
+        post(live_server, None, raw=b"{not json"), 400, "invalid_request_error", "invalid_json"
+    )
     r = post(
         live_server,
-        {"model": "m", "messages": HELLO},
+        {"model": "ratchet", "messages": HELLO},
         headers={"X-Ratchet-Conversation-Id": "not-a-uuid"},
     )
     assert_error(r, 400, "invalid_request_error")

@@ -107,7 +107,7 @@ def test_streaming_reply_is_framed_like_openai(client, live_server) -> None:  # 
         "POST",
         live_server.base_url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {live_server.keys.user}"},
-        json={"model": "x", "messages": HELLO, "max_tokens": 4, "stream": True},
+        json={"model": "ratchet", "messages": HELLO, "max_tokens": 4, "stream": True},
         timeout=60,
     ) as r:
         assert r.status_code == 200
@@ -151,7 +151,7 @@ def test_n_two_gives_two_choices_each_with_its_own_message_id(client, live_serve
 
 def test_seed_makes_sampling_repeatable_and_stop_cuts_the_text(client) -> None:  # type: ignore[no-untyped-def]
     def once(**kw):  # type: ignore[no-untyped-def]
-        r = client.chat.completions.create(model="m", messages=HELLO, max_tokens=16, **kw)
+        r = client.chat.completions.create(model="ratchet", messages=HELLO, max_tokens=16, **kw)
         return r.choices[0]
 
     a = once(temperature=1.0, seed=1234)
@@ -171,7 +171,7 @@ def test_seed_makes_sampling_repeatable_and_stop_cuts_the_text(client) -> None: 
 def test_every_reply_is_logged_as_a_message_event(client, live_server) -> None:  # type: ignore[no-untyped-def]
     conversation = uuid.uuid4()
     resp = client.chat.completions.create(
-        model="m",
+        model="ratchet",
         messages=HELLO,
         max_tokens=5,
         n=2,
@@ -196,7 +196,7 @@ def test_every_reply_is_logged_as_a_message_event(client, live_server) -> None: 
 def test_conversation_id_from_header_or_created(live_server) -> None:  # type: ignore[no-untyped-def]
     url = live_server.base_url + "/v1/chat/completions"
     auth = {"Authorization": f"Bearer {live_server.keys.user}"}
-    body = {"model": "m", "messages": HELLO, "max_tokens": 2}
+    body = {"model": "ratchet", "messages": HELLO, "max_tokens": 2}
     conv = str(uuid.uuid4())
     r = httpx.post(url, json=body, headers={**auth, "X-Ratchet-Conversation-Id": conv}, timeout=60)
     assert r.status_code == 200 and r.json()["conversation_id"] == conv
@@ -208,12 +208,12 @@ def test_conversation_id_from_header_or_created(live_server) -> None:  # type: i
 
 def test_models_health_ready_metrics(client, live_server) -> None:  # type: ignore[no-untyped-def]
     models = client.models.list()
-    assert [m.id for m in models.data] == ["base"]
+    assert [m.id for m in models.data] == ["base", "ratchet"]
     assert httpx.get(live_server.base_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(live_server.base_url + "/readyz")
     assert ready.status_code == 200
     assert ready.json()["model_version"] == "base" and ready.json()["database"] == "ok"
-    client.chat.completions.create(model="m", messages=HELLO, max_tokens=3)
+    client.chat.completions.create(model="ratchet", messages=HELLO, max_tokens=3)
     text = httpx.get(live_server.base_url + "/metrics").text
     assert 'ratchet_model_version_served{version="base"} 1.0' in text
     count = [
@@ -250,11 +250,16 @@ def test_sixteen_concurrent_requests_all_complete(live_server) -> None:  # type:
     async def one(i: int):  # type: ignore[no-untyped-def]
         if i % 2:
             r = await aclient.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=12
+                model="ratchet",
+                messages=[{"role": "user", "content": f"question {i}"}],
+                max_tokens=12,
             )
             return r.choices[0].finish_reason, r.model_extra["message_id"]
         stream = await aclient.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": f"q {i}"}], max_tokens=12, stream=True
+            model="ratchet",
+            messages=[{"role": "user", "content": f"q {i}"}],
+            max_tokens=12,
+            stream=True,
         )
         finish, mid = None, None
         async for c in stream:
