@@ -171,12 +171,14 @@ def _stages(
 ) -> CycleResult:
     import torch
 
+    from training.device import Placement
     from training.evaluate import Policy
     from training.gates import DEFAULT_SAFETY_FILE, load_thresholds, run_gates
     from training.plots import plot_run
     from training.reward import RewardScorer, train_reward_model
 
     torch.manual_seed(config.seed)
+    placement = Placement.resolve(settings.train_device, settings.train_precision)
     thresholds = load_thresholds(settings.gates_config)
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {"algo": algo, "snapshot": snapshot.stats, "parent": production.id}
@@ -194,6 +196,7 @@ def _stages(
             config.sft,
             seed=config.seed,
             progress=progress,
+            placement=placement,
         )
         if metrics["sft"]["sft_examples"]:
             policy_dir = run_dir / "sft"
@@ -208,6 +211,7 @@ def _stages(
         config.reward,
         seed=config.seed,
         progress=progress,
+        placement=placement,
     )
     timings["reward_s"] = time.monotonic() - t0
     metrics["reward"] = {
@@ -217,13 +221,18 @@ def _stages(
         **{k: v for k, v in rm.train_metrics.items() if k != "loss_curve"},
     }
     scorer = RewardScorer(
-        rm.model_dir, batch_size=config.reward.score_batch_size, max_length=config.reward.max_length
+        rm.model_dir,
+        batch_size=config.reward.score_batch_size,
+        max_length=config.reward.max_length,
+        placement=placement,
     )
 
     t0 = time.monotonic()
     out_dir = tmp_dir / "policy"
     if algo == "ppo":
-        history = _ppo(policy_dir, parent_dir, scorer, snapshot, out_dir, config, progress)
+        history = _ppo(
+            policy_dir, parent_dir, scorer, snapshot, out_dir, config, progress, placement
+        )
     else:
         from training.dpo import train_dpo
 
@@ -234,6 +243,7 @@ def _stages(
             config.dpo,
             seed=config.seed,
             progress=progress,
+            placement=placement,
         )
     timings[f"{algo}_s"] = time.monotonic() - t0
     metrics[algo] = {"history": history}
@@ -244,7 +254,8 @@ def _stages(
         metrics["ppo"]["final_kl"] = history[-1]["mean_kl"]
 
     t0 = time.monotonic()
-    candidate, reference = Policy(out_dir), Policy(parent_dir)
+    candidate = Policy(out_dir, placement=placement)
+    reference = Policy(parent_dir, placement=placement)
     report = run_gates(
         candidate=candidate,
         production=reference,
@@ -291,17 +302,14 @@ def _ppo(
     out_dir: Path,
     config: TrainCycleConfig,
     progress: bool,
+    placement: Any,
 ) -> list[dict[str, float]]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from training.ppo import PpoTrainer, load_models
 
-    from training.ppo import PpoTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir)
-    reference = AutoModelForCausalLM.from_pretrained(ref_dir)
-    trainer = PpoTrainer(policy, reference, tokenizer, scorer.score, config.ppo)
+    policy, reference, tokenizer = load_models(policy_dir, ref_dir, placement)
+    trainer = PpoTrainer(
+        policy, reference, tokenizer, scorer.score, config.ppo, placement=placement
+    )
     history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
     trainer.model.policy.save_pretrained(out_dir)  # type: ignore[operator]
     tokenizer.save_pretrained(out_dir)
