@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from feedback.db import migrate
-from training import registry, runs
+from training import distributed, registry, runs
 from training.base_model import weights_digest
 from training.cycle_config import TrainCycleConfig
 from training.errors import TrainingError
@@ -36,7 +36,7 @@ ALGOS = ("ppo", "dpo")
 
 @dataclass
 class CycleResult:
-    status: str  # "candidate", "rejected", "promoted" or "skipped"
+    status: str  # "candidate", "rejected", "promoted", "skipped" or "follower" (rank > 0)
     run_id: uuid.UUID | None = None
     candidate_version: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +71,22 @@ def run_cycle(
     if algo not in ALGOS:
         raise TrainingError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
     config = config or TrainCycleConfig.for_size(size or settings.train_size)
+    if not distributed.is_main():
+        return _follow(settings, config, algo, progress)
+    with _FollowersReleased():
+        return _lead(settings, config, algo, source, min_new_pairs, wait, progress)
+
+
+def _lead(
+    settings: TrainingSettings,
+    config: TrainCycleConfig,
+    algo: str,
+    source: FeedbackSource | None,
+    min_new_pairs: int,
+    wait: bool,
+    progress: bool,
+) -> CycleResult:
+    """Rank 0 (or the only process): the lock, the snapshot, the registry and the run."""
     source = source or StoreSource()
     migrate(settings.database_url)
     with runs.cycle_lock(settings.database_url, wait=wait):
@@ -99,7 +115,31 @@ def run_cycle(
                 )
                 logger.info(msg)
                 return CycleResult(status="skipped", metrics=snapshot.stats, message=msg)
+            distributed.broadcast((snapshot, production))  # the followers' plan
             return _train(settings, conn, config, algo, snapshot, production, progress)
+
+
+class _FollowersReleased:
+    """Under several processes: whatever rank 0 does before it hands out the plan
+    (skip, lock busy, an error), the followers hear ``None`` and return."""
+
+    def __enter__(self) -> None:
+        self.sent = distributed.broadcasts_sent()
+
+    def __exit__(self, *exc: object) -> None:
+        if distributed.is_distributed() and distributed.broadcasts_sent() == self.sent:
+            distributed.broadcast(None)
+
+
+def _follow(
+    settings: TrainingSettings, config: TrainCycleConfig, algo: str, progress: bool
+) -> CycleResult:
+    """Ranks above 0: train on rank 0's snapshot beside it; write nothing shared."""
+    plan = distributed.broadcast(None)
+    if plan is None:
+        return CycleResult(status="skipped", message="rank 0 started no run")
+    snapshot, production = plan
+    return _stages(settings, None, config, algo, snapshot, production, None, None, None, progress)
 
 
 def _train(
@@ -159,14 +199,14 @@ def _train(
 
 def _stages(
     settings: TrainingSettings,
-    conn: psycopg.Connection,
+    conn: psycopg.Connection | None,  # None on the ranks that follow rank 0
     config: TrainCycleConfig,
     algo: str,
     snapshot: Snapshot,
     production: registry.ModelVersion,
-    run_id: uuid.UUID,
-    run_dir: Path,
-    tmp_dir: Path,
+    run_id: uuid.UUID | None,
+    run_dir: Path | None,
+    tmp_dir: Path | None,
     progress: bool,
 ) -> CycleResult:
     import torch
@@ -177,6 +217,9 @@ def _stages(
     from training.plots import plot_run
     from training.reward import RewardScorer, train_reward_model
 
+    run_id, run_dir, tmp_dir = distributed.broadcast((run_id, run_dir, tmp_dir))
+    assert run_id is not None and run_dir is not None and tmp_dir is not None
+    progress = progress and distributed.is_main()
     torch.manual_seed(config.seed)
     placement = Placement.resolve(settings.train_device, settings.train_precision)
     thresholds = load_thresholds(settings.gates_config)
@@ -252,6 +295,18 @@ def _stages(
         metrics["ppo"]["first_mean_score"] = sum(h["mean_score"] for h in history[:k]) / k
         metrics["ppo"]["last_mean_score"] = sum(h["mean_score"] for h in history[-k:]) / k
         metrics["ppo"]["final_kl"] = history[-1]["mean_kl"]
+    if distributed.is_distributed():
+        metrics["ranks"] = distributed.all_gather(
+            {
+                "rank": distributed.rank(),
+                "device": str(placement.device),
+                f"{algo}_steps": len(history),
+                "reward_train_loss": rm.train_metrics.get("train_loss"),
+            }
+        )
+        if not distributed.is_main():
+            return CycleResult(status="follower", run_id=run_id, metrics=metrics)
+    assert conn is not None
 
     t0 = time.monotonic()
     candidate = Policy(out_dir, placement=placement)
@@ -311,8 +366,9 @@ def _ppo(
         policy, reference, tokenizer, scorer.score, config.ppo, placement=placement
     )
     history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
-    trainer.model.policy.save_pretrained(out_dir)  # type: ignore[operator]
-    tokenizer.save_pretrained(out_dir)
+    if distributed.is_main():
+        trainer.model.policy.save_pretrained(out_dir)  # type: ignore[operator]
+        tokenizer.save_pretrained(out_dir)
     return history
 
 

@@ -43,6 +43,8 @@ def _group_ready() -> bool:
 
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and not _cpu_forced() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
         logger.info("rank %d of %d joined the %s process group", rank(), world_size(), backend)
     return True
@@ -60,15 +62,25 @@ def barrier() -> None:
         dist.barrier()
 
 
+_sent = 0
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (pickled; for small things such as a snapshot)."""
+    global _sent
     if not _group_ready():
         return obj
     import torch.distributed as dist
 
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0)
+    _sent += 1
     return box[0]
+
+
+def broadcasts_sent() -> int:
+    """How many broadcasts this process took part in (to tell whether one is owed)."""
+    return _sent
 
 
 def all_gather(obj: Any) -> list[Any]:
@@ -80,3 +92,22 @@ def all_gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def wrap_ddp(module: Any) -> Any:
+    """``module`` in DistributedDataParallel when several processes train (gradients
+    averaged across ranks on ``backward``); ``module`` itself otherwise."""
+    if not _group_ready():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(module.parameters()).device
+    return DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def mean(value: float) -> float:
+    """The mean of ``value`` over the ranks."""
+    values = all_gather(value)
+    return sum(values) / len(values)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from training import distributed
 from training.device import Placement
 from training.ppo_config import PpoStageConfig
 
@@ -271,6 +272,9 @@ class PpoTrainer:
         self.tokenizer = tokenizer
         self.placement = placement or Placement(model_device(policy), "fp32")
         self.model = PolicyWithValueHead(policy)
+        # Under several processes the updates go through DDP (gradients averaged);
+        # rollouts and no-grad passes use the bare module.
+        self.trained = distributed.wrap_ddp(self.model)
         self.ref_policy = ref_policy.eval().requires_grad_(False)
         self.reward_fn = reward_fn
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate)
@@ -279,7 +283,7 @@ class PpoTrainer:
             if config.adaptive_kl
             else FixedKLController(config.init_kl_coef)
         )
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed + distributed.rank())
 
     @torch.no_grad()
     def rollout(self, prompts: list[Messages]) -> Rollout:
@@ -337,7 +341,7 @@ class PpoTrainer:
             for start in range(0, len(indices), cfg.minibatch_size):
                 mb = torch.tensor(indices[start : start + cfg.minibatch_size], device=device)
                 with self.placement.autocast():
-                    logits, values = self.model(ro.sequences[mb], ro.attention_mask[mb])
+                    logits, values = self.trained(ro.sequences[mb], ro.attention_mask[mb])
                 logprobs = reply_logprobs(logits, ro.sequences[mb], ro.prompt_len, cfg.temperature)
                 values = values.float()[:, ro.prompt_len - 1 : -1]
                 mask = ro.mask[mb]
@@ -355,9 +359,9 @@ class PpoTrainer:
                 stats["pg_loss"].append(pg_loss.item())
                 stats["vf_loss"].append(vf_loss.item())
                 stats["clipfrac"].append(clipfrac.item())
-        mean_kl = kl.sum(1).mean().item()
+        mean_kl = distributed.mean(kl.sum(1).mean().item())  # every rank's KL controller alike
         result = {
-            "mean_score": ro.scores.mean().item(),
+            "mean_score": distributed.mean(ro.scores.mean().item()),
             "mean_kl": mean_kl,
             "kl_coef": self.kl_ctl.value,
             "mean_reply_tokens": ro.mask.sum(1).mean().item(),
@@ -373,7 +377,7 @@ class PpoTrainer:
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
         history: list[dict[str, float]] = []
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.config.seed + distributed.rank())
         pool = list(prompts)
         bar = tqdm(range(self.config.steps), desc="PPO", disable=not progress, unit="step")
         for step in bar:
