@@ -360,12 +360,18 @@ def _ppo(
     placement: Any,
 ) -> list[dict[str, float]]:
     from training.ppo import PpoTrainer, load_models
+    from training.rollouts import make_rollouts
 
     policy, reference, tokenizer = load_models(policy_dir, ref_dir, placement)
+    rollouts = make_rollouts(config.ppo, policy_dir, tokenizer, placement)
     trainer = PpoTrainer(
-        policy, reference, tokenizer, scorer.score, config.ppo, placement=placement
-    )
-    history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
+        policy, reference, tokenizer, scorer.score, config.ppo, placement=placement,
+        rollouts=rollouts,
+    )  # fmt: skip
+    try:
+        history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
+    finally:
+        rollouts.close()
     if distributed.is_main():
         trainer.model.policy.save_pretrained(out_dir)  # type: ignore[operator]
         tokenizer.save_pretrained(out_dir)

@@ -265,11 +265,16 @@ class PpoTrainer:
         config: PpoStageConfig,
         *,
         placement: Placement | None = None,
+        rollouts: Any = None,  # a training.rollouts.RolloutEngine
     ) -> None:
         """``policy`` and ``ref_policy`` already sit on ``placement``'s device (see
-        :func:`load_models`); without a placement, the policy's device, no autocast."""
+        :func:`load_models`); without a placement, the policy's device, no autocast.
+        ``rollouts`` generates the replies (default: the policy's own ``generate``)."""
+        from training.rollouts import HfRollouts
+
         self.config = config
         self.tokenizer = tokenizer
+        self.rollouts = rollouts or HfRollouts(tokenizer, config)
         self.placement = placement or Placement(model_device(policy), "fp32")
         self.model = PolicyWithValueHead(policy)
         # Under several processes the updates go through DDP (gradients averaged);
@@ -290,13 +295,8 @@ class PpoTrainer:
         cfg = self.config
         self.model.eval()
         with self.placement.autocast():
-            sequences, attention, prompt_len, texts = sample_replies(
-                self.model.policy,
-                self.tokenizer,
-                prompts,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                max_prompt_length=cfg.max_prompt_length,
+            sequences, attention, prompt_len, texts = self.rollouts.generate(
+                self.model.policy, prompts
             )
             mask = attention[:, prompt_len:].float()
             logits, values = self.model(sequences, attention)
@@ -368,6 +368,7 @@ class PpoTrainer:
             **{k: sum(v) / max(len(v), 1) for k, v in stats.items()},
         }
         self.kl_ctl.update(mean_kl, len(ro.prompts))
+        self.rollouts.sync(self.model.policy)  # the next rollout samples the new policy
         return result
 
     def train(
