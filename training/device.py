@@ -89,7 +89,7 @@ class Placement:
         from transformers import AutoModelForCausalLM
 
         dtype = self.train_dtype if trainable else self.frozen_dtype
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         return model.to(self.device)
 
     def describe(self) -> dict[str, str]:
@@ -147,9 +147,6 @@ def trl_arguments(
     process per GPU under ``accelerate launch``), else the CPU. A CPU placement is
     said out loud (transformers' flag for it is the only way to keep a GPU machine's
     trainer on the CPU, and to allow bf16 autocast there); this is the one place."""
-    device_args: dict[str, Any] = {"bf16": placement.precision == "bf16"}
-    if placement.device.type == "cpu":
-        device_args["use_cpu"] = True
     return config_cls(
         output_dir=str(output_dir),
         per_device_train_batch_size=batch_size,
@@ -161,6 +158,14 @@ def trl_arguments(
         report_to=[],
         seed=seed,
         disable_tqdm=not progress,
-        **device_args,
+        **trainer_device_args(placement),
         **extra,
     )
+
+
+def trainer_device_args(placement: Placement) -> dict[str, Any]:
+    """The device and precision arguments of a transformers/TRL ``TrainingArguments``."""
+    device_args: dict[str, Any] = {"bf16": placement.precision == "bf16"}
+    if placement.device.type == "cpu":
+        device_args["use_cpu"] = True
+    return device_args

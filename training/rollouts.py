@@ -86,7 +86,7 @@ class VllmRollouts:
         self.tokenizer = tokenizer
         self.config = config
         self.dtype = vllm_dtype(config.vllm_dtype, placement)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"dtype": self.dtype}
         if placement.on_cuda:
             kwargs["gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
         else:
@@ -95,7 +95,6 @@ class VllmRollouts:
         with _in_process_engine():
             self.llm = LLM(
                 model=str(model_dir),
-                dtype=self.dtype,
                 enforce_eager=True,
                 max_model_len=config.max_prompt_length + config.max_new_tokens + 8,
                 seed=config.seed,
@@ -165,10 +164,8 @@ class VllmRollouts:
         out = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(token_ids))], params, use_tqdm=False
         )[0]
-        return [
-            entry[tok].logprob
-            for tok, entry in zip(token_ids[1:], out.prompt_logprobs[1:], strict=True)
-        ]
+        entries: Any = out.prompt_logprobs
+        return [entry[tok].logprob for tok, entry in zip(token_ids[1:], entries[1:], strict=True)]
 
     def close(self) -> None:
         import gc
