@@ -73,7 +73,7 @@ def run_cycle(
     config = config or TrainCycleConfig.for_size(size or settings.train_size)
     if not distributed.is_main():
         return _follow(settings, config, algo, progress)
-    with _FollowersReleased():
+    with distributed.followers_released():
         return _lead(settings, config, algo, source, min_new_pairs, wait, progress)
 
 
@@ -117,18 +117,6 @@ def _lead(
                 return CycleResult(status="skipped", metrics=snapshot.stats, message=msg)
             distributed.broadcast((snapshot, production))  # the followers' plan
             return _train(settings, conn, config, algo, snapshot, production, progress)
-
-
-class _FollowersReleased:
-    """Under several processes: whatever rank 0 does before it hands out the plan
-    (skip, lock busy, an error), the followers hear ``None`` and return."""
-
-    def __enter__(self) -> None:
-        self.sent = distributed.broadcasts_sent()
-
-    def __exit__(self, *exc: object) -> None:
-        if distributed.is_distributed() and distributed.broadcasts_sent() == self.sent:
-            distributed.broadcast(None)
 
 
 def _follow(

@@ -10,8 +10,10 @@ helper here is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -78,9 +80,16 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def broadcasts_sent() -> int:
-    """How many broadcasts this process took part in (to tell whether one is owed)."""
-    return _sent
+@contextlib.contextmanager
+def followers_released() -> Iterator[None]:
+    """Rank 0: if the body ends without a broadcast (a skip, a busy lock, an error before
+    the plan went out), broadcast ``None`` so the waiting followers return."""
+    sent = _sent
+    try:
+        yield
+    finally:
+        if is_distributed() and _sent == sent:
+            broadcast(None)
 
 
 def all_gather(obj: Any) -> list[Any]:

@@ -31,7 +31,7 @@ import pytest
 from tests.bench.conftest import on_base_model, print_table, ratio, save_json
 from tests.training.synthetic import make_pairs
 from training.cycle_config import TrainCycleConfig
-from training.device import Placement
+from training.device import Placement, trainer_device_args
 from training.ppo import PpoTrainer, load_models
 from training.ppo_config import PpoStageConfig
 from training.reward import RewardScorer, train_reward_model
@@ -96,6 +96,7 @@ def trl_reward(model_dir: Path, pairs: list[Pair], out_dir: Path) -> tuple[float
         report_to=[],
         seed=0,
         disable_tqdm=True,
+        **trainer_device_args(Placement.resolve()),  # the device and precision Ratchet's use
     )
     trainer = RewardTrainer(
         model=model,
@@ -218,6 +219,7 @@ def trl_ppo_steps(
         stop_token="eos",
         num_sample_generations=0,
         report_to=[],
+        **trainer_device_args(Placement.resolve()),
         save_strategy="no",
         logging_steps=1000,  # quiet: Ratchet's loop prints nothing either
         disable_tqdm=True,
