@@ -8,7 +8,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test install stack-up stack-down stack-status bench soak lint serve consume migrate bootstrap
+.PHONY: gpu-check gpu-check-smoke demo test install stack-up stack-down stack-status bench soak lint serve consume migrate bootstrap
 
 ## install: create .venv if missing and install Ratchet with its pinned dependencies
 install: $(STAMP)
@@ -60,6 +60,14 @@ bench: install
 ## soak: chat and feedback under faults (consumer kill -9, broker and Postgres restarts), with counts
 soak: install
 	$(PY) -m pytest tests/bench/test_soak.py -m bench -s -p no:cacheprovider
+
+## gpu-check: RM and PPO at SmolLM2-135M shape on CUDA beside TRL (JSON); see tests/gpu/
+gpu-check:
+	bash tests/gpu/run.sh
+
+## gpu-check-smoke: the GPU check's code paths on the CPU, at a small shape
+gpu-check-smoke: install
+	$(PY) -m tests.gpu.check --device cpu --small
 
 lint: install
 	$(VENV)/bin/ruff check ratchet serving feedback training infra tests

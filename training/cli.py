@@ -85,6 +85,9 @@ def _train(args: argparse.Namespace) -> int:
     if result.status == "skipped":
         print(result.message)
         return 0
+    if result.status == "follower":  # a rank above 0 under accelerate launch
+        print(f"run {result.run_id}: trained beside rank 0, which registers the version")
+        return 0
     from training.models_cli import print_gates
 
     print_gates(result.gate_report)

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from feedback.db import migrate
-from training import registry, runs
+from training import distributed, registry, runs
 from training.base_model import cast_weights, weights_digest
 from training.cycle_config import TrainCycleConfig
 from training.errors import TrainingError
@@ -36,7 +36,7 @@ ALGOS = ("ppo", "dpo")
 
 @dataclass
 class CycleResult:
-    status: str  # "candidate", "rejected", "promoted" or "skipped"
+    status: str  # "candidate", "rejected", "promoted", "skipped" or "follower" (rank > 0)
     run_id: uuid.UUID | None = None
     candidate_version: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +71,22 @@ def run_cycle(
     if algo not in ALGOS:
         raise TrainingError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
     config = config or TrainCycleConfig.for_size(size or settings.train_size)
+    if not distributed.is_main():
+        return _follow(settings, config, algo, progress)
+    with distributed.followers_released():
+        return _lead(settings, config, algo, source, min_new_pairs, wait, progress)
+
+
+def _lead(
+    settings: TrainingSettings,
+    config: TrainCycleConfig,
+    algo: str,
+    source: FeedbackSource | None,
+    min_new_pairs: int,
+    wait: bool,
+    progress: bool,
+) -> CycleResult:
+    """Rank 0 (or the only process): the lock, the snapshot, the registry and the run."""
     source = source or StoreSource()
     migrate(settings.database_url)
     with runs.cycle_lock(settings.database_url, wait=wait):
@@ -99,7 +115,19 @@ def run_cycle(
                 )
                 logger.info(msg)
                 return CycleResult(status="skipped", metrics=snapshot.stats, message=msg)
+            distributed.broadcast((snapshot, production))  # the followers' plan
             return _train(settings, conn, config, algo, snapshot, production, progress)
+
+
+def _follow(
+    settings: TrainingSettings, config: TrainCycleConfig, algo: str, progress: bool
+) -> CycleResult:
+    """Ranks above 0: train on rank 0's snapshot beside it; write nothing shared."""
+    plan = distributed.broadcast(None)
+    if plan is None:
+        return CycleResult(status="skipped", message="rank 0 started no run")
+    snapshot, production = plan
+    return _stages(settings, None, config, algo, snapshot, production, None, None, None, progress)
 
 
 def _train(
@@ -159,24 +187,29 @@ def _train(
 
 def _stages(
     settings: TrainingSettings,
-    conn: psycopg.Connection,
+    conn: psycopg.Connection | None,  # None on the ranks that follow rank 0
     config: TrainCycleConfig,
     algo: str,
     snapshot: Snapshot,
     production: registry.ModelVersion,
-    run_id: uuid.UUID,
-    run_dir: Path,
-    tmp_dir: Path,
+    run_id: uuid.UUID | None,
+    run_dir: Path | None,
+    tmp_dir: Path | None,
     progress: bool,
 ) -> CycleResult:
     import torch
 
+    from training.device import Placement
     from training.evaluate import Policy
     from training.gates import DEFAULT_SAFETY_FILE, load_thresholds, run_gates
     from training.plots import plot_run
     from training.reward import RewardScorer, train_reward_model
 
+    run_id, run_dir, tmp_dir = distributed.broadcast((run_id, run_dir, tmp_dir))
+    assert run_id is not None and run_dir is not None and tmp_dir is not None
+    progress = progress and distributed.is_main()
     torch.manual_seed(config.seed)
+    placement = Placement.resolve(settings.train_device, settings.train_precision)
     thresholds = load_thresholds(settings.gates_config)
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {"algo": algo, "snapshot": snapshot.stats, "parent": production.id}
@@ -194,6 +227,7 @@ def _stages(
             config.sft,
             seed=config.seed,
             progress=progress,
+            placement=placement,
         )
         if metrics["sft"]["sft_examples"]:
             policy_dir = run_dir / "sft"
@@ -208,6 +242,7 @@ def _stages(
         config.reward,
         seed=config.seed,
         progress=progress,
+        placement=placement,
     )
     timings["reward_s"] = time.monotonic() - t0
     metrics["reward"] = {
@@ -217,13 +252,18 @@ def _stages(
         **{k: v for k, v in rm.train_metrics.items() if k != "loss_curve"},
     }
     scorer = RewardScorer(
-        rm.model_dir, batch_size=config.reward.score_batch_size, max_length=config.reward.max_length
+        rm.model_dir,
+        batch_size=config.reward.score_batch_size,
+        max_length=config.reward.max_length,
+        placement=placement,
     )
 
     t0 = time.monotonic()
     out_dir = tmp_dir / "policy"
     if algo == "ppo":
-        history = _ppo(policy_dir, parent_dir, scorer, snapshot, out_dir, config, progress)
+        history = _ppo(
+            policy_dir, parent_dir, scorer, snapshot, out_dir, config, progress, placement
+        )
     else:
         from training.dpo import train_dpo
 
@@ -234,6 +274,7 @@ def _stages(
             config.dpo,
             seed=config.seed,
             progress=progress,
+            placement=placement,
         )
     timings[f"{algo}_s"] = time.monotonic() - t0
     metrics[algo] = {"history": history}
@@ -242,10 +283,23 @@ def _stages(
         metrics["ppo"]["first_mean_score"] = sum(h["mean_score"] for h in history[:k]) / k
         metrics["ppo"]["last_mean_score"] = sum(h["mean_score"] for h in history[-k:]) / k
         metrics["ppo"]["final_kl"] = history[-1]["mean_kl"]
+    if distributed.is_distributed():
+        metrics["ranks"] = distributed.all_gather(
+            {
+                "rank": distributed.rank(),
+                "device": str(placement.device),
+                f"{algo}_steps": len(history),
+                "reward_train_loss": rm.train_metrics.get("train_loss"),
+            }
+        )
+        if not distributed.is_main():
+            return CycleResult(status="follower", run_id=run_id, metrics=metrics)
+    assert conn is not None
 
     t0 = time.monotonic()
     cast_weights(out_dir, settings.save_dtype)  # the gates judge the weights that are served
-    candidate, reference = Policy(out_dir), Policy(parent_dir)
+    candidate = Policy(out_dir, placement=placement)
+    reference = Policy(parent_dir, placement=placement)
     report = run_gates(
         candidate=candidate,
         production=reference,
@@ -292,20 +346,24 @@ def _ppo(
     out_dir: Path,
     config: TrainCycleConfig,
     progress: bool,
+    placement: Any,
 ) -> list[dict[str, float]]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from training.ppo import PpoTrainer, load_models
+    from training.rollouts import make_rollouts
 
-    from training.ppo import PpoTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir)
-    reference = AutoModelForCausalLM.from_pretrained(ref_dir)
-    trainer = PpoTrainer(policy, reference, tokenizer, scorer.score, config.ppo)
-    history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
-    trainer.model.policy.save_pretrained(out_dir)  # type: ignore[operator]
-    tokenizer.save_pretrained(out_dir)
+    policy, reference, tokenizer = load_models(policy_dir, ref_dir, placement)
+    rollouts = make_rollouts(config.ppo, policy_dir, tokenizer, placement)
+    trainer = PpoTrainer(
+        policy, reference, tokenizer, scorer.score, config.ppo, placement=placement,
+        rollouts=rollouts,
+    )  # fmt: skip
+    try:
+        history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
+    finally:
+        rollouts.close()
+    if distributed.is_main():
+        trainer.model.policy.save_pretrained(out_dir)  # type: ignore[operator]
+        tokenizer.save_pretrained(out_dir)
     return history
 
 

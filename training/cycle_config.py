@@ -58,6 +58,9 @@ SIZES: dict[str, dict] = {
             "target_kl": 6.0,
             "kl_horizon": 200,
             "max_prompt_length": 64,
+            # The tiny model's tokens cost next to nothing: transformers generates them
+            # faster than vLLM schedules them.
+            "rollout_engine": "hf",
         },
         "dpo": {
             "epochs": 2,

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from training import distributed
+from training.device import Placement, trl_arguments
 from training.dpo_config import DpoStageConfig
 from training.snapshot import Pair
 
@@ -20,6 +22,7 @@ def train_dpo(
     *,
     seed: int = 0,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> list[dict[str, float]]:
     """DPO on ``pairs`` from ``policy_dir`` (the reference is its starting weights)."""
     from datasets import Dataset
@@ -27,7 +30,8 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+    placement = placement or Placement.resolve()
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=placement.train_dtype)
     rows = [
         {
             "prompt": p.prompt,
@@ -36,26 +40,26 @@ def train_dpo(
         }
         for p in pairs
     ]
-    args = DPOConfig(
-        output_dir=str(out_dir.parent / "dpo-trainer"),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
+    args = trl_arguments(
+        DPOConfig,
+        placement,
+        output_dir=out_dir.parent / "dpo-trainer",
+        batch_size=config.batch_size,
+        epochs=config.epochs,
         learning_rate=config.learning_rate,
-        beta=config.beta,
         max_length=config.max_length,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
         seed=seed,
-        disable_tqdm=not progress,
+        progress=progress,
+        beta=config.beta,
     )
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     trainer.train()
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(out_dir)
+    trainer.save_model(str(out_dir))  # rank 0 alone writes
+    if distributed.is_main():
+        tokenizer.save_pretrained(out_dir)
+    distributed.barrier()
     history = [
         {
             "step": h.get("step", i),

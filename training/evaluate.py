@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import yaml
 
+from training.device import Placement
 from training.ppo import position_ids, reply_logprobs, sample_replies
 from training.snapshot import Messages
 
@@ -86,16 +87,18 @@ def bootstrap_ci(
 
 
 class Policy:
-    """A causal LM loaded for evaluation."""
+    """A causal LM loaded for evaluation, on ``placement``'s device in its frozen dtype
+    (bf16 on a GPU, the checkpoint's own on the CPU)."""
 
-    def __init__(self, model_dir: Path | str) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, model_dir: Path | str, *, placement: Placement | None = None) -> None:
+        from transformers import AutoTokenizer
 
         self.model_dir = Path(model_dir)
+        self.placement = placement or Placement.resolve()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.model = self.placement.load_causal_lm(model_dir, trainable=False)
         self.model.eval().requires_grad_(False)
 
     def generate(
@@ -127,6 +130,7 @@ class Policy:
     def reply_logprob_sums(
         self, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int
     ) -> torch.Tensor:
+        seqs, attn = seqs.to(self.placement.device), attn.to(self.placement.device)
         logits = self.model(
             input_ids=seqs, attention_mask=attn, position_ids=position_ids(attn)
         ).logits

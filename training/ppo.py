@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from feedback.events import Messages
+from training import distributed
+from training.device import Placement
 from training.ppo_config import PpoStageConfig
 
 logger = logging.getLogger(__name__)
@@ -119,13 +122,15 @@ class FixedKLController:
 
 
 class PolicyWithValueHead(nn.Module):
-    """A causal LM plus a scalar value head on its last hidden state."""
+    """A causal LM plus a scalar value head on its last hidden state (on the policy's
+    device, in its dtype)."""
 
     def __init__(self, policy: Any) -> None:  # a transformers PreTrainedModel
         super().__init__()
         self.policy = policy
         hidden = int(policy.config.hidden_size)
-        self.value_head = nn.Linear(hidden, 1)
+        weight = next(policy.parameters())
+        self.value_head = nn.Linear(hidden, 1, device=weight.device, dtype=weight.dtype)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
@@ -139,7 +144,11 @@ class PolicyWithValueHead(nn.Module):
             output_hidden_states=True,
         )
         values = self.value_head(out.hidden_states[-1]).squeeze(-1)
-        return out.logits, values
+        return out.logits, values.float()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -182,8 +191,11 @@ class Rollout:
 
 
 def encode_prompts(
-    tokenizer: Any, prompts: Sequence[Messages], max_length: int
-) -> dict[str, torch.Tensor]:
+    tokenizer: Any,
+    prompts: Sequence[Messages],
+    max_length: int,
+    device: torch.device | str = "cpu",
+) -> Any:  # a transformers BatchEncoding of tensors on ``device``
     texts = [
         tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
         for p in prompts
@@ -197,7 +209,7 @@ def encode_prompts(
         truncation=True,
         max_length=max_length,
         add_special_tokens=False,
-    )
+    ).to(device)
 
 
 @torch.no_grad()
@@ -214,7 +226,7 @@ def sample_replies(
     """Generate replies; return (sequences, attention_mask, prompt_len, reply texts)."""
     from transformers import GenerationConfig
 
-    enc = encode_prompts(tokenizer, prompts, max_prompt_length)
+    enc = encode_prompts(tokenizer, prompts, max_prompt_length, model_device(model))
     config = GenerationConfig(
         do_sample=do_sample,
         temperature=temperature if do_sample else None,
@@ -251,10 +263,23 @@ class PpoTrainer:
         tokenizer: Any,
         reward_fn: RewardFn,
         config: PpoStageConfig,
+        *,
+        placement: Placement | None = None,
+        rollouts: Any = None,  # a training.rollouts.RolloutEngine
     ) -> None:
+        """``policy`` and ``ref_policy`` already sit on ``placement``'s device (see
+        :func:`load_models`); without a placement, the policy's device, no autocast.
+        ``rollouts`` generates the replies (default: the policy's own ``generate``)."""
+        from training.rollouts import HfRollouts
+
         self.config = config
         self.tokenizer = tokenizer
+        self.rollouts = rollouts or HfRollouts(tokenizer, config)
+        self.placement = placement or Placement(model_device(policy), "fp32")
         self.model = PolicyWithValueHead(policy)
+        # Under several processes the updates go through DDP (gradients averaged);
+        # rollouts and no-grad passes use the bare module.
+        self.trained = distributed.wrap_ddp(self.model)
         self.ref_policy = ref_policy.eval().requires_grad_(False)
         self.reward_fn = reward_fn
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate)
@@ -263,28 +288,26 @@ class PpoTrainer:
             if config.adaptive_kl
             else FixedKLController(config.init_kl_coef)
         )
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed + distributed.rank())
 
     @torch.no_grad()
     def rollout(self, prompts: list[Messages]) -> Rollout:
         cfg = self.config
         self.model.eval()
-        sequences, attention, prompt_len, texts = sample_replies(
-            self.model.policy,
-            self.tokenizer,
-            prompts,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            max_prompt_length=cfg.max_prompt_length,
+        with self.placement.autocast():
+            sequences, attention, prompt_len, texts = self.rollouts.generate(
+                self.model.policy, prompts
+            )
+            mask = attention[:, prompt_len:].float()
+            logits, values = self.model(sequences, attention)
+            logprobs = reply_logprobs(logits, sequences, prompt_len, cfg.temperature)
+            ref_logits = self.ref_policy(
+                input_ids=sequences, attention_mask=attention, position_ids=position_ids(attention)
+            ).logits
+            ref_logprobs = reply_logprobs(ref_logits, sequences, prompt_len, cfg.temperature)
+        scores = torch.tensor(
+            self.reward_fn(prompts, texts), dtype=torch.float32, device=sequences.device
         )
-        mask = attention[:, prompt_len:].float()
-        logits, values = self.model(sequences, attention)
-        logprobs = reply_logprobs(logits, sequences, prompt_len, cfg.temperature)
-        ref_logits = self.ref_policy(
-            input_ids=sequences, attention_mask=attention, position_ids=position_ids(attention)
-        ).logits
-        ref_logprobs = reply_logprobs(ref_logits, sequences, prompt_len, cfg.temperature)
-        scores = torch.tensor(self.reward_fn(prompts, texts), dtype=torch.float32)
         return Rollout(
             prompts,
             texts,
@@ -306,19 +329,21 @@ class PpoTrainer:
             scores = (scores - scores.mean()) / (scores.std() + 1e-8)
         rewards = -self.kl_ctl.value * kl
         last = (ro.mask.sum(1).long() - 1).clamp(min=0)
-        rewards[torch.arange(len(scores)), last] += scores
+        rewards[torch.arange(len(scores), device=scores.device), last] += scores
         advantages, returns = compute_gae(rewards, ro.values, ro.mask, gamma=cfg.gamma, lam=cfg.lam)
         advantages = masked_whiten(advantages, ro.mask)
         stats: dict[str, list[float]] = {"pg_loss": [], "vf_loss": [], "clipfrac": []}
         self.model.train()
         indices = list(range(len(ro.prompts)))
+        device = ro.mask.device
         for _ in range(cfg.ppo_epochs):
             self.rng.shuffle(indices)
             for start in range(0, len(indices), cfg.minibatch_size):
-                mb = torch.tensor(indices[start : start + cfg.minibatch_size])
-                logits, values = self.model(ro.sequences[mb], ro.attention_mask[mb])
+                mb = torch.tensor(indices[start : start + cfg.minibatch_size], device=device)
+                with self.placement.autocast():
+                    logits, values = self.trained(ro.sequences[mb], ro.attention_mask[mb])
                 logprobs = reply_logprobs(logits, ro.sequences[mb], ro.prompt_len, cfg.temperature)
-                values = values[:, ro.prompt_len - 1 : -1]
+                values = values.float()[:, ro.prompt_len - 1 : -1]
                 mask = ro.mask[mb]
                 pg_loss, clipfrac = clipped_policy_loss(
                     logprobs, ro.logprobs[mb], advantages[mb], mask, cliprange=cfg.cliprange
@@ -334,15 +359,16 @@ class PpoTrainer:
                 stats["pg_loss"].append(pg_loss.item())
                 stats["vf_loss"].append(vf_loss.item())
                 stats["clipfrac"].append(clipfrac.item())
-        mean_kl = kl.sum(1).mean().item()
+        mean_kl = distributed.mean(kl.sum(1).mean().item())  # every rank's KL controller alike
         result = {
-            "mean_score": ro.scores.mean().item(),
+            "mean_score": distributed.mean(ro.scores.mean().item()),
             "mean_kl": mean_kl,
             "kl_coef": self.kl_ctl.value,
             "mean_reply_tokens": ro.mask.sum(1).mean().item(),
             **{k: sum(v) / max(len(v), 1) for k, v in stats.items()},
         }
         self.kl_ctl.update(mean_kl, len(ro.prompts))
+        self.rollouts.sync(self.model.policy)  # the next rollout samples the new policy
         return result
 
     def train(
@@ -352,7 +378,7 @@ class PpoTrainer:
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
         history: list[dict[str, float]] = []
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.config.seed + distributed.rank())
         pool = list(prompts)
         bar = tqdm(range(self.config.steps), desc="PPO", disable=not progress, unit="step")
         for step in bar:
@@ -363,3 +389,18 @@ class PpoTrainer:
             bar.set_postfix(score=f"{stats['mean_score']:.3f}", kl=f"{stats['mean_kl']:.3f}")
             logger.debug("ppo step %d: %s", step, stats)
         return history
+
+
+def load_models(
+    policy_dir: Path, ref_dir: Path, placement: Placement
+) -> tuple[nn.Module, nn.Module, Any]:
+    """The policy (fp32 master weights), the frozen reference and the tokenizer, on
+    ``placement``'s device."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = placement.load_causal_lm(policy_dir, trainable=True)
+    reference = placement.load_causal_lm(ref_dir, trainable=False)
+    return policy, reference, tokenizer

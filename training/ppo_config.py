@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -36,3 +38,22 @@ class PpoStageConfig(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     whiten_rewards: bool = Field(default=False, description="Whiten scores across the batch.")
     seed: int = Field(default=0, description="Seed of rollouts and shuffling.")
+    rollout_engine: Literal["auto", "hf", "vllm"] = Field(
+        default="auto",
+        description="Who generates rollouts: hf (transformers generate), vllm (an in-process "
+        "vLLM engine, weights synced after every update) or auto (vllm when installed and one "
+        "process trains).",
+    )
+    vllm_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto",
+        description="Dtype of the vLLM rollout engine (auto: bf16 on GPUs and AVX-512 CPUs).",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Share of the GPU the colocated vLLM engine may take (weights and KV cache).",
+    )
+    vllm_kv_cache_gib: float = Field(
+        default=1.0, gt=0, description="KV cache of the vLLM rollout engine on a CPU."
+    )

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from training import distributed
+from training.device import Placement, trl_arguments
 from training.errors import TrainingError
 from training.reward_config import RewardStageConfig
 from training.snapshot import Messages, Pair
@@ -28,13 +30,24 @@ class RewardResult:
 
 
 class RewardScorer:
-    """Scores (prompt, reply) pairs with a trained reward model."""
+    """Scores (prompt, reply) pairs with a trained reward model, on ``placement``'s
+    device in its frozen dtype (bf16 on a GPU, the checkpoint's own on the CPU)."""
 
-    def __init__(self, model_dir: Path, *, batch_size: int = 16, max_length: int = 512) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        batch_size: int = 16,
+        max_length: int = 512,
+        placement: Placement | None = None,
+    ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        self.placement = placement or Placement.resolve()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=1, dtype=self.placement.frozen_dtype
+        ).to(self.placement.device)
         self.model.eval().requires_grad_(False)
         self.batch_size = batch_size
         self.max_length = max_length
@@ -50,7 +63,7 @@ class RewardScorer:
         for start in range(0, len(ids), self.batch_size):
             batch = self.tokenizer.pad(
                 {"input_ids": ids[start : start + self.batch_size]}, return_tensors="pt"
-            )
+            ).to(self.placement.device)
             out.extend(self.model(**batch).logits[:, 0].float().tolist())
         return out
 
@@ -87,12 +100,16 @@ def train_reward_model(
     *,
     seed: int = 0,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> RewardResult:
-    """Train a reward model on ``train_pairs``; report pairwise accuracy on ``heldout_pairs``."""
+    """Train a reward model on ``train_pairs``; report pairwise accuracy on ``heldout_pairs``.
+
+    Under ``accelerate launch`` every rank trains (data parallel); rank 0 saves."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    placement = placement or Placement.resolve()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if not train_pairs:
         raise TrainingError("no training pairs for the reward model")
@@ -122,20 +139,20 @@ def train_reward_model(
         {"chosen_ids": c[-config.max_length :], "rejected_ids": r[-config.max_length :]}
         for c, r in full
     ]
-    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=1, dtype=placement.train_dtype
+    )
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = RewardConfig(
-        output_dir=str(out_dir / "trainer"),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
+    args = trl_arguments(
+        RewardConfig,
+        placement,
+        output_dir=out_dir / "trainer",
+        batch_size=config.batch_size,
+        epochs=config.epochs,
         learning_rate=config.learning_rate,
         max_length=config.max_length,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
         seed=seed,
-        disable_tqdm=not progress,
+        progress=progress,
     )
     trainer = RewardTrainer(
         model=model,
@@ -145,10 +162,15 @@ def train_reward_model(
     )
     result = trainer.train()
     model_dir = out_dir / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(model_dir)
+    trainer.save_model(str(model_dir))  # rank 0 alone writes
+    if distributed.is_main():
+        tokenizer.save_pretrained(model_dir)
+    distributed.barrier()
     scorer = RewardScorer(
-        model_dir, batch_size=config.score_batch_size, max_length=config.max_length
+        model_dir,
+        batch_size=config.score_batch_size,
+        max_length=config.max_length,
+        placement=placement,
     )
     accuracy = scorer.accuracy(heldout_pairs)
     logger.info("reward model: held-out accuracy %.3f on %d pairs", accuracy, len(heldout_pairs))

@@ -34,6 +34,15 @@ class TrainingSettings(RatchetSettings):
         default=None,
         description="Prompts that must be refused (default: training/suites/safety.yaml).",
     )
+    train_device: str = Field(
+        default="auto",
+        description="Device of training and evaluation: auto (cuda when present), cpu, cuda[:N].",
+    )
+    train_precision: str = Field(
+        default="auto",
+        description="auto (bf16 on a GPU, else fp32), bf16 (fp32 master weights, bf16 autocast)"
+        " or fp32.",
+    )
     auto_promote: bool = Field(
         default=False, description="Promote a candidate automatically when all its gates pass."
     )

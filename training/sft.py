@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training import distributed
+from training.device import Placement, trl_arguments
 from training.lengths import fitting
 from training.sft_config import SftStageConfig
 from training.snapshot import SftExample
@@ -22,6 +24,7 @@ def train_sft(
     *,
     seed: int = 0,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``policy_dir`` on ``examples`` (loss on the reply only); save to ``out_dir``.
 
@@ -43,29 +46,30 @@ def train_sft(
         )
         return {"sft_examples": 0, "sft_too_long": len(examples) - len(kept)}
     examples = kept
-    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+    placement = placement or Placement.resolve()
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=placement.train_dtype)
     rows = [
         {"prompt": e.prompt, "completion": [{"role": "assistant", "content": e.completion}]}
         for e in examples
     ]
-    args = SFTConfig(
-        output_dir=str(out_dir.parent / "sft-trainer"),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
+    args = trl_arguments(
+        SFTConfig,
+        placement,
+        output_dir=out_dir.parent / "sft-trainer",
+        batch_size=config.batch_size,
+        epochs=config.epochs,
         learning_rate=config.learning_rate,
         max_length=config.max_length,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
         seed=seed,
-        disable_tqdm=not progress,
+        progress=progress,
     )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     result = trainer.train()
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(out_dir)
+    trainer.save_model(str(out_dir))  # rank 0 alone writes
+    if distributed.is_main():
+        tokenizer.save_pretrained(out_dir)
+    distributed.barrier()
     logger.info("SFT on %d examples: loss %.4f", len(rows), result.training_loss)
     return {"sft_examples": len(rows), "sft_loss": result.training_loss}

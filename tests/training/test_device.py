@@ -1,0 +1,137 @@
+"""Device and precision: one Placement decides, and every stage honours it.
+
+No GPU here, so dtype mistakes are caught with a bf16 checkpoint on the CPU: the
+PPO step (value head, reference, scores), the reward scorer and the evaluator
+all run on a tiny model saved in bf16."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.synthetic import make_pairs
+from training.device import Placement, trl_arguments
+from training.errors import TrainingError
+from training.evaluate import Policy, mean_kl
+from training.ppo import PpoTrainer, load_models
+from training.ppo_config import PpoStageConfig
+from training.reward import RewardScorer
+
+PPO = PpoStageConfig(
+    steps=1, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, max_prompt_length=64
+)
+
+
+@pytest.fixture(scope="module")
+def bf16_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny model saved in bf16, and a bf16 reward model (untrained head) on it."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    root = tmp_path_factory.mktemp("bf16")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    policy_dir, reward_dir = root / "policy", root / "reward"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(
+        policy_dir
+    )
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(
+        policy_dir, num_labels=1, dtype=torch.bfloat16
+    )
+    rm.config.pad_token_id = tokenizer.pad_token_id
+    rm.save_pretrained(reward_dir)
+    for d in (policy_dir, reward_dir):
+        tokenizer.save_pretrained(d)
+    return policy_dir, reward_dir
+
+
+def prompts(n: int) -> list:
+    return [p.prompt for p in make_pairs(n, seed=3)]
+
+
+def test_auto_resolves_to_the_cpu_here_and_bad_values_are_named() -> None:
+    placement = Placement.resolve()
+    assert placement.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        assert placement.precision == "fp32"
+        with pytest.raises(TrainingError, match="no CUDA device"):
+            Placement.resolve("cuda")
+    with pytest.raises(TrainingError, match="unknown training precision 'fp8'"):
+        Placement.resolve("cpu", "fp8")
+    with pytest.raises(TrainingError, match="unknown training device 'gpu0'"):
+        Placement.resolve("gpu0")
+
+
+def test_trl_arguments_carry_the_placement(tmp_path: Path) -> None:
+    from trl import RewardConfig
+
+    common = {
+        "output_dir": tmp_path,
+        "batch_size": 2,
+        "epochs": 1,
+        "learning_rate": 1e-4,
+        "max_length": 64,
+        "seed": 0,
+        "progress": False,
+    }
+    fp32 = trl_arguments(RewardConfig, Placement.resolve("cpu", "fp32"), **common)
+    bf16 = trl_arguments(RewardConfig, Placement.resolve("cpu", "bf16"), **common)
+    assert fp32.device.type == bf16.device.type == "cpu"
+    assert (fp32.bf16, bf16.bf16) == (False, True)
+    assert fp32.per_device_train_batch_size == 2 and fp32.max_length == 64
+
+
+def test_ppo_step_on_a_bf16_checkpoint(bf16_dirs: tuple[Path, Path]) -> None:
+    """A bf16 policy (value head in bf16), bf16 reference and bf16 scorer: one step."""
+    policy_dir, reward_dir = bf16_dirs
+    placement = Placement.resolve("cpu", "fp32")
+    scorer = RewardScorer(reward_dir, batch_size=4, max_length=64, placement=placement)
+    assert next(scorer.model.parameters()).dtype == torch.bfloat16  # the checkpoint's dtype
+    policy = placement.load_causal_lm(policy_dir, trainable=False)  # bf16, as saved
+    reference = placement.load_causal_lm(policy_dir, trainable=False)
+    _, _, tokenizer = load_models(policy_dir, policy_dir, placement)
+    trainer = PpoTrainer(policy, reference, tokenizer, scorer.score, PPO, placement=placement)
+    assert trainer.model.value_head.weight.dtype == torch.bfloat16
+    torch.manual_seed(0)
+    rollout = trainer.rollout(prompts(PPO.batch_size))
+    assert rollout.scores.dtype == torch.float32 and rollout.values.dtype == torch.float32
+    stats = trainer.step(rollout)
+    assert all(math.isfinite(v) for v in stats.values()), stats
+
+
+def test_ppo_step_with_fp32_master_weights_under_bf16_autocast(
+    bf16_dirs: tuple[Path, Path],
+) -> None:
+    """The GPU recipe (fp32 master weights, bf16 autocast, bf16 frozen models) on the CPU."""
+    policy_dir, reward_dir = bf16_dirs
+    placement = Placement.resolve("cpu", "bf16")
+    policy, reference, tokenizer = load_models(policy_dir, policy_dir, placement)
+    assert next(policy.parameters()).dtype == torch.float32
+    assert next(reference.parameters()).dtype == torch.bfloat16
+    scorer = RewardScorer(reward_dir, batch_size=4, max_length=64, placement=placement)
+    trainer = PpoTrainer(policy, reference, tokenizer, scorer.score, PPO, placement=placement)
+    before = trainer.model.value_head.weight.detach().clone()
+    torch.manual_seed(0)
+    stats = trainer.step(trainer.rollout(prompts(PPO.batch_size)))
+    assert all(math.isfinite(v) for v in stats.values()), stats
+    assert trainer.model.value_head.weight.dtype == torch.float32
+    assert not torch.equal(before, trainer.model.value_head.weight)  # it trained
+
+
+def test_scorer_and_evaluator_on_a_bf16_checkpoint(bf16_dirs: tuple[Path, Path]) -> None:
+    policy_dir, reward_dir = bf16_dirs
+    placement = Placement.resolve("cpu", "fp32")
+    candidate = Policy(policy_dir, placement=placement)
+    reference = Policy(policy_dir, placement=placement)
+    assert next(candidate.model.parameters()).dtype == torch.bfloat16  # no forced fp32
+    texts, batches = candidate.generate(prompts(3), max_new_tokens=5, do_sample=False)
+    assert len(texts) == 3
+    assert mean_kl(candidate, reference, batches) == pytest.approx(0.0, abs=1e-6)
+    scores = RewardScorer(reward_dir, placement=placement).score(prompts(3), texts)
+    assert len(scores) == 3 and all(math.isfinite(s) for s in scores)

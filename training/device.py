@@ -1,0 +1,171 @@
+"""Where training runs and in which precision: the one place that decides.
+
+``RATCHET_TRAIN_DEVICE`` (``auto``, ``cuda``, ``cuda:N``, ``cpu``) and
+``RATCHET_TRAIN_PRECISION`` (``auto``, ``bf16``, ``fp32``) resolve into a
+:class:`Placement`:
+
+- ``auto`` device: CUDA when present, else the CPU. Under ``accelerate launch``
+  (or ``torchrun``) each process takes the GPU of its ``LOCAL_RANK``.
+- ``auto`` precision: ``bf16`` on a GPU that supports it, else ``fp32``.
+- ``bf16``: models that train keep fp32 master weights and run their forward
+  passes under bf16 autocast; frozen models (PPO's reference, the reward
+  scorer, the evaluated policies) are loaded in bf16.
+- ``fp32``: models that train are fp32; frozen models keep the checkpoint's
+  dtype (a bf16 checkpoint is scored in bf16).
+
+Every stage (SFT, reward model, PPO, DPO, scoring, evaluation) takes its
+device and dtypes from a Placement, and TRL's trainers get theirs through
+:func:`trl_arguments`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from training.errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A resolved device and precision."""
+
+    device: torch.device
+    precision: Literal["bf16", "fp32"]
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto") -> Placement:
+        """Turn the settings' strings into a Placement; a clear error for bad values."""
+        dev = _resolve_device(device)
+        if precision not in PRECISIONS:
+            raise TrainingError(
+                f"unknown training precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
+        if precision == "auto":
+            bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+            precision = "bf16" if bf16_ok else "fp32"
+        placement = cls(dev, precision)  # type: ignore[arg-type]
+        logger.debug("training placement: %s", placement)
+        return placement
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    @property
+    def train_dtype(self) -> torch.dtype:
+        """Models that train hold fp32 master weights (bf16 runs under autocast)."""
+        return torch.float32
+
+    @property
+    def frozen_dtype(self) -> torch.dtype | str:
+        """Dtype of models that only infer: bf16, or the checkpoint's own (``"auto"``)."""
+        return torch.bfloat16 if self.precision == "bf16" else "auto"
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on this device, or nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def load_causal_lm(self, model_dir: Path | str, *, trainable: bool) -> Any:
+        """A causal LM from ``model_dir`` on this device, in its training or frozen dtype."""
+        from transformers import AutoModelForCausalLM
+
+        dtype = self.train_dtype if trainable else self.frozen_dtype
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        return model.to(self.device)
+
+    def describe(self) -> dict[str, str]:
+        return {"device": str(self.device), "precision": self.precision}
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise TrainingError(
+            f"unknown training device {device!r}; use auto, cpu, cuda or cuda:N"
+        ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(
+                f"training device {device!r} asked for, but torch sees no CUDA device"
+            )
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    elif dev.type != "cpu":
+        raise TrainingError(f"unsupported training device {device!r}; use auto, cpu or cuda")
+    return dev
+
+
+@contextlib.contextmanager
+def on_device(placement: Placement) -> Iterator[None]:
+    """Make ``placement``'s GPU the current one (a no-op on the CPU)."""
+    if placement.on_cuda:
+        with torch.cuda.device(placement.device):
+            yield
+    else:
+        yield
+
+
+def trl_arguments(
+    config_cls: type,
+    placement: Placement,
+    *,
+    output_dir: Path,
+    batch_size: int,
+    epochs: float,
+    learning_rate: float,
+    max_length: int,
+    seed: int,
+    progress: bool,
+    **extra: Any,
+) -> Any:
+    """The arguments of a TRL trainer (``SFTConfig``, ``RewardConfig``, ``DPOConfig``):
+    the settings every stage shares, and the device and precision of ``placement``.
+
+    TRL and transformers take the device from accelerate: CUDA when present (one
+    process per GPU under ``accelerate launch``), else the CPU. A CPU placement is
+    said out loud (transformers' flag for it is the only way to keep a GPU machine's
+    trainer on the CPU, and to allow bf16 autocast there); this is the one place."""
+    return config_cls(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        max_length=max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        disable_tqdm=not progress,
+        **trainer_device_args(placement),
+        **extra,
+    )
+
+
+def trainer_device_args(placement: Placement) -> dict[str, Any]:
+    """The device and precision arguments of a transformers/TRL ``TrainingArguments``."""
+    device_args: dict[str, Any] = {"bf16": placement.precision == "bf16"}
+    if placement.device.type == "cpu":
+        device_args["use_cpu"] = True
+    return device_args
