@@ -103,11 +103,20 @@ def _models_show(args: argparse.Namespace) -> int:
     from training.runs import get_run
     from training.settings import TrainingSettings
 
-    with connect(TrainingSettings()) as conn:
+    settings = TrainingSettings()
+    canary_line = None
+    with connect(settings) as conn:
         version = get_version(conn, args.version)
         if version is None:
             raise RegistryError(f"no model version {args.version!r} (see `ratchet models list`)")
         run = get_run(conn, version.training_run_id) if version.training_run_id else None
+        if version.canary:
+            from training.gates import load_thresholds
+            from training.promotion import canary_evidence
+
+            evidence = canary_evidence(conn, version.id, load_thresholds(settings.gates_config))
+            verdict = "ready to promote" if evidence.ready else "not yet"
+            canary_line = f"canary stage ({verdict}): {evidence.describe()}"
     created = f"{version.created_at:%Y-%m-%d %H:%M}"
     status = version.status + (" (canary)" if version.canary else "")
     print(f"{version.id}: {status}  parent={version.parent_id or '-'}  created={created}")
@@ -125,6 +134,8 @@ def _models_show(args: argparse.Namespace) -> int:
                 f" on {rm.get('heldout_pairs')} pairs"
             )
     print_gates(version.gate_report)
+    if canary_line:
+        print(canary_line)
     if run and run.get("plot_path"):
         exists = Path(run["plot_path"]).exists()
         print(f"plot: {run['plot_path']}" + ("" if exists else " (missing)"))
