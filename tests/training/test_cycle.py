@@ -47,6 +47,9 @@ from training.errors import RegistryError
 from training.gates import DEFAULT_GATES_FILE, load_thresholds
 from training.settings import TrainingSettings
 
+# Two cycles on two shared cores: the module's fixture outlasts the suite's default timeout.
+pytestmark = pytest.mark.timeout(2400)
+
 GATES = {
     "reward_accuracy",
     "judge_accuracy",
