@@ -84,6 +84,7 @@ class Policy:
         do_sample: bool,
         seed: int = 0,
         batch_size: int = 8,
+        max_prompt_length: int = 256,
     ) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor, int]]]:
         """Replies, and per batch (sequences, attention mask, prompt length) for scoring."""
         torch.manual_seed(seed)
@@ -96,6 +97,7 @@ class Policy:
                 prompts[start : start + batch_size],
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
+                max_prompt_length=max_prompt_length,
             )
             texts.extend(out)
             batches.append((seqs, attn, plen))

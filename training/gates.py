@@ -112,6 +112,12 @@ class EvalConfig(BaseModel):
         default=None, ge=1, description="Use at most this many safety prompts."
     )
     batch_size: int = Field(default=8, ge=1, description="Generation batch size.")
+    suite_prompt_length: int = Field(
+        default=1536,
+        ge=64,
+        description="Longest suite prompt in tokens (grounded prompts carry the sources,"
+        " as served); longer ones lose their oldest tokens.",
+    )
     seed: int = Field(default=0, description="Seed of sampling and the bootstrap.")
 
 
@@ -347,7 +353,12 @@ def _sampled_gates(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> list[Ga
 
 
 def _greedy(cfg: EvalConfig) -> dict[str, Any]:
-    return {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "batch_size": cfg.batch_size}
+    return {
+        "max_new_tokens": cfg.max_new_tokens,
+        "do_sample": False,
+        "batch_size": cfg.batch_size,
+        "max_prompt_length": cfg.suite_prompt_length,
+    }
 
 
 def _golden(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> GateResult:
