@@ -18,7 +18,9 @@ from infra.demo.settings import DemoSettings
 from infra.local.tansu import Broker, free_port
 from tests.conftest import CACHE
 
-pytestmark = pytest.mark.slow
+# The whole loop (two reward models, PPO, the canary stage) on two shared cores outlasts
+# the suite's default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 GATES = {
     "reward_accuracy",
