@@ -9,6 +9,8 @@ import pytest
 
 from training.settings import TrainingSettings
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def make_settings(
     database_url: str, root: Path, base_model: Path, **extra: Any
