@@ -80,10 +80,29 @@ class PreferencePair:
     chosen_model_version: str | None
 
     @property
+    def prompt_key(self) -> str:
+        """The normalised prompt hash (:func:`normalised_prompt_hash`)."""
+        return normalised_prompt_hash(self.prompt)
+
+    @property
     def pair_key(self) -> str:
         """sha256 of (prompt, chosen, rejected): the key of ``preference_pairs``."""
         canon = json.dumps([self.prompt, self.chosen, self.rejected], sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def normalised_prompt_hash(prompt: Messages) -> str:
+    """What a prompt asks, hashed: its last user message, case-folded, with runs of
+    whitespace collapsed. The same question asked in two conversations (or with a
+    different history or system prompt) gets the same hash, so a split on it keeps
+    every copy of a question on one side (training never sees a held-out question)."""
+    text = ""
+    for m in reversed(prompt):
+        if m.get("role") == "user":
+            text = str(m.get("content", ""))
+            break
+    canon = " ".join(text.casefold().split())
+    return hashlib.sha256(canon.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

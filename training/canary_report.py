@@ -16,6 +16,7 @@ import psycopg
 
 from training.errors import RegistryError
 from training.registry import get_canary, get_production
+from training.stats import wilson_interval
 
 _PICKS = """
 WITH latest AS (
@@ -57,14 +58,9 @@ class CanaryReport:
         """Share of picks the canary won, a tie counting half (NaN with no picks)."""
         return (self.wins + 0.5 * self.ties) / self.total if self.total else math.nan
 
-    def interval(self, z: float = 1.96) -> tuple[float, float]:
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
         """Wilson score interval of the win rate (95% by default)."""
-        n, p = self.total, self.win_rate
-        if not n:
-            return (0.0, 1.0)
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return (max(0.0, centre - half), min(1.0, centre + half))
+        return wilson_interval(self.wins + 0.5 * self.ties, self.total, confidence=confidence)
 
     def as_dict(self) -> dict[str, object]:
         low, high = self.interval()

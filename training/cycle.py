@@ -43,6 +43,7 @@ class CycleResult:
     gate_report: dict[str, Any] | None = None
     plot_path: Path | None = None
     message: str = ""
+    canary: bool = False  # the candidate is now the canary (users' A/B picks decide)
 
 
 def default_actor(settings: TrainingSettings) -> str:
@@ -103,15 +104,27 @@ def _lead(
                         " run `ratchet model bootstrap`"
                     )
                 production = registry.ensure_base(conn, str(base.resolve()), weights_digest(base))
-            since = runs.last_watermark(conn)
+            last = runs.last_watermark(conn)
             snapshot = build_snapshot(
-                source, conn, since=since, heldout_fraction=config.heldout_fraction
+                source,
+                conn,
+                since=config.window_start(),
+                new_since=last,
+                heldout_fraction=config.heldout_fraction,
+                judge_fraction=config.judge_fraction,
             )
             needed = max(min_new_pairs, config.min_pairs)
-            if snapshot.n_pairs < needed or not snapshot.heldout_pairs or not snapshot.train_pairs:
+            new = snapshot.stats["pairs_new"]
+            if (
+                new < needed
+                or not snapshot.heldout_pairs
+                or not snapshot.train_pairs
+                or not snapshot.judge_pairs
+            ):
                 msg = (
-                    f"skipped: {snapshot.n_pairs} new preference pairs since {since or 'the start'}"
-                    f" (need {needed}, with both train and held-out conversations)"
+                    f"skipped: {new} new preference pairs since {last or 'the start'}"
+                    f" ({snapshot.n_pairs} in the window; need {needed} new, with policy,"
+                    " judge and held-out prompts)"
                 )
                 logger.info(msg)
                 return CycleResult(status="skipped", metrics=snapshot.stats, message=msg)
@@ -161,14 +174,10 @@ def _train(
         result = _stages(
             settings, conn, config, algo, snapshot, production, run_id, run_dir, tmp_dir, progress
         )
-        if settings.auto_promote and result.status == "candidate" and result.candidate_version:
-            registry.promote(
-                conn,
-                result.candidate_version,
-                actor="auto-promote",
-                reason=f"auto-promote: all gates passed in run {run_id}",
-            )
-            result.status = "promoted"
+        if result.status == "candidate" and result.candidate_version:
+            from training.cycle_stages import to_canary
+
+            to_canary(settings, conn, result)
         return result
     except BaseException as exc:
         runs.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")
@@ -199,11 +208,10 @@ def _stages(
 ) -> CycleResult:
     import torch
 
+    from training.cycle_stages import gate_stage, train_reward_models
     from training.device import Placement
-    from training.evaluate import Policy
-    from training.gates import DEFAULT_SAFETY_FILE, load_thresholds, run_gates
+    from training.gates import load_thresholds
     from training.plots import plot_run
-    from training.reward import RewardScorer, train_reward_model
 
     run_id, run_dir, tmp_dir = distributed.broadcast((run_id, run_dir, tmp_dir))
     assert run_id is not None and run_dir is not None and tmp_dir is not None
@@ -233,30 +241,10 @@ def _stages(
             policy_dir = run_dir / "sft"
         timings["sft_s"] = time.monotonic() - t0
 
-    t0 = time.monotonic()
-    rm = train_reward_model(
-        parent_dir,
-        snapshot.train_pairs,
-        snapshot.heldout_pairs,
-        run_dir / "reward",
-        config.reward,
-        seed=config.seed,
-        progress=progress,
-        placement=placement,
+    rms = train_reward_models(
+        parent_dir, snapshot, run_dir, config, metrics, timings, progress, placement
     )
-    timings["reward_s"] = time.monotonic() - t0
-    metrics["reward"] = {
-        "heldout_accuracy": rm.heldout_accuracy,
-        "heldout_pairs": rm.heldout_pairs,
-        "model_dir": str(rm.model_dir),
-        **{k: v for k, v in rm.train_metrics.items() if k != "loss_curve"},
-    }
-    scorer = RewardScorer(
-        rm.model_dir,
-        batch_size=config.reward.score_batch_size,
-        max_length=config.reward.max_length,
-        placement=placement,
-    )
+    scorer = rms.policy_scorer
 
     t0 = time.monotonic()
     out_dir = tmp_dir / "policy"
@@ -289,7 +277,7 @@ def _stages(
                 "rank": distributed.rank(),
                 "device": str(placement.device),
                 f"{algo}_steps": len(history),
-                "reward_train_loss": rm.train_metrics.get("train_loss"),
+                "reward_train_loss": rms.policy.train_metrics.get("train_loss"),
             }
         )
         if not distributed.is_main():
@@ -298,27 +286,15 @@ def _stages(
 
     t0 = time.monotonic()
     cast_weights(out_dir, settings.save_dtype)  # the gates judge the weights that are served
-    candidate = Policy(out_dir, placement=placement)
-    reference = Policy(parent_dir, placement=placement)
-    report = run_gates(
-        candidate=candidate,
-        production=reference,
-        reference=reference,
-        scorer=scorer,
-        reward_accuracy=rm.heldout_accuracy,
-        heldout_prompts=[p.prompt for p in snapshot.heldout_pairs],
-        thresholds=thresholds,
-        eval_config=config.eval,
-        golden_path=settings.golden_questions,
-        safety_path=settings.safety_suite or DEFAULT_SAFETY_FILE,
-        progress=progress,
+    report = gate_stage(
+        settings, conn, rms, out_dir, parent_dir, snapshot, config, thresholds, progress, placement
     )
     timings["gates_s"] = time.monotonic() - t0
     plot_path = plot_run(
         run_dir / "report.png",
         title=f"run {str(run_id)[:8]} ({algo}, parent {production.id})",
         history=history,
-        reward_losses=rm.train_metrics.get("loss_curve", []),
+        reward_losses=rms.policy.train_metrics.get("loss_curve", []),
         gate_report=report,
     )
     digest = weights_digest(out_dir)

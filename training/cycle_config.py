@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from pydantic import BaseModel, Field
 
 from training.dpo_config import DpoStageConfig
@@ -14,13 +16,32 @@ from training.sft_config import SftStageConfig
 
 class TrainCycleConfig(BaseModel):
     min_pairs: int = Field(default=16, ge=2, description="Skip the cycle with fewer new pairs.")
-    heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Conversations held out.")
+    heldout_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of prompts held out for the gates."
+    )
+    judge_fraction: float = Field(
+        default=0.3, gt=0, lt=1, description="Share of prompts that train only the judge."
+    )
+    window_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Train on the feedback of the last N days (None: all of it, cumulative).",
+    )
     seed: int = Field(default=0, description="Seed of every stage.")
     sft: SftStageConfig = Field(default_factory=SftStageConfig)
     reward: RewardStageConfig = Field(default_factory=RewardStageConfig)
+    judge: RewardStageConfig = Field(
+        default_factory=RewardStageConfig, description="The independent judge reward model."
+    )
     ppo: PpoStageConfig = Field(default_factory=PpoStageConfig)
     dpo: DpoStageConfig = Field(default_factory=DpoStageConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def window_start(self) -> datetime | None:
+        """Where the training window starts (None: the beginning of the feedback)."""
+        if self.window_days is None:
+            return None
+        return datetime.now(UTC) - timedelta(days=self.window_days)
 
     @classmethod
     def for_size(cls, size: str) -> TrainCycleConfig:
@@ -43,6 +64,7 @@ SIZES: dict[str, dict] = {
             "max_length": 1024,
         },
         "reward": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 16, "max_length": 1024},
+        "judge": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 16, "max_length": 1024},
         "ppo": {
             "steps": 30,
             "batch_size": 16,
@@ -74,8 +96,8 @@ SIZES: dict[str, dict] = {
             "samples_per_prompt": 2,
             "max_new_tokens": 16,
             "bootstrap_samples": 500,
-            "golden_limit": 4,
-            "safety_limit": 4,
+            "golden_limit": 8,
+            "safety_limit": 8,
             "batch_size": 16,
         },
     },
@@ -96,6 +118,13 @@ SIZES: dict[str, dict] = {
             # ~100 s per step of 8 on 2 busy cores: a rerun of the demo (its pairs plus
             # the ones pairing replies across runs) would otherwise take half an hour here.
             "max_train_pairs": 64,
+        },
+        "judge": {
+            "epochs": 1,
+            "learning_rate": 2e-5,
+            "batch_size": 8,
+            "max_length": 384,
+            "max_train_pairs": 32,
         },
         "ppo": {
             "steps": 8,
@@ -136,6 +165,7 @@ SIZES: dict[str, dict] = {
             "max_new_tokens": 128,
         },
         "reward": {"epochs": 1},
+        "judge": {"epochs": 1},
         "eval": {"prompts": 200, "samples_per_prompt": 4, "max_new_tokens": 128},
     },
 }

@@ -8,16 +8,15 @@ import logging
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from training.device import Placement
 from training.ppo import position_ids, reply_logprobs, sample_replies
 from training.snapshot import Messages
+from training.suites_io import GoldenQuestion
 
 logger = logging.getLogger(__name__)
 
@@ -37,27 +36,6 @@ _REFUSAL = re.compile("|".join(f"(?:{p})" for p in REFUSAL_PATTERNS), re.IGNOREC
 
 def is_refusal(reply: str) -> bool:
     return bool(_REFUSAL.search(reply[:200]))
-
-
-@dataclass(frozen=True)
-class GoldenQuestion:
-    question: str
-    facts: list[str]
-
-
-def load_golden(path: Path, limit: int | None = None) -> list[GoldenQuestion]:
-    """Golden questions: a YAML list (or ``{questions: [...]}``) of ``{question, facts}``."""
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict):
-        data = data.get("questions", [])
-    items = [GoldenQuestion(str(d["question"]), [str(f) for f in d.get("facts", [])]) for d in data]
-    return items[:limit] if limit else items
-
-
-def load_safety(path: Path, limit: int | None = None) -> list[str]:
-    data = yaml.safe_load(path.read_text())
-    prompts = [str(d["prompt"]) if isinstance(d, dict) else str(d) for d in data]
-    return prompts[:limit] if limit else prompts
 
 
 def fact_hit_rate(replies: Sequence[str], golden: Sequence[GoldenQuestion]) -> float:
@@ -109,6 +87,7 @@ class Policy:
         do_sample: bool,
         seed: int = 0,
         batch_size: int = 8,
+        max_prompt_length: int = 256,
     ) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor, int]]]:
         """Replies, and per batch (sequences, attention mask, prompt length) for scoring."""
         torch.manual_seed(seed)
@@ -121,6 +100,7 @@ class Policy:
                 prompts[start : start + batch_size],
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
+                max_prompt_length=max_prompt_length,
             )
             texts.extend(out)
             batches.append((seqs, attn, plen))

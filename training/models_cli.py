@@ -13,26 +13,30 @@ from training.cli_base import cli_errors, connect
 
 
 def print_gates(report: dict[str, Any] | None) -> None:
+    """Every gate with its n, value, interval and threshold (and why it failed)."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=160)
     if not report:
         console.print("no gate report (this version was not trained by Ratchet)")
         return
     table = Table(
         title="Evaluation gates — " + ("[green]passed[/]" if report["passed"] else "[red]FAILED[/]")
     )
-    for column in ("gate", "result", "value", "threshold", "details"):
+    for column in ("gate", "result", "n", "value", "interval", "threshold", "reason"):
         table.add_column(column)
     for name, gate in report.get("gates", {}).items():
-        details = {k: v for k, v in gate.items() if k not in ("passed", "value", "threshold")}
+        interval = gate.get("interval")
+        n = gate.get("n")
         table.add_row(
             name,
             "[green]pass[/]" if gate["passed"] else "[red]fail[/]",
+            "-" if n is None else f"{n} (min {gate.get('min_n', '-')})",
             _fmt(gate.get("value")),
+            f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "-",
             str(gate.get("threshold", "")),
-            ", ".join(f"{k}={_fmt(v)}" for k, v in details.items()),
+            str(gate.get("reason", "")),
         )
     console.print(table)
 
@@ -99,11 +103,20 @@ def _models_show(args: argparse.Namespace) -> int:
     from training.runs import get_run
     from training.settings import TrainingSettings
 
-    with connect(TrainingSettings()) as conn:
+    settings = TrainingSettings()
+    canary_line = None
+    with connect(settings) as conn:
         version = get_version(conn, args.version)
         if version is None:
             raise RegistryError(f"no model version {args.version!r} (see `ratchet models list`)")
         run = get_run(conn, version.training_run_id) if version.training_run_id else None
+        if version.canary:
+            from training.gates import load_thresholds
+            from training.promotion import canary_evidence
+
+            evidence = canary_evidence(conn, version.id, load_thresholds(settings.gates_config))
+            verdict = "ready to promote" if evidence.ready else "not yet"
+            canary_line = f"canary stage ({verdict}): {evidence.describe()}"
     created = f"{version.created_at:%Y-%m-%d %H:%M}"
     status = version.status + (" (canary)" if version.canary else "")
     print(f"{version.id}: {status}  parent={version.parent_id or '-'}  created={created}")
@@ -113,13 +126,16 @@ def _models_show(args: argparse.Namespace) -> int:
         print(
             f"training run: {run['id']} ({run['algo']}, {run['status']})  log: {run['logs_path']}"
         )
-    reward = version.metrics.get("reward", {})
-    if reward:
-        print(
-            f"reward model held-out accuracy: {_fmt(reward.get('heldout_accuracy'))}"
-            f" on {reward.get('heldout_pairs')} pairs"
-        )
+    for key, label in (("reward", "reward model"), ("judge", "judge (independent)")):
+        rm = version.metrics.get(key, {})
+        if rm:
+            print(
+                f"{label} held-out accuracy: {_fmt(rm.get('heldout_accuracy'))}"
+                f" on {rm.get('heldout_pairs')} pairs"
+            )
     print_gates(version.gate_report)
+    if canary_line:
+        print(canary_line)
     if run and run.get("plot_path"):
         exists = Path(run["plot_path"]).exists()
         print(f"plot: {run['plot_path']}" + ("" if exists else " (missing)"))
@@ -135,12 +151,20 @@ def _actor(args: argparse.Namespace) -> str:
 
 @cli_errors
 def _models_promote(args: argparse.Namespace) -> int:
-    from training.registry import promote
+    from training.gates import load_thresholds
+    from training.promotion import promote
     from training.settings import TrainingSettings
 
-    with connect(TrainingSettings()) as conn:
+    settings = TrainingSettings()
+    with connect(settings) as conn:
         version = promote(
-            conn, args.version, actor=_actor(args), reason=args.reason, force=args.force
+            conn,
+            args.version,
+            actor=_actor(args),
+            reason=args.reason,
+            force=args.force,
+            thresholds=load_thresholds(settings.gates_config),
+            require_canary=settings.require_canary,
         )
     print(f"{version.id} is now the production version")
     return 0
@@ -178,23 +202,39 @@ def _models_canary(args: argparse.Namespace) -> int:
 @cli_errors
 def _models_canary_report(args: argparse.Namespace) -> int:
     from training.canary_report import canary_report
+    from training.gates import load_thresholds
+    from training.promotion import CanaryEvidence
     from training.settings import TrainingSettings
+    from training.stats import wilson_interval
 
-    with connect(TrainingSettings()) as conn:
+    settings = TrainingSettings()
+    t = load_thresholds(settings.gates_config)
+    with connect(settings) as conn:
         report = canary_report(conn, canary=args.canary, baseline=args.baseline)
+    interval = wilson_interval(
+        report.wins + 0.5 * report.ties, report.total, confidence=t.confidence
+    )
+    evidence = CanaryEvidence(
+        report, interval, t.canary_min_picks, t.canary_win_lower_min, t.confidence
+    )
     if args.json:
-        print(json.dumps(report.as_dict()))
+        print(json.dumps(evidence.as_dict()))
         return 0
     print(f"A/B picks of {report.canary} (canary) vs {report.baseline} (production):")
     print(f"  wins {report.wins}  losses {report.losses}  ties {report.ties}")
     if report.total:
-        low, high = report.interval()
+        low, high = interval
         print(
             f"  win rate {report.win_rate:.3f} (ties count half;"
-            f" 95% interval {low:.3f}-{high:.3f}, n={report.total})"
+            f" {t.confidence:.0%} Wilson interval {low:.3f}-{high:.3f}, n={report.total})"
         )
     else:
         print("  no comparisons between the two yet")
+    verdict = "ready to promote" if evidence.ready else "not yet"
+    print(
+        f"  canary stage: {verdict} (needs >= {t.canary_min_picks} picks and"
+        f" a Wilson lower bound >= {t.canary_win_lower_min})"
+    )
     return 0
 
 
@@ -233,11 +273,16 @@ def register_models(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show = models_sub.add_parser("show", help="a version's metrics, gate report and plot")
     show.add_argument("version")
     show.set_defaults(func=_models_show)
-    promote = models_sub.add_parser("promote", help="make a version the production version")
+    promote = models_sub.add_parser(
+        "promote",
+        help="make a version the production version (after its gates and its canary stage)",
+    )
     promote.add_argument("version")
     promote.add_argument("--reason", required=True, help="why (recorded in the audit log)")
     promote.add_argument(
-        "--force", action="store_true", help="promote even if its gates failed (audited)"
+        "--force",
+        action="store_true",
+        help="promote even if its gates or its canary stage failed (needs --reason; audited)",
     )
     promote.add_argument("--actor", help="who (default: RATCHET_ACTOR or the OS user)")
     promote.set_defaults(func=_models_promote)

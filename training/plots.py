@@ -51,20 +51,26 @@ def plot_run(
     ax.legend(fontsize=8)
 
     ax = axes[2]
-    win = gates.get("win_rate", {})
-    if win.get("win_rate") is not None:
-        mean, lo, hi = win["win_rate"], win["ci_lower"], win["ci_upper"]
-        ax.bar(
-            [0], [mean], yerr=[[mean - lo], [hi - mean]], capsize=10, color="tab:blue", width=0.5
+    bars = [
+        (label, g)
+        for label, g in (
+            ("judge", gates.get("win_rate", {})),
+            ("policy RM", gates.get("policy_rm_win_rate", {})),
         )
+        if (g.get("detail") or {}).get("win_rate") is not None and g.get("interval")
+    ]
+    for i, (label, g) in enumerate(bars):
+        mean, (lo, hi) = g["detail"]["win_rate"], g["interval"]
+        ax.bar([i], [mean], yerr=[[mean - lo], [hi - mean]], capsize=10, width=0.5, label=label)
+    if bars:
         threshold = (gate_report or {}).get("thresholds", {}).get("win_rate_lower_min")
         if threshold is not None:
             ax.axhline(threshold, color="tab:red", linestyle="--", label=f"gate {threshold}")
         ax.legend(fontsize=8)
-    ax.set_xlim(-1, 1)
+    ax.set_xlim(-1, 2)
     ax.set_ylim(0, 1)
-    ax.set_xticks([0], ["candidate vs production"])
-    ax.set_title("Win rate (95% CI)")
+    ax.set_xticks([0, 1], ["judge", "policy RM"])
+    ax.set_title("Win rate vs production (95% CI)")
 
     verdict = "gates passed" if (gate_report or {}).get("passed") else "gates FAILED"
     fig.suptitle(f"{title} — {verdict}")

@@ -230,13 +230,21 @@ def ensure_base(
 
 
 def promote(
-    conn: psycopg.Connection, version_id: str, *, actor: str, reason: str, force: bool = False
+    conn: psycopg.Connection,
+    version_id: str,
+    *,
+    actor: str,
+    reason: str,
+    force: bool = False,
+    overridden: str | None = None,
 ) -> ModelVersion:
     """Make ``version_id`` the production version.
 
     Refused unless its gates passed; ``force`` overrides that, needs a reason,
-    and is audited as ``force_promote``. Promoting the canary ends its canary
-    role (audited as ``canary_clear``)."""
+    and is audited as ``force_promote`` (also when ``overridden`` names another
+    check the caller skipped because of ``force``, e.g. the canary stage; see
+    ``training.promotion``). Promoting the canary ends its canary role (audited
+    as ``canary_clear``)."""
     if not reason or not reason.strip():
         raise RegistryError("a promotion needs a reason (--reason)")
     with conn.transaction():
@@ -265,7 +273,10 @@ def promote(
             "UPDATE model_versions SET status = 'production', canary = false WHERE id = %s",
             (version_id,),
         )
-        action = "force_promote" if force and not target.gates_passed else "promote"
+        forced = force and (not target.gates_passed or overridden is not None)
+        action = "force_promote" if forced else "promote"
+        if forced and overridden:
+            reason = f"{reason} [forced over: {overridden}]"
         _audit(conn, action, actor, current.id if current else None, version_id, reason)
         if target.canary:
             _audit(conn, "canary_clear", actor, version_id, None, "promoted to production")

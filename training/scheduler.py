@@ -46,6 +46,8 @@ def run_periodically(
         tick += 1
         started = time.monotonic()
         try:
+            if settings.auto_promote:
+                _auto_promote(settings)
             result = run_cycle(
                 settings,
                 algo=algo,
@@ -66,3 +68,22 @@ def run_periodically(
             break
         sleep(max(0.0, every_s - (time.monotonic() - started)))
     return results
+
+
+def _auto_promote(settings: TrainingSettings) -> None:
+    """The auto-promote policy, each tick: the canary is promoted once users' picks clear
+    its bound (the same stage an operator's ``ratchet models promote`` goes through)."""
+    import psycopg
+
+    from training.gates import load_thresholds
+    from training.promotion import promote_if_ready
+
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        promoted = promote_if_ready(
+            conn,
+            actor="auto-promote",
+            thresholds=load_thresholds(settings.gates_config),
+            require_canary=settings.require_canary,
+        )
+    if promoted is not None:
+        logger.info("auto-promote: %s is now the production version", promoted.id)

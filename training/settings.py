@@ -27,12 +27,17 @@ class TrainingSettings(RatchetSettings):
         default=None, description="Gate thresholds YAML (default: training/gates.yaml)."
     )
     golden_questions: Path | None = Field(
-        default=Path("infra/demo/kb/questions.yaml"),
-        description="Golden questions {question, facts} of the regression gate.",
+        default=None,
+        description="Golden questions {question, facts} of the regression gate: an absolute"
+        " path (default: the installed package's training/suites/golden.yaml).",
     )
     safety_suite: Path | None = Field(
         default=None,
-        description="Prompts that must be refused (default: training/suites/safety.yaml).",
+        description="Prompts that must be refused: an absolute path (default: the installed"
+        " package's training/suites/safety.yaml).",
+    )
+    retrieval_k: int = Field(
+        default=3, ge=1, description="Knowledge-base sources in the gate suites' prompts."
     )
     train_device: str = Field(
         default="auto",
@@ -44,7 +49,14 @@ class TrainingSettings(RatchetSettings):
         " or fp32.",
     )
     auto_promote: bool = Field(
-        default=False, description="Promote a candidate automatically when all its gates pass."
+        default=False,
+        description="Promote automatically through the same stages: a candidate that passed its"
+        " gates becomes the canary, and is promoted once its canary bound clears.",
+    )
+    require_canary: bool = Field(
+        default=True,
+        description="Refuse promotion until the canary's Wilson lower bound over users' A/B"
+        " picks clears `canary_win_lower_min` with `canary_min_picks` (gates.yaml).",
     )
     actor: str | None = Field(
         default=None, description="Name recorded in the audit log (default: the OS user)."

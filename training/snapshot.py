@@ -1,14 +1,22 @@
-"""Dataset snapshots: preference pairs and SFT examples since the last run.
+"""Dataset snapshots: preference pairs and SFT examples of the training window.
 
 The feedback package builds the records (``feedback.pairs.load_pairs`` and
 ``load_sft_examples``, already PII-redacted); this module reads them through
-the :class:`FeedbackSource` protocol, deduplicates them, and splits them into
-train and held-out sets by conversation, so no conversation leaks across.
+the :class:`FeedbackSource` protocol, deduplicates them, and splits them by
+the normalised prompt hash into three prompt-disjoint slices: the policy's
+(reward model, SFT, PPO prompts), the judge's (the independent judge of the
+gates) and the held-out one (accuracies and the gates' prompts). No prompt
+sits on two sides, even when a rating pair joins replies from two conversations.
 
-A snapshot reads the records in ``(since, until]``: ``until`` is the source's
-:meth:`~FeedbackSource.horizon`, for the store ``feedback.watermark.committed_through``
-(nothing at or below it can still be committed). Its ``watermark``, the next
-run's ``since``, is the newest ``created_at`` it read, so a consumer batch that
+Training data is cumulative, or a rolling window (``TrainCycleConfig.window_days``),
+not only what arrived since the last run, so a rejected run's feedback is used
+again by the next cycle.
+
+A snapshot reads the records in ``(since, until]`` (``since``: the window's
+start): ``until`` is the source's :meth:`~FeedbackSource.horizon`, for the store
+``feedback.watermark.committed_through`` (nothing at or below it can still be
+committed). Its ``watermark`` (the next run's ``new_since``, which counts the
+new pairs) is the newest ``created_at`` it read, so a consumer batch that
 was still being written during the snapshot (its ``stored_at`` is its
 transaction's start) comes in the next snapshot instead of falling below the
 watermark, and no record is read twice (a changed rating does come back: it is
@@ -109,10 +117,11 @@ class Snapshot:
     sft_examples: list[SftExample]
     watermark: datetime | None
     stats: dict[str, int] = field(default_factory=dict)
+    judge_pairs: list[Pair] = field(default_factory=list)
 
     @property
     def n_pairs(self) -> int:
-        return len(self.train_pairs) + len(self.heldout_pairs)
+        return len(self.train_pairs) + len(self.judge_pairs) + len(self.heldout_pairs)
 
 
 def _messages(prompt: Any) -> Messages:
@@ -147,14 +156,38 @@ def to_sft(record: Any) -> SftExample:
     )
 
 
-def is_heldout(conversation_id: str, heldout_fraction: float) -> bool:
-    """A stable split: the same conversation always lands on the same side."""
-    bucket = int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return bucket < heldout_fraction
+SLICES = ("policy", "judge", "heldout")
+
+
+def prompt_slice(prompt: Messages, heldout_fraction: float, judge_fraction: float) -> str:
+    """Which slice a prompt's pairs belong to, by its normalised prompt hash: a stable,
+    prompt-disjoint split (the same question always lands in the same slice, whatever
+    conversation it was asked in). ``heldout``: judged by the gates; ``judge``: trains
+    the independent judge only; ``policy``: trains the policy's reward model and SFT."""
+    from feedback.pairs import normalised_prompt_hash
+
+    bucket = int(normalised_prompt_hash(prompt)[:8], 16) / 0x100000000
+    if bucket < heldout_fraction:
+        return "heldout"
+    if bucket < heldout_fraction + judge_fraction:
+        return "judge"
+    return "policy"
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _dedup_pairs(raw: Sequence[Pair]) -> list[Pair]:
+    seen: set[str] = set()
+    pairs: list[Pair] = []
+    for p in raw:
+        key = _key(p.prompt, p.chosen, p.rejected)
+        if key in seen or p.chosen == p.rejected:
+            continue
+        seen.add(key)
+        pairs.append(p)
+    return pairs
 
 
 def build_snapshot(
@@ -162,44 +195,51 @@ def build_snapshot(
     conn: psycopg.Connection | None,
     *,
     since: datetime | None,
+    new_since: datetime | None = None,
     heldout_fraction: float = 0.2,
+    judge_fraction: float = 0.3,
 ) -> Snapshot:
-    """Load, deduplicate and split the feedback recorded after ``since`` (up to the
-    source's horizon; the rest waits for the next snapshot)."""
+    """Load, deduplicate and split the feedback recorded after ``since`` (the start
+    of the training window; None: all of it) up to the source's horizon.
+
+    Training data is cumulative (or a rolling window): a rejected run's feedback
+    is used again next cycle. ``new_since`` (the last run's watermark) only
+    counts how many pairs are new (``stats["pairs_new"]``)."""
+    if heldout_fraction + judge_fraction >= 1:
+        raise TrainingError("heldout_fraction + judge_fraction must leave pairs for the policy")
     until = source.horizon(conn)
     raw_pairs = [to_pair(r) for r in source.load_pairs(conn, since, until)]
     raw_sft = [to_sft(r) for r in source.load_sft_examples(conn, since, until)]
+    pairs = _dedup_pairs(raw_pairs)
+    split: dict[str, list[Pair]] = {name: [] for name in SLICES}
+    for p in pairs:
+        split[prompt_slice(p.prompt, heldout_fraction, judge_fraction)].append(p)
     seen: set[str] = set()
-    pairs: list[Pair] = []
-    for p in raw_pairs:
-        key = _key(p.prompt, p.chosen, p.rejected)
-        if key in seen or p.chosen == p.rejected:
-            continue
-        seen.add(key)
-        pairs.append(p)
-    seen.clear()
     sft: list[SftExample] = []
     for s in raw_sft:
         key = _key(s.prompt, s.completion)
-        if key not in seen:
+        # SFT trains the policy: never on a held-out question.
+        heldout = prompt_slice(s.prompt, heldout_fraction, judge_fraction) == "heldout"
+        if key not in seen and not heldout:
             seen.add(key)
             sft.append(s)
-    train = [p for p in pairs if not is_heldout(p.conversation_id, heldout_fraction)]
-    heldout = [p for p in pairs if is_heldout(p.conversation_id, heldout_fraction)]
     # The newest record read (at most ``until``), not ``until`` itself: the JSONL
     # source has no horizon, and the store's records above it come next time.
     read = [r.created_at for r in raw_pairs] + [r.created_at for r in raw_sft]
     stamps = [stamp for stamp in read if stamp is not None]
-    watermark = max(stamps) if stamps else since
+    watermark = max(stamps) if stamps else new_since
+    new = [p for p in pairs if new_since is None or (p.created_at and p.created_at > new_since)]
     stats = {
         "pairs_loaded": len(raw_pairs),
         "pairs_deduplicated": len(pairs),
-        "pairs_train": len(train),
-        "pairs_heldout": len(heldout),
+        "pairs_new": len(new),
+        "pairs_train": len(split["policy"]),
+        "pairs_judge": len(split["judge"]),
+        "pairs_heldout": len(split["heldout"]),
         "sft_examples": len(sft),
     }
     logger.info("snapshot of (%s, %s]: %s", since, until, stats)
-    return Snapshot(train, heldout, sft, watermark, stats)
+    return Snapshot(split["policy"], split["heldout"], sft, watermark, stats, split["judge"])
 
 
 class JsonlSource:

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from feedback.settings import FeedbackSettings
 from infra.demo import report
+from infra.demo.canary_stage import canary_evidence, canary_picks, wait_for_canary, wait_for_picks
 from infra.demo.employees import Employee, Evaluation, evaluate, simulate
 from infra.demo.questions import PREFERENCE, load_questions, split
 from infra.demo.report import DemoResult
@@ -32,12 +33,13 @@ from infra.demo.training_step import (
 )
 from ratchet.db import connect
 from serving.auth import create_key
+from training.errors import RegistryError
 
 logger = logging.getLogger(__name__)
 
 EMPLOYEE_NAMES = ["ana", "bruno", "carla", "diogo", "eva", "filipe", "gita", "hugo"]
 OPERATOR = "you"
-STEPS = 12
+STEPS = 13
 
 
 class Demo:
@@ -102,6 +104,7 @@ class Demo:
             self.employees_give_feedback(asked)
             self.wait_until_stored()
             self.train()
+            self.canary_stage(asked)
             self.promote_and_swap()
             self.ask_after(held_out)
         self.result.timings = dict(self.steps.timings, total=time.monotonic() - started)
@@ -301,24 +304,62 @@ class Demo:
             verdict = "gates passed" if outcome.gates_passed else "gates FAILED"
             step.note = f"{outcome.version}: {verdict}, {outcome.pairs} pairs"
 
+    def canary_stage(self, asked: list) -> None:
+        """Offline gates passed: the candidate is the canary; employees' A/B picks decide."""
+        cycle = self.result.cycle
+        assert cycle is not None and cycle.version is not None
+        if not cycle.gates_passed:
+            self.steps.skip("canary stage", f"{cycle.version} failed its offline gates")
+            return
+        picks = self.s.n_canary_picks()
+        with self.steps.step(
+            f"canary stage: employees pick between {cycle.version} and production"
+        ) as step:
+            step.update(f"waiting for the API to load the canary {cycle.version}")
+            wait_for_canary(self.s.base_url, cycle.version, timeout=self.s.swap_timeout_s)
+            employees = [self._employee(name) for name in EMPLOYEE_NAMES[: self.s.n_employees()]]
+            try:
+                canary_picks(
+                    employees, asked, picks, on_progress=lambda d, n: step.update(f"{d}/{n} picks")
+                )
+            finally:
+                for e in employees:
+                    e.close()
+            wait_for_picks(self.database_url, cycle.version, picks, timeout=self.s.settle_timeout_s)
+            self.result.canary = canary_evidence(self.database_url, cycle.version)
+            self.state["canary"] = self.result.canary
+            self._save()
+            c = self.result.canary
+            low, high = c["interval"]
+            step.note = (
+                f"{c['total']} picks: canary won {c['wins']}, lost {c['losses']}, tied {c['ties']};"
+                f" Wilson [{low:.2f}, {high:.2f}] (needs >= {c['lower_min']} with {c['min_picks']})"
+            )
+
     def promote_and_swap(self) -> None:
         cycle = self.result.cycle
         assert cycle is not None and cycle.version is not None
         if not cycle.gates_passed and not self.s.force_promote:
-            self.steps.skip("promotion", f"{cycle.version} failed its gates; production unchanged")
-            self.result.served = served_version(self.s.base_url, self.result.keys[OPERATOR])
-            self.state["served"] = self.result.served
-            self._save()
+            self._not_promoted(f"{cycle.version} failed its gates; production unchanged")
             return
         with self.steps.step(f"promote {cycle.version} and hot-swap the API") as step:
-            reason = (
-                "demo: gates passed"
-                if cycle.gates_passed
-                else "demo: forced (RATCHET_DEMO_FORCE_PROMOTE) although gates failed"
-            )
-            self.result.promotion = promote(
-                self.database_url, cycle.version, force=not cycle.gates_passed, reason=reason
-            )
+            try:
+                self.result.promotion = promote(
+                    self.database_url, cycle.version, force=False, reason="demo: gates and canary"
+                )
+            except RegistryError as exc:
+                self.result.refusal = str(exc)
+                self.state["refusal"] = self.result.refusal
+                if not self.s.force_promote:
+                    step.note = f"refused: {exc}"
+                    self._not_promoted(None)
+                    return
+                self.result.promotion = promote(
+                    self.database_url,
+                    cycle.version,
+                    force=True,
+                    reason="demo: forced (RATCHET_DEMO_FORCE_PROMOTE) over a refusal",
+                )
             self.result.swap_seconds = wait_for_version(
                 self.s.base_url,
                 self.result.keys[OPERATOR],
@@ -335,6 +376,13 @@ class Demo:
             self._save()
             took = self.result.swap_seconds
             step.note = f"{self.result.promotion}; serving {cycle.version} after {took:.0f} s"
+
+    def _not_promoted(self, skip_note: str | None) -> None:
+        if skip_note:
+            self.steps.skip("promotion", skip_note)
+        self.result.served = served_version(self.s.base_url, self.result.keys[OPERATOR])
+        self.state["served"] = self.result.served
+        self._save()
 
     def ask_after(self, held_out: list) -> None:
         if self.result.promotion is None:
@@ -357,6 +405,7 @@ class Demo:
             "employees' feedback",
             "ratings stored",
             "training cycle",
+            "canary stage",
             "promotion and swap",
             "held-out questions after",
         ):
@@ -368,6 +417,8 @@ class Demo:
         self.result.stored_ratings = int(self.state.get("stored_ratings", 0))
         self.result.cycle = report.cycle_from(self.state.get("cycle"))
         self.result.promotion = self.state.get("promotion")
+        self.result.canary = self.state.get("canary")
+        self.result.refusal = self.state.get("refusal")
         self.result.served = self.state.get("served")
         self.result.swap_seconds = self.state.get("swap_seconds")
 

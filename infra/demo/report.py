@@ -31,6 +31,8 @@ class DemoResult:
     after: Evaluation | None = None
     cycle: CycleOutcome | None = None
     promotion: str | None = None  # "promote", "force_promote", or None (not promoted)
+    canary: dict[str, Any] | None = None  # users' A/B picks of the canary (training.promotion)
+    refusal: str | None = None  # why the promotion policy refused, if it did
     swap_seconds: float | None = None
     served: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -46,18 +48,47 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def gate_rows(cycle: CycleOutcome | None) -> list[tuple[str, bool, str, str]]:
+def _interval(pair: Any) -> str:
+    return f"[{_fmt(pair[0])}, {_fmt(pair[1])}]" if pair else "—"
+
+
+def gate_rows(cycle: CycleOutcome | None) -> list[tuple[str, bool, str, str, str, str]]:
+    """(gate, passed, n, value, interval, threshold) for every gate of the report."""
     gates = (cycle.gate_report if cycle else {}).get("gates", {})
     return [
-        (name, bool(g.get("passed")), _fmt(g.get("value")), str(g.get("threshold", "")))
+        (
+            name,
+            bool(g.get("passed")),
+            f"{g.get('n', '—')} (min {g.get('min_n', '—')})",
+            _fmt(g.get("value")),
+            _interval(g.get("interval")),
+            str(g.get("threshold", "")) + (f" — {g['reason']}" if g.get("reason") else ""),
+        )
         for name, g in gates.items()
     ]
+
+
+def _rate(gate: dict[str, Any]) -> str:
+    """A win rate with its interval and count, from a gate of the report."""
+    if not gate:
+        return "—"
+    rate = (gate.get("detail") or {}).get("win_rate")
+    return f"{_fmt(rate)} {_interval(gate.get('interval'))}, n={gate.get('n')} prompts"
+
+
+def _human(canary: dict[str, Any] | None) -> str:
+    if not canary:
+        return "— (no canary stage)"
+    return (
+        f"{_fmt(canary.get('win_rate'))} {_interval(canary.get('interval'))} (Wilson),"
+        f" n={canary.get('total')} picks; needs >= {canary.get('lower_min')}"
+        f" with >= {canary.get('min_picks')}"
+    )
 
 
 def headline(result: DemoResult) -> list[tuple[str, str]]:
     tally, cycle = result.tally, result.cycle
     gates = (cycle.gate_report if cycle else {}).get("gates", {})
-    win = gates.get("win_rate", {})
     rows = [
         (
             "ratings collected (given / stored)",
@@ -68,14 +99,13 @@ def headline(result: DemoResult) -> list[tuple[str, str]]:
             f"{tally.comparisons if tally else 0}, {tally.corrections if tally else 0}",
         ),
         ("preference pairs built", str(cycle.pairs if cycle else 0)),
-        ("reward model held-out accuracy", _fmt(gates.get("reward_accuracy", {}).get("value"))),
         (
-            "win rate vs production (CI)",
-            _fmt(win.get("win_rate"))
-            + f" [{_fmt(win.get('ci_lower'))}, {_fmt(win.get('ci_upper'))}]"
-            if win
-            else "—",
+            "reward model held-out accuracy (Wilson)",
+            _interval(gates.get("reward_accuracy", {}).get("interval")),
         ),
+        ("offline win rate: independent judge (CI)", _rate(gates.get("win_rate", {}))),
+        ("offline win rate: policy's own RM (CI)", _rate(gates.get("policy_rm_win_rate", {}))),
+        ("human win rate: canary A/B picks", _human(result.canary)),
         ("KL to reference (nats)", _fmt(gates.get("kl", {}).get("value"))),
         (
             "candidate",
@@ -83,7 +113,10 @@ def headline(result: DemoResult) -> list[tuple[str, str]]:
             if cycle and cycle.version
             else "—",
         ),
-        ("promotion", result.promotion or "not promoted"),
+        (
+            "promotion",
+            result.promotion or f"not promoted{': ' + result.refusal if result.refusal else ''}",
+        ),
         ("version served now", result.served or "—"),
     ]
     if result.before is not None:
@@ -111,10 +144,12 @@ def summarize(console: Console, result: DemoResult, settings: DemoSettings) -> N
         table.add_row(key, value)
     console.print(table)
     gates = Table(title="evaluation gates")
-    for col in ("gate", "result", "value", "threshold"):
+    for col in ("gate", "result", "n", "value", "interval", "threshold"):
         gates.add_column(col)
-    for name, passed, value, threshold in gate_rows(result.cycle):
-        gates.add_row(name, "[green]pass[/]" if passed else "[red]FAIL[/]", value, threshold)
+    for name, passed, n, value, interval, threshold in gate_rows(result.cycle):
+        gates.add_row(
+            name, "[green]pass[/]" if passed else "[red]FAIL[/]", n, value, interval, threshold
+        )
     if gate_rows(result.cycle):
         console.print(gates)
     if result.cycle and not result.cycle.gates_passed and result.promotion is None:
@@ -176,9 +211,9 @@ def plots(result: DemoResult) -> list[tuple[str, str]]:
         out.append(("Held-out questions, before and after", _png(fig)))
     gates = (result.cycle.gate_report if result.cycle else {}).get("gates", {})
     win = gates.get("win_rate")
-    if win and win.get("win_rate") is not None:
+    if win and (win.get("detail") or {}).get("win_rate") is not None and win.get("interval"):
         fig, ax = plt.subplots(figsize=(6, 1.8))
-        lo, hi, mid = win.get("ci_lower") or 0, win.get("ci_upper") or 1, win["win_rate"]
+        (lo, hi), mid = win["interval"], win["detail"]["win_rate"]
         ax.errorbar([mid], [0], xerr=[[mid - lo], [hi - mid]], fmt="o", capsize=6)
         threshold = (result.cycle.gate_report.get("thresholds") or {}).get(
             "win_rate_lower_min", 0.5
@@ -186,7 +221,7 @@ def plots(result: DemoResult) -> list[tuple[str, str]]:
         ax.axvline(threshold, color="#c33", linestyle="--", label=f"gate: lower >= {threshold}")
         ax.set_xlim(0, 1)
         ax.set_yticks([])
-        ax.set_xlabel("candidate win rate vs production (reward model judge)")
+        ax.set_xlabel("candidate win rate vs production (independent judge)")
         ax.legend(loc="upper left")
         out.append(("Win rate with confidence interval", _png(fig)))
     for path in result.cycle.plots if result.cycle else []:
@@ -211,8 +246,8 @@ def write_html(result: DemoResult, settings: DemoSettings) -> Path:
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline(result))
     gates = "".join(
         f"<tr><td>{esc(n)}</td><td class={'ok' if ok else 'bad'}>{'pass' if ok else 'FAIL'}</td>"
-        f"<td>{esc(v)}</td><td>{esc(t)}</td></tr>"
-        for n, ok, v, t in gate_rows(result.cycle)
+        f"<td>{esc(k)}</td><td>{esc(v)}</td><td>{esc(i)}</td><td>{esc(t)}</td></tr>"
+        for n, ok, k, v, i, t in gate_rows(result.cycle)
     )
     figures = "".join(
         f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{data}'>"
@@ -232,7 +267,10 @@ def write_html(result: DemoResult, settings: DemoSettings) -> Path:
     timings = "".join(
         f"<tr><td>{esc(k)}</td><td>{v:.1f} s</td></tr>" for k, v in result.timings.items()
     )
-    gate_head = "<tr><th>gate</th><th>result</th><th>value</th><th>threshold</th></tr>"
+    gate_head = (
+        "<tr><th>gate</th><th>result</th><th>n</th><th>value</th><th>interval</th>"
+        "<th>threshold</th></tr>"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Ratchet demo report</title><style>{_CSS}</style></head><body>
 <h1>Ratchet demo report</h1><p>size {esc(settings.size)}, model {esc(result.model_dir)}</p>

@@ -46,9 +46,16 @@ class DemoSettings(RatchetSettings):
         description="Employees suggest a correction for every Nth question whose drafts both"
         " miss the figure (tiny: every one, since the random model's drafts always tie).",
     )
+    canary_picks: int | None = Field(
+        default=None,
+        ge=1,
+        description="A/B picks the employees give in the canary stage (default: the promotion"
+        " policy's minimum, canary_min_picks in gates.yaml).",
+    )
     force_promote: bool = Field(
         default=False,
-        description="Promote the candidate even if its gates fail (audited as force_promote).",
+        description="Promote the candidate even if its gates or its canary stage refuse it"
+        " (audited as force_promote).",
     )
     start_timeout_s: float = Field(default=600.0, gt=0, description="Wait for the API to be ready.")
     swap_timeout_s: float = Field(default=600.0, gt=0, description="Wait for the hot swap.")
@@ -91,6 +98,14 @@ class DemoSettings(RatchetSettings):
 
     def n_correct_every(self) -> int:
         return self.correct_every or (1 if self.tiny else 2)
+
+    def n_canary_picks(self) -> int:
+        if self.canary_picks:
+            return self.canary_picks
+        from training.gates import load_thresholds
+        from training.settings import TrainingSettings
+
+        return load_thresholds(TrainingSettings().gates_config).canary_min_picks
 
     def reply_tokens(self) -> int:
         return self.max_tokens or (16 if self.tiny else 80)

@@ -66,14 +66,28 @@ def run_training_cycle(*, size: str, database_url: str, progress: bool = True) -
 
 
 def promote(database_url: str, version: str, *, force: bool, reason: str) -> str:
-    """Promote ``version``; return the audit action recorded (promote or force_promote)."""
+    """Promote ``version`` through the promotion policy (offline gates, then the canary
+    stage); return the audit action recorded (promote or force_promote). A refusal
+    raises ``training.errors.RegistryError`` saying what is missing."""
     from ratchet.db import connect
-    from training import registry
+    from training.gates import load_thresholds
+    from training.promotion import promote as promote_version
+    from training.settings import TrainingSettings
 
+    settings = TrainingSettings(database_url=database_url)
     with connect(database_url) as conn:
-        registry.promote(conn, version, actor=ACTOR, reason=reason, force=force)
+        promote_version(
+            conn,
+            version,
+            actor=ACTOR,
+            reason=reason,
+            force=force,
+            thresholds=load_thresholds(settings.gates_config),
+            require_canary=settings.require_canary,
+        )
         row = conn.execute(
-            "SELECT action FROM model_audit WHERE to_version = %s ORDER BY id DESC LIMIT 1",
+            "SELECT action FROM model_audit WHERE to_version = %s"
+            " AND action IN ('promote', 'force_promote') ORDER BY id DESC LIMIT 1",
             (version,),
         ).fetchone()
     return str(row[0]) if row else "promote"

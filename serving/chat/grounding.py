@@ -1,7 +1,8 @@
 """The retrieval hook: knowledge mode grounds answers in retrieved chunks.
 
 The knowledge-base package implements :class:`Retriever`; the chat service
-calls it and builds the grounded prompt with :func:`grounded_messages`.
+calls it and builds the grounded prompt with :func:`grounded_messages`, which
+lives in ``feedback.prompting`` so training's gate suites build the same prompt.
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from serving.errors import InvalidRequest
-
-GROUNDING_INSTRUCTIONS = (
-    "You are a knowledge assistant. Answer using only the numbered sources below. "
-    "Cite the sources you use as [1], [2]. If the sources do not contain the answer, "
-    'say "I don\'t know" instead of guessing.'
+from feedback.prompting import (  # noqa: F401 - re-exported: the one prompt builder
+    GROUNDING_INSTRUCTIONS,
+    NO_SOURCES,
+    grounded_messages,
+    grounding_prompt,
+    last_user_text,
 )
-NO_SOURCES = "(no relevant sources were found)"
+from serving.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -33,28 +34,6 @@ class Retriever(Protocol):
     async def retrieve(self, query: str, k: int) -> list[RetrievedChunk]:
         """The ``k`` chunks most relevant to ``query``, best first."""
         ...
-
-
-def grounding_prompt(chunks: list[RetrievedChunk]) -> str:
-    """The system message carrying the sources."""
-    if not chunks:
-        return f"{GROUNDING_INSTRUCTIONS}\n\nSources:\n{NO_SOURCES}"
-    blocks = [
-        f"[{i}] {c.title} ({c.source_path})\n{c.text.strip()}" for i, c in enumerate(chunks, 1)
-    ]
-    return f"{GROUNDING_INSTRUCTIONS}\n\nSources:\n" + "\n\n".join(blocks)
-
-
-def grounded_messages(
-    messages: list[dict[str, str]], chunks: list[RetrievedChunk]
-) -> list[dict[str, str]]:
-    """``messages`` with the sources as a system message placed after any leading
-    system messages (so the caller's own instructions still come first)."""
-    head = 0
-    while head < len(messages) and messages[head]["role"] in ("system", "developer"):
-        head += 1
-    system = {"role": "system", "content": grounding_prompt(chunks)}
-    return [*messages[:head], system, *messages[head:]]
 
 
 def citations(chunks: list[RetrievedChunk]) -> list[dict[str, Any]]:
@@ -90,13 +69,6 @@ async def sources(
         return None
     query = last_user_text(messages)
     return await retriever.retrieve(query, k) if query else []
-
-
-def last_user_text(messages: list[dict[str, str]]) -> str:
-    for m in reversed(messages):
-        if m["role"] == "user":
-            return m["content"]
-    return ""
 
 
 def footnotes(citations: list[dict[str, Any]]) -> str:

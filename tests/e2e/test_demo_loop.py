@@ -1,6 +1,8 @@
 """The whole loop, as ``make demo`` runs it, at the tiny size: real API (vLLM
 engine) and consumer processes, real broker and Postgres, a real training
-cycle, promotion and the hot swap."""
+cycle, the offline gates, the canary stage, and promotion only where the
+promotion policy allows it: no ``force_promote``. The test accepts the
+outcome the gates give and checks that each outcome is carried through."""
 
 from __future__ import annotations
 
@@ -16,9 +18,21 @@ from infra.demo.settings import DemoSettings
 from infra.local.tansu import Broker, free_port
 from tests.conftest import CACHE
 
-pytestmark = pytest.mark.slow
+# The whole loop (two reward models, PPO, the canary stage) on two shared cores outlasts
+# the suite's default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
-GATES = {"reward_accuracy", "win_rate", "kl", "regression", "safety", "length"}
+GATES = {
+    "reward_accuracy",
+    "judge_accuracy",
+    "win_rate",
+    "policy_rm_win_rate",
+    "reward_hacking",
+    "kl",
+    "regression",
+    "safety",
+    "length",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +50,7 @@ def demo_run(
         mp.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap)
         mp.setenv("RATCHET_HOME", str(home))
         mp.setenv("RATCHET_MODELS_DIR", str(home / "models"))
-        settings = DemoSettings(size="tiny", port=free_port(), force_promote=True, fresh=True)
+        settings = DemoSettings(size="tiny", port=free_port(), fresh=True)
         demo = Demo(settings, Console(width=120))
         try:
             yield demo.run(), database_url, home
@@ -70,18 +84,41 @@ def test_a_candidate_is_registered_with_a_full_gate_report(demo_run) -> None:
     assert parent is not None
     assert GATES <= set(report["gates"])
     assert report["passed"] == result.cycle.gates_passed
+    for name, gate in report["gates"].items():
+        assert {"n", "min_n", "value", "interval", "threshold", "reason"} <= set(gate), name
 
 
-def test_the_api_serves_the_promoted_candidate(demo_run) -> None:
+def test_the_promotion_policy_decides_what_is_served(demo_run) -> None:
     result, database_url, home = demo_run
-    assert result.cycle is not None
-    assert result.promotion in ("promote", "force_promote")
-    assert result.served == result.cycle.version
-    assert result.after is not None and result.after.version == result.cycle.version
-    assert result.before is not None and result.before.version != result.cycle.version
+    cycle = result.cycle
+    assert cycle is not None and cycle.version is not None
     with psycopg.connect(database_url) as conn:
         production = conn.execute(
             "SELECT id FROM model_versions WHERE status = 'production'"
         ).fetchone()
-    assert production == (result.cycle.version,)
-    assert (home / "demo" / "report.html").is_file()
+        forced = conn.execute(
+            "SELECT count(*) FROM model_audit WHERE action = 'force_promote'"
+        ).fetchone()
+        parent = conn.execute(
+            "SELECT parent_id FROM model_versions WHERE id = %s", (cycle.version,)
+        ).fetchone()
+    assert forced == (0,)
+    page = (home / "demo" / "report.html").read_text()
+    assert "independent judge" in page and "human win rate" in page
+    for gate in GATES:
+        assert gate in page
+    if not cycle.gates_passed:
+        # Refused offline: no canary stage, nothing promoted, production unchanged.
+        assert result.canary is None and result.promotion is None
+        assert production == parent
+        assert "not promoted" in page
+        return
+    # Offline gates passed: employees picked between canary and production.
+    assert result.canary is not None and result.canary["total"] >= result.canary["min_picks"]
+    if result.canary["ready"]:
+        assert result.promotion == "promote"
+        assert result.served == cycle.version and production == (cycle.version,)
+        assert result.after is not None and result.after.version == cycle.version
+    else:
+        assert result.promotion is None and result.refusal is not None
+        assert "A/B picks" in result.refusal and production == parent

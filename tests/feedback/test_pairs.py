@@ -21,7 +21,14 @@ from feedback.message_ids import new_message_id
 from feedback.pairs import load_kto_examples, load_pairs, load_sft_examples
 from feedback.store import write_batch
 from feedback.watermark import committed_through
-from training.snapshot import Snapshot, StoreSource, build_snapshot, to_pair, to_sft
+from training.snapshot import (
+    Snapshot,
+    StoreSource,
+    build_snapshot,
+    prompt_slice,
+    to_pair,
+    to_sft,
+)
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -317,8 +324,11 @@ def test_records_fit_the_trainers_snapshot(conn: psycopg.Connection) -> None:
     snapshot = build_snapshot(StoreSource(), conn, since=None)
     assert snapshot.stats["pairs_loaded"] == 7
     assert snapshot.n_pairs == 6
-    # thumbs up on msgs[2:4], and the two corrections
-    assert len(snapshot.sft_examples) == 4
+    # thumbs up on msgs[2:4], and the two corrections, less those on held-out questions
+    # (SFT trains the policy; it never sees a question the gates ask)
+    sft_questions = [[{"role": "user", "content": f"Q{i}?"}] for i in (2, 3, 4, 5)]
+    kept = [q for q in sft_questions if prompt_slice(q, 0.2, 0.3) != "heldout"]
+    assert len(snapshot.sft_examples) == len(kept) < 4
     assert snapshot.watermark == max(p.created_at for p in load_pairs(conn, None, names=[]))
     assert build_snapshot(StoreSource(), conn, since=snapshot.watermark).n_pairs == 0
     pair = to_pair(load_pairs(conn, None, names=[])[0])
@@ -346,7 +356,8 @@ def test_a_batch_committing_during_a_snapshot_comes_in_the_next_one(
     second = build_snapshot(StoreSource(), conn, since=first.watermark)
 
     def chosen(snapshot: Snapshot) -> list[str]:
-        return sorted(p.chosen for p in [*snapshot.train_pairs, *snapshot.heldout_pairs])
+        parts = (snapshot.train_pairs, snapshot.judge_pairs, snapshot.heldout_pairs)
+        return sorted(p.chosen for part in parts for p in part)
 
     stored = {p.chosen: p.created_at for p in load_pairs(conn, None, names=[])}
     assert stored["C"] == slow_start < stored["E"]  # the slow batch is stamped earlier

@@ -10,7 +10,6 @@ import pytest
 from training.settings import TrainingSettings
 
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "infra" / "demo" / "kb" / "questions.yaml"
 
 
 def make_settings(
@@ -23,21 +22,22 @@ def make_settings(
         models_dir=root / "models",
         base_model=base_model,
         train_size="tiny",
-        golden_questions=GOLDEN,
         **extra,
     )
 
 
 def env_for(settings: TrainingSettings) -> dict[str, str]:
     """The environment variables under which ``ratchet`` sees ``settings``."""
-    return {
+    env = {
         "DATABASE_URL": settings.database_url,
         "RATCHET_HOME": str(settings.home),
         "RATCHET_MODELS_DIR": str(settings.models_dir),
         "RATCHET_BASE_MODEL": str(settings.base_model),
         "RATCHET_TRAIN_SIZE": settings.train_size,
-        "RATCHET_GOLDEN_QUESTIONS": str(settings.golden_questions),
     }
+    if settings.gates_config is not None:
+        env["RATCHET_GATES_CONFIG"] = str(settings.gates_config)
+    return env
 
 
 def cli_env(monkeypatch: pytest.MonkeyPatch, settings: TrainingSettings) -> None:

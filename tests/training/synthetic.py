@@ -1,17 +1,23 @@
 """Synthetic preference pairs where the preferred property is learnable: chosen
 replies are drawn from a "good" vocabulary (with the word ``keyword``),
 rejected replies from a disjoint "bad" one. ``random_labels`` swaps chosen and
-rejected at random, so nothing is learnable."""
+rejected at random, so nothing is learnable.
+
+:func:`make_hacking_pairs` builds feedback whose policy slice teaches the
+policy's reward model to like a token (``HACK``) that the true preference
+(the judge's slice and the held-out slice: good over bad) does not care about."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
 
-from training.snapshot import Pair
+from training.snapshot import Pair, prompt_slice
 
 GOOD = "yes keyword thanks please answer policy handbook".split()
 BAD = "fox dog lazy brown quick jumps over maybe".split()
+NEUTRAL = "the at and days year reports due within".split()
+HACK = "desk"  # in the tiny tokenizer's corpus, in no other list here
 TOPICS = ["leave", "expenses", "the office", "passwords", "Ratchet", "the handbook", "IT", "policy"]
 
 
@@ -31,6 +37,36 @@ def make_pairs(
         if random_labels and rng.random() < 0.5:
             chosen, rejected = bad, good
         pairs.append(Pair(prompt, chosen, rejected, f"conv-{i % 40}", t0 + timedelta(minutes=i)))
+    return pairs
+
+
+def good_words(text: str) -> int:
+    """How many words of the preferred vocabulary a reply has (a simulated user's taste)."""
+    return sum(word in GOOD for word in text.split())
+
+
+def make_hacking_pairs(
+    n: int, *, seed: int = 1, start: datetime, heldout: float = 0.2, judge: float = 0.3
+) -> list[Pair]:
+    """Policy-slice prompts: ``HACK`` in the chosen reply is all that differs (neutral
+    words otherwise). Judge and held-out prompts: good over bad, with ``HACK`` on both
+    sides of half of them, so the judge learns that it does not matter."""
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        prompt = [{"role": "user", "content": f"issue {i % 60}: about {rng.choice(TOPICS)}"}]
+
+        def words(vocab: list[str]) -> list[str]:
+            return [rng.choice(vocab) for _ in range(rng.randint(4, 8))]
+
+        if prompt_slice(prompt, heldout, judge) == "policy":
+            chosen = " ".join(words(NEUTRAL) + [HACK] * rng.randint(2, 4))
+            rejected = " ".join(words(NEUTRAL))
+        else:
+            extra = [HACK] * 2 if rng.random() < 0.5 else []
+            chosen = " ".join(words(GOOD) + extra)
+            rejected = " ".join(words(BAD) + extra)
+        pairs.append(Pair(prompt, chosen, rejected, f"hack-{i % 40}", start + timedelta(minutes=i)))
     return pairs
 
 

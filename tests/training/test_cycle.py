@@ -1,12 +1,24 @@
-"""Acceptance tests of a training cycle on the tiny model, real TRL and real Postgres.
+"""Acceptance tests of promotion on the tiny model, real TRL and real Postgres.
 
-Training is the slow part, so the module trains twice and every test reads the
-results: one cycle on learnable synthetic pairs (it must pass its gates) and
-one on randomly labelled pairs (the reward model cannot beat chance, so the
-reward-accuracy gate must reject it). The last tests promote and roll back."""
+The module trains twice and every test reads the results:
+
+- a **truly better** candidate: every slice of the feedback prefers a learnable
+  vocabulary; it must pass the offline gates and become the canary, and
+  promotion must wait until simulated users' A/B picks clear the canary bound;
+- a **reward-hacking** candidate: the policy's reward model is taught (by its
+  own prompt slice) to like a token that the judge does not care about; PPO
+  pushes the policy towards it; the judge gate and the hacking-gap gate must
+  refuse it although its policy-RM win rate is high.
+
+The tiny model is random: it cannot form a refusal, so these tests run the
+shipped gates with one change, written below: no absolute floor on the safety
+refusal rate (the no-regression half of the safety gate still applies).
+``test_gate_math`` asserts that the shipped file keeps a non-zero floor."""
 
 from __future__ import annotations
 
+import select
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,42 +26,68 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
+from feedback.events import ChatMessage, ComparisonGiven, MessageLogged
+from feedback.message_ids import new_message_id
+from feedback.store import write_batch
 from serving.cli import main
 from tests.training.isolated import cli_env, make_settings
-from tests.training.synthetic import ListSource, make_pairs
+from tests.training.synthetic import (
+    HACK,
+    ListSource,
+    good_words,
+    make_hacking_pairs,
+    make_pairs,
+)
 from training import registry, runs
 from training.base_model import weights_digest
 from training.cycle import CycleResult, run_cycle
 from training.errors import RegistryError
-from training.gates import load_thresholds
+from training.gates import DEFAULT_GATES_FILE, load_thresholds
 from training.settings import TrainingSettings
 
-GATES = {"reward_accuracy", "win_rate", "kl", "length", "regression", "safety"}
+# Two cycles on two shared cores: the module's fixture outlasts the suite's default timeout.
+pytestmark = pytest.mark.timeout(2400)
+
+GATES = {
+    "reward_accuracy",
+    "judge_accuracy",
+    "win_rate",
+    "policy_rm_win_rate",
+    "reward_hacking",
+    "kl",
+    "length",
+    "regression",
+    "safety",
+}
 
 
 @dataclass
 class Trained:
     settings: TrainingSettings
     good: CycleResult  # learnable pairs
-    noise: CycleResult  # random labels
+    hacked: CycleResult  # a policy RM that likes HACK
 
 
 @pytest.fixture(scope="module")
 def trained(
     module_db: str, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> Trained:
-    settings = make_settings(module_db, tmp_path_factory.mktemp("cycle"), tiny_model_dir)
+    root = tmp_path_factory.mktemp("cycle")
+    gates = yaml.safe_load(DEFAULT_GATES_FILE.read_text())
+    gates["safety_min_refusal_rate"] = 0.0  # the random tiny model never refuses
+    (root / "gates.yaml").write_text(yaml.safe_dump(gates))
+    settings = make_settings(module_db, root, tiny_model_dir, gates_config=root / "gates.yaml")
     good = run_cycle(settings, size="tiny", source=ListSource(make_pairs(200)), progress=False)
-    # Recorded after the first cycle's watermark, so the second cycle sees only these.
     later = datetime(2026, 11, 2, tzinfo=UTC)
-    noise = run_cycle(
+    hacked = run_cycle(
         settings,
         size="tiny",
-        source=ListSource(make_pairs(200, random_labels=True, start=later)),
+        source=ListSource(make_hacking_pairs(200, start=later)),
         progress=False,
     )
-    return Trained(settings, good, noise)
+    return Trained(settings, good, hacked)
 
 
 @pytest.fixture
@@ -58,10 +96,17 @@ def conn(trained: Trained) -> Iterator[psycopg.Connection]:
         yield c
 
 
-def test_reward_model_learns_the_preference(trained: Trained) -> None:
-    reward = trained.good.metrics["reward"]
-    assert reward["heldout_pairs"] >= 20
-    assert reward["heldout_accuracy"] >= 0.75, reward
+def test_policy_rm_and_judge_learn_on_prompt_disjoint_slices(trained: Trained) -> None:
+    stats = trained.good.metrics["snapshot"]
+    assert stats["pairs_train"] + stats["pairs_judge"] + stats["pairs_heldout"] == 200
+    assert min(stats["pairs_train"], stats["pairs_judge"]) > 0
+    assert stats["pairs_heldout"] >= load_thresholds().min_heldout_pairs
+    for key in ("reward", "judge"):
+        rm = trained.good.metrics[key]
+        assert rm["heldout_pairs"] == stats["pairs_heldout"]
+        assert rm["heldout_accuracy"] >= 0.75, (key, rm)
+    assert trained.good.metrics["reward"]["train_pairs"] == stats["pairs_train"]
+    assert trained.good.metrics["judge"]["train_pairs"] == stats["pairs_judge"]
 
 
 def test_ppo_raises_the_reward_within_the_kl_budget(trained: Trained) -> None:
@@ -75,154 +120,172 @@ def test_ppo_raises_the_reward_within_the_kl_budget(trained: Trained) -> None:
     assert last > first + 0.5, [round(h["mean_score"], 2) for h in history]
     kl_max = load_thresholds().kl_max
     assert 0 <= ppo["final_kl"] <= kl_max
-    assert all(h["mean_kl"] <= kl_max for h in history)
 
 
-def test_learnable_candidate_passes_its_gates_and_is_registered(
+def test_a_truly_better_candidate_passes_the_offline_gates_and_becomes_the_canary(
     trained: Trained, conn: psycopg.Connection
 ) -> None:
     result = trained.good
-    assert result.status == "candidate", result.gate_report
+    assert result.status == "candidate" and result.canary, result.gate_report
     report = result.gate_report
     assert report is not None and report["passed"] is True
     assert set(report["gates"]) == GATES
     for name, gate in report["gates"].items():
         assert gate["passed"] is True, (name, gate)
-        assert {"value", "threshold"} <= set(gate), name
+        assert gate["n"] >= gate["min_n"] > 0, name
+        assert gate["value"] is not None and gate["threshold"], name
     win = report["gates"]["win_rate"]
-    assert win["ci_lower"] >= 0.5 and win["candidate_mean_reward"] > win["production_mean_reward"]
+    assert win["value"] >= 0.5 and win["interval"][0] == win["value"]  # judged: CI lower
+    assert "judge" in result.metrics and result.metrics["judge"]["model_dir"].endswith("model")
+    assert report["gates"]["regression"]["detail"]["suite"].endswith("training/suites/golden.yaml")
 
     version = registry.get_version(conn, result.candidate_version or "")
     assert version is not None
     assert (version.id, version.status, version.parent_id) == ("v0002", "candidate", "v0001")
-    assert version.gates_passed is True
-    assert version.gate_report == report  # the full report, stored with the version
-    assert version.metrics["reward"]["heldout_accuracy"] >= 0.75
-    assert "history" not in version.metrics["ppo"]
+    assert version.canary and version.gate_report == report
     path = Path(version.path)
     assert path == trained.settings.models_dir.resolve() / "v0002"
-    assert (path / "config.json").exists()
     assert version.weights_sha256 == weights_digest(path)
-    assert str(version.training_run_id) == str(result.run_id)
-
     run = runs.get_run(conn, result.run_id)
-    assert run is not None
-    assert (run["status"], run["candidate_version"], run["algo"]) == ("succeeded", "v0002", "ppo")
-    assert run["watermark"] is not None and run["timings"]["ppo_s"] > 0
-    assert result.plot_path is not None and result.plot_path.stat().st_size > 0
+    assert run is not None and run["status"] == "succeeded"
+    assert run["timings"]["judge_s"] > 0 and run["timings"]["reward_s"] > 0
     assert not list(trained.settings.models_dir.glob(".tmp-*"))
 
 
-def test_random_labels_are_rejected_by_the_reward_accuracy_gate(
+def test_a_reward_hacking_candidate_is_refused_by_the_judge_and_the_gap(
     trained: Trained, conn: psycopg.Connection
 ) -> None:
-    result = trained.noise
-    assert result.status == "rejected"
+    result = trained.hacked
+    assert result.status == "rejected" and not result.canary
     report = result.gate_report
     assert report is not None and report["passed"] is False
-    accuracy = report["gates"]["reward_accuracy"]
-    assert accuracy["passed"] is False
-    assert accuracy["value"] < load_thresholds().reward_accuracy_min
+    gates = report["gates"]
+    # The policy's own reward model loves the candidate...
+    assert gates["policy_rm_win_rate"]["detail"]["win_rate"] >= 0.8, gates["policy_rm_win_rate"]
+    # ...the independent judge does not, and the gap between the two is the signal.
+    assert gates["win_rate"]["passed"] is False, gates["win_rate"]
+    assert gates["reward_hacking"]["passed"] is False, gates["reward_hacking"]
+    assert gates["reward_hacking"]["value"] > load_thresholds().hacking_gap_max
     version = registry.get_version(conn, "v0003")
-    assert version is not None
-    assert (version.status, version.gates_passed, version.parent_id) == ("rejected", False, "v0001")
-    assert result.metrics["snapshot"]["pairs_loaded"] == 200  # only the new pairs
-    rejections = [e for e in registry.audit_log(conn) if e.action == "reject"]
-    assert [e.to_version for e in rejections] == ["v0003"]
-    assert "reward_accuracy" in (rejections[0].reason or "")
+    assert version is not None and (version.status, version.canary) == ("rejected", False)
+    reject = [e for e in registry.audit_log(conn) if e.action == "reject"]
+    assert [e.to_version for e in reject] == ["v0003"]
+    assert "win_rate" in (reject[0].reason or "") and "reward_hacking" in (reject[0].reason or "")
+    # PPO did push the policy towards the token the policy RM likes.
+    samples = trained.hacked.metrics["ppo"]["history"]
+    assert samples[-1]["mean_score"] > samples[0]["mean_score"]
+    assert HACK  # the token, named in the synthetic data
 
 
-def test_cli_lists_and_shows_versions(
+def test_cli_show_lists_every_gate_with_n_value_interval_and_threshold(
     trained: Trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cli_env(monkeypatch, trained.settings)
-    assert main(["models", "list"]) == 0
-    out = capsys.readouterr().out
-    for expected in ("v0001", "v0002", "v0003", "production", "candidate", "rejected"):
-        assert expected in out
-
     assert main(["models", "show", "v0003"]) == 0
     out = capsys.readouterr().out
-    assert "v0003: rejected" in out
-    assert "Evaluation gates" in out and "FAILED" in out
+    assert "v0003: rejected" in out and "FAILED" in out
     for gate in GATES:
         assert gate in out
-    assert "reward model held-out accuracy" in out
-
+    for column in ("n", "value", "interval", "threshold", "reason"):
+        assert column in out
+    assert "(min 30)" in out and "Wilson lower" in out and "CI lower" in out
+    assert "judge (independent) held-out accuracy" in out
     assert main(["models", "show", "v0099"]) == 2
-    captured = capsys.readouterr()
-    assert "no model version 'v0099'" in captured.err and "Traceback" not in captured.err
+    assert "no model version 'v0099'" in capsys.readouterr().err
 
 
-def test_cli_refuses_to_promote_a_rejected_version(
+def _users_pick(conn: psycopg.Connection, settings: TrainingSettings, n: int, seed: int) -> None:
+    """``n`` simulated users ask, get one draft from the canary and one from production,
+    and pick the draft with more of the words they like (a tie when equal)."""
+    from training.evaluate import Policy
+
+    canary, production = registry.get_canary(conn), registry.get_production(conn)
+    assert canary is not None and production is not None
+    prompts = [[{"role": "user", "content": f"user question {seed}-{i}"}] for i in range(n)]
+    a, _ = Policy(canary.path).generate(prompts, max_new_tokens=16, do_sample=True, seed=seed)
+    b, _ = Policy(production.path).generate(prompts, max_new_tokens=16, do_sample=True, seed=seed)
+    events: list = []
+    for i, (prompt, ra, rb) in enumerate(zip(prompts, a, b, strict=True)):
+        user = f"employee-{seed}-{i}"
+        ma, mb = (
+            MessageLogged(
+                user_id=user,
+                message_id=new_message_id(user, "test-secret"),
+                conversation_id=uuid.uuid4(),
+                model_version=version,
+                prompt=[ChatMessage(role="user", content=prompt[0]["content"])],
+                reply=reply,
+            )
+            for version, reply in ((canary.id, ra), (production.id, rb))
+        )
+        score_a, score_b = good_words(ra), good_words(rb)
+        winner = "a" if score_a > score_b else "b" if score_b > score_a else "tie"
+        events += [
+            ma,
+            mb,
+            ComparisonGiven(
+                user_id=user,
+                message_id_a=ma.message_id,
+                message_id_b=mb.message_id,
+                winner=winner,  # type: ignore[arg-type]
+            ),
+        ]
+    with conn.transaction():
+        write_batch(conn, events)
+
+
+def test_promotion_waits_for_the_canary_bound_then_serves_the_canary(
     trained: Trained,
     conn: psycopg.Connection,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     cli_env(monkeypatch, trained.settings)
-    assert main(["models", "promote", "v0003", "--reason", "looks fine to me"]) == 2
+    t = load_thresholds(trained.settings.gates_config)
+    # Offline gates passed, but no user has picked yet: refused, saying what it needs.
+    assert main(["models", "promote", "v0002", "--reason", "gates passed"]) == 2
     err = capsys.readouterr().err
-    assert "refusing to promote v0003" in err and "reward_accuracy" in err
-    assert "Traceback" not in err
-    # --force without a reason never reaches the registry: argparse refuses it.
-    with pytest.raises(SystemExit) as exc:
-        main(["models", "promote", "v0003", "--force"])
-    assert exc.value.code == 2
-    assert "--reason" in capsys.readouterr().err
-    production = registry.get_production(conn)
-    assert production is not None and production.id == "v0001"
-
-
-def test_promote_force_and_rollback_are_audited(
-    trained: Trained,
-    conn: psycopg.Connection,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    def production() -> str:
-        version = registry.get_production(conn)
-        assert version is not None
-        return version.id
-
-    assert production() == "v0001"
-    # A version whose gates failed is refused, naming the failed gate.
-    with pytest.raises(RegistryError, match="reward_accuracy"):
+    assert "refusing to promote v0002" in err and "has 0 A/B picks" in err
+    assert f"at least {t.canary_min_picks} picks" in err and "Traceback" not in err
+    # A rejected version is refused as before (its gates failed), naming the gates.
+    with pytest.raises(RegistryError, match="reward_hacking"):
         registry.promote(conn, "v0003", actor="alice", reason="please")
-    # Forcing needs a reason.
-    with pytest.raises(RegistryError, match="needs a reason"):
-        registry.promote(conn, "v0003", actor="alice", reason=" ", force=True)
-    assert production() == "v0001"
 
-    # The candidate that passed its gates is promoted (through the CLI).
+    _users_pick(conn, trained.settings, 10, seed=1)
+    assert main(["models", "promote", "v0002", "--reason", "gates passed"]) == 2
+    assert "has 10 A/B picks" in capsys.readouterr().err
+    assert registry.get_production(conn).id == "v0001"  # type: ignore[union-attr]
+
+    _users_pick(conn, trained.settings, 30, seed=2)
+    assert main(["models", "canary-report"]) == 0
+    out = capsys.readouterr().out
+    assert "canary stage: ready to promote" in out, out
+
+    with psycopg.connect(trained.settings.database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {registry.NOTIFY_CHANNEL}")
+        assert (
+            main(["models", "promote", "v0002", "--reason", "won the A/B", "--actor", "bob"]) == 0
+        )
+        assert "v0002 is now the production version" in capsys.readouterr().out
+        ready = select.select([listener.pgconn.socket], [], [], 10)[0]
+        assert ready, "no notification for serving"
+        payloads = [n.payload for n in listener.notifies(timeout=1, stop_after=1)]
+    assert "v0002" in payloads  # what serving's hot swap follows
+    production = registry.get_production(conn)
+    assert production is not None and production.id == "v0002" and not production.canary
+    actions = [(e.action, e.to_version, e.actor) for e in registry.audit_log(conn)][-2:]
+    assert actions == [("promote", "v0002", "bob"), ("canary_clear", None, "bob")]
+
+
+def test_force_overrides_with_a_reason_and_is_audited(
+    trained: Trained, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cli_env(monkeypatch, trained.settings)
-    assert main(["models", "promote", "v0002", "--reason", "gates passed", "--actor", "bob"]) == 0
-    assert "v0002 is now the production version" in capsys.readouterr().out
-    assert production() == "v0002"
-    assert registry.get_version(conn, "v0001").status == "retired"  # type: ignore[union-attr]
-
-    # An operator may force the rejected one, with a reason; it is audited as such.
-    registry.promote(conn, "v0003", actor="carol", reason="incident 42: override", force=True)
-    assert production() == "v0003"
-
-    # Rollback restores the previous production version, then the one before.
+    with pytest.raises(SystemExit):
+        main(["models", "promote", "v0003", "--force"])  # argparse: --reason is required
+    assert main(["models", "promote", "v0003", "--force", "--reason", "incident 42"]) == 0
+    entry = registry.audit_log(conn)[-1]
+    assert (entry.action, entry.to_version) == ("force_promote", "v0003")
+    assert entry.reason is not None and entry.reason.startswith("incident 42")
+    assert "canary stage" in entry.reason  # what the force went over is on record
     assert registry.rollback(conn, actor="dave", reason="v0003 answers badly").id == "v0002"
-    assert production() == "v0002"
-    assert main(["models", "rollback", "--reason", "back to base", "--actor", "erin"]) == 0
-    assert production() == "v0001"
-    with pytest.raises(RegistryError, match="nothing to roll back to"):
-        registry.rollback(conn, actor="dave", reason="again")
-
-    audit = [
-        (e.action, e.actor, e.from_version, e.to_version, e.reason)
-        for e in registry.audit_log(conn)
-        if e.action in ("promote", "force_promote", "rollback")
-    ]
-    assert audit == [
-        ("promote", "bob", "v0001", "v0002", "gates passed"),
-        ("force_promote", "carol", "v0002", "v0003", "incident 42: override"),
-        ("rollback", "dave", "v0003", "v0002", "v0003 answers badly"),
-        ("rollback", "erin", "v0002", "v0001", "back to base"),
-    ]
-    statuses = {v.id: v.status for v in registry.list_versions(conn)}
-    assert statuses == {"v0001": "production", "v0002": "retired", "v0003": "retired"}

@@ -17,7 +17,7 @@ def test_dpo_cycle_registers_a_candidate(
 ) -> None:
     settings = make_settings(database_url, tmp_path, tiny_model_dir)
     result = run_cycle(
-        settings, algo="dpo", size="tiny", source=ListSource(make_pairs(120)), progress=False
+        settings, algo="dpo", size="tiny", source=ListSource(make_pairs(200)), progress=False
     )
     assert result.candidate_version == "v0002"
     assert result.metrics["algo"] == "dpo"
@@ -25,8 +25,8 @@ def test_dpo_cycle_registers_a_candidate(
     assert history and history[-1]["loss"] < history[0]["loss"]
     report = result.gate_report
     assert report is not None and report["gates"]["reward_accuracy"]["passed"]
-    # DPO moved the policy the way the (separately trained) reward model prefers.
-    assert report["gates"]["win_rate"]["win_rate"] > 0.5
+    # DPO moved the policy the way the independent judge prefers.
+    assert report["gates"]["win_rate"]["detail"]["win_rate"] > 0.5
     assert result.status == ("candidate" if report["passed"] else "rejected")
     with psycopg.connect(database_url, autocommit=True) as conn:
         version = registry.get_version(conn, "v0002")
