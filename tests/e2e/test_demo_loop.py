@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from rich.console import Console
 
-from infra.demo.driver import Demo, DemoResult
+from infra.demo.driver import OPERATOR, Demo, DemoResult
 from infra.demo.settings import DemoSettings
 from infra.local.tansu import Broker, free_port
 from tests.conftest import CACHE
@@ -24,7 +25,8 @@ GATES = {"reward_accuracy", "win_rate", "kl", "regression", "safety", "length"}
 @pytest.fixture(scope="module")
 def demo_run(
     pg_cluster, template_db, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[DemoResult, str, Path]]:
+) -> Iterator[tuple[DemoResult, str, Path, str]]:
+    """The demo's result, its database, its home and its API's address."""
     from tests.serving.server import new_database
 
     home = tmp_path_factory.mktemp("demo-home")
@@ -39,7 +41,7 @@ def demo_run(
         settings = DemoSettings(size="tiny", port=free_port(), force_promote=True, fresh=True)
         demo = Demo(settings, Console(width=120))
         try:
-            yield demo.run(), database_url, home
+            yield demo.run(), database_url, home, settings.base_url
         finally:
             demo.api.stop()
             demo.consumer.stop()
@@ -47,7 +49,7 @@ def demo_run(
 
 
 def test_every_rating_given_is_stored(demo_run) -> None:
-    result, database_url, _ = demo_run
+    result, database_url, _, _ = demo_run
     assert result.tally is not None and result.tally.ratings > 0
     assert not result.tally.rejected
     with psycopg.connect(database_url) as conn:
@@ -58,7 +60,7 @@ def test_every_rating_given_is_stored(demo_run) -> None:
 
 
 def test_a_candidate_is_registered_with_a_full_gate_report(demo_run) -> None:
-    result, database_url, _ = demo_run
+    result, database_url, _, _ = demo_run
     assert result.cycle is not None and result.cycle.version is not None
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
@@ -69,14 +71,27 @@ def test_a_candidate_is_registered_with_a_full_gate_report(demo_run) -> None:
     parent, report = row
     assert parent is not None
     assert GATES <= set(report["gates"])
-    assert report["passed"] == result.cycle.gates_passed
+    # The verdict is the stored gates' own, and the registry row agrees with it.
+    assert report["passed"] == all(g["passed"] for g in report["gates"].values())
+    with psycopg.connect(database_url) as conn:
+        (gates_passed,) = conn.execute(
+            "SELECT gates_passed FROM model_versions WHERE id = %s", (result.cycle.version,)
+        ).fetchone()  # type: ignore[misc]
+    assert gates_passed == report["passed"]
 
 
 def test_the_api_serves_the_promoted_candidate(demo_run) -> None:
-    result, database_url, home = demo_run
+    result, database_url, home, base_url = demo_run
     assert result.cycle is not None
     assert result.promotion in ("promote", "force_promote")
-    assert result.served == result.cycle.version
+    # What the running API says it serves, not what the driver recorded.
+    models = httpx.get(
+        f"{base_url}/v1/models",
+        headers={"Authorization": f"Bearer {result.keys[OPERATOR]}"},
+        timeout=30,
+    )
+    assert models.status_code == 200, models.text
+    assert [m["id"] for m in models.json()["data"]] == [result.cycle.version]
     assert result.after is not None and result.after.version == result.cycle.version
     assert result.before is not None and result.before.version != result.cycle.version
     with psycopg.connect(database_url) as conn:
