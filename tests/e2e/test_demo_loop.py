@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from rich.console import Console
 
-from infra.demo.driver import Demo, DemoResult
+from infra.demo.driver import OPERATOR, Demo, DemoResult
 from infra.demo.settings import DemoSettings
 from infra.local.tansu import Broker, free_port
 from tests.conftest import CACHE
@@ -38,7 +39,8 @@ GATES = {
 @pytest.fixture(scope="module")
 def demo_run(
     pg_cluster, template_db, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[DemoResult, str, Path]]:
+) -> Iterator[tuple[DemoResult, str, Path, str]]:
+    """The demo's result, its database, its home and its API's address."""
     from tests.serving.server import new_database
 
     home = tmp_path_factory.mktemp("demo-home")
@@ -53,7 +55,7 @@ def demo_run(
         settings = DemoSettings(size="tiny", port=free_port(), fresh=True)
         demo = Demo(settings, Console(width=120))
         try:
-            yield demo.run(), database_url, home
+            yield demo.run(), database_url, home, settings.base_url
         finally:
             demo.api.stop()
             demo.consumer.stop()
@@ -61,7 +63,7 @@ def demo_run(
 
 
 def test_every_rating_given_is_stored(demo_run) -> None:
-    result, database_url, _ = demo_run
+    result, database_url, _, _ = demo_run
     assert result.tally is not None and result.tally.ratings > 0
     assert not result.tally.rejected
     with psycopg.connect(database_url) as conn:
@@ -72,7 +74,7 @@ def test_every_rating_given_is_stored(demo_run) -> None:
 
 
 def test_a_candidate_is_registered_with_a_full_gate_report(demo_run) -> None:
-    result, database_url, _ = demo_run
+    result, database_url, _, _ = demo_run
     assert result.cycle is not None and result.cycle.version is not None
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
@@ -83,15 +85,32 @@ def test_a_candidate_is_registered_with_a_full_gate_report(demo_run) -> None:
     parent, report = row
     assert parent is not None
     assert GATES <= set(report["gates"])
+    # The verdict is the stored gates' own, and the registry row agrees with it.
+    assert report["passed"] == all(g["passed"] for g in report["gates"].values())
     assert report["passed"] == result.cycle.gates_passed
+    with psycopg.connect(database_url) as conn:
+        (gates_passed,) = conn.execute(
+            "SELECT gates_passed FROM model_versions WHERE id = %s", (result.cycle.version,)
+        ).fetchone()  # type: ignore[misc]
+    assert gates_passed == report["passed"]
     for name, gate in report["gates"].items():
         assert {"n", "min_n", "value", "interval", "threshold", "reason"} <= set(gate), name
 
 
+def _served(base_url: str, key: str) -> str:
+    """What the running API says it serves (not what the driver recorded)."""
+    models = httpx.get(
+        f"{base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
+    assert models.status_code == 200, models.text
+    return str(models.json()["data"][0]["id"])
+
+
 def test_the_promotion_policy_decides_what_is_served(demo_run) -> None:
-    result, database_url, home = demo_run
+    result, database_url, home, base_url = demo_run
     cycle = result.cycle
     assert cycle is not None and cycle.version is not None
+    assert result.before is not None and result.before.version != cycle.version
     with psycopg.connect(database_url) as conn:
         production = conn.execute(
             "SELECT id FROM model_versions WHERE status = 'production'"
@@ -103,6 +122,7 @@ def test_the_promotion_policy_decides_what_is_served(demo_run) -> None:
             "SELECT parent_id FROM model_versions WHERE id = %s", (cycle.version,)
         ).fetchone()
     assert forced == (0,)
+    assert (_served(base_url, result.keys[OPERATOR]),) == production  # the API agrees
     page = (home / "demo" / "report.html").read_text()
     assert "independent judge" in page and "human win rate" in page
     for gate in GATES:
