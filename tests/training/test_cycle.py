@@ -205,7 +205,9 @@ def _users_pick(conn: psycopg.Connection, settings: TrainingSettings, n: int, se
     a, _ = Policy(canary.path).generate(prompts, max_new_tokens=16, do_sample=True, seed=seed)
     b, _ = Policy(production.path).generate(prompts, max_new_tokens=16, do_sample=True, seed=seed)
     events: list = []
-    for i, (prompt, ra, rb) in enumerate(zip(prompts, a, b, strict=True)):
+    for i, (prompt, raw_a, raw_b) in enumerate(zip(prompts, a, b, strict=True)):
+        # The random tiny model can sample a NUL byte, which a Postgres text column refuses.
+        ra, rb = raw_a.replace("\x00", ""), raw_b.replace("\x00", "")
         user = f"employee-{seed}-{i}"
         ma, mb = (
             MessageLogged(
