@@ -10,7 +10,8 @@ lock as ``ratchet train``: :func:`start_cycle` refuses while a cycle holds it
 and otherwise launches ``ratchet train`` as a background process, which takes
 the lock itself (so two clicks can never run two cycles).
 
-Importable without torch, like the registry: serving imports this module.
+Importable without torch, like the registry: serving imports this module (and
+the errors it raises, re-exported here: ``LockBusy``, ``RegistryError``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CanaryEvidence",
+    "LockBusy",
+    "RegistryError",
     "Policy",
     "StartedCycle",
     "canary_evidence",

@@ -25,7 +25,7 @@ from serving.console.session import (
 from serving.deps import StateDep
 from serving.errors import Forbidden, InvalidRequest, Unauthorized
 from training import operations
-from training.errors import LockBusy, RegistryError
+from training.operations import LockBusy, RegistryError
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -89,14 +89,10 @@ async def logout(
 
 
 @router.get("/confirm/{action}", response_class=HTMLResponse)
-async def confirm(
-    request: Request, action: str, who: Console, version: str = ""
-) -> HTMLResponse:
+async def confirm(request: Request, action: str, who: Console, version: str = "") -> HTMLResponse:
     if action not in ACTIONS:
         raise InvalidRequest(f"unknown action {action!r}")
-    return page(
-        request, who, "confirm.html", action=action, title=ACTIONS[action], version=version
-    )
+    return page(request, who, "confirm.html", action=action, title=ACTIONS[action], version=version)
 
 
 @router.post("/actions/{action}", response_class=HTMLResponse)

@@ -6,13 +6,13 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from serving.console import queries, svg
 from serving.console.render import Console, page, read
 from serving.deps import StateDep
-from serving.errors import NotFound
+from serving.errors import InvalidRequest, NotFound
 from training import operations, registry
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -59,9 +59,7 @@ async def versions(request: Request, state: StateDep, who: Console) -> HTMLRespo
 
 
 @router.get("/versions/{version_id}", response_class=HTMLResponse)
-async def version(
-    request: Request, version_id: str, state: StateDep, who: Console
-) -> HTMLResponse:
+async def version(request: Request, version_id: str, state: StateDep, who: Console) -> HTMLResponse:
     policy = operations.default_policy()
 
     def load(conn: psycopg.Connection) -> dict[str, Any]:
@@ -69,8 +67,8 @@ async def version(
         if v is None:
             raise NotFound(f"no model version {version_id!r}")
         run = queries.run(conn, v.training_run_id) if v.training_run_id else None
-        evidence = None if v.status == "production" else operations.canary_evidence(
-            conn, v.id, policy
+        evidence = (
+            None if v.status == "production" else operations.canary_evidence(conn, v.id, policy)
         )
         return {"v": v, "run": run, "evidence": evidence}
 
@@ -79,9 +77,7 @@ async def version(
     charts = [svg.line_chart(name, values) for name, values in
               queries.curves(run["metrics"] if run else {}).items()]  # fmt: skip
     gates = (data["v"].gate_report or {}).get("gates", {})
-    return page(
-        request, who, "version.html", gates=gates, charts=charts, policy=policy, **data
-    )
+    return page(request, who, "version.html", gates=gates, charts=charts, policy=policy, **data)
 
 
 @router.get("/feedback", response_class=HTMLResponse)
@@ -89,11 +85,13 @@ async def feedback(
     request: Request,
     state: StateDep,
     who: Console,
-    kind: str = Query(default=""),
-    version: str = Query(default=""),
-    since: date | None = Query(default=None),
-    until: date | None = Query(default=None),
+    kind: str = "",
+    version: str = "",
+    since: str = "",
+    until: str = "",
 ) -> HTMLResponse:
+    """Empty filters (as the form sends them) mean "any"."""
+    start, end = _day(since, "from"), _day(until, "to")
     kinds = [kind] if kind in queries.KINDS else list(queries.KINDS)
     names = getattr(state.settings, "pii_names", [])
     rows = await read(
@@ -102,15 +100,13 @@ async def feedback(
             conn,
             kinds=kinds,
             version=version.strip() or None,
-            since=since,
-            until=until,
+            since=start,
+            until=end,
             names=names,
         ),
     )
     filters = {"kind": kind, "version": version, "since": since or "", "until": until or ""}
-    return page(
-        request, who, "feedback.html", rows=rows, filters=filters, kinds=queries.KINDS
-    )
+    return page(request, who, "feedback.html", rows=rows, filters=filters, kinds=queries.KINDS)
 
 
 @router.get("/runs", response_class=HTMLResponse)
@@ -129,3 +125,12 @@ async def runs(request: Request, state: StateDep, who: Console) -> HTMLResponse:
 async def audit(request: Request, state: StateDep, who: Console) -> HTMLResponse:
     entries = await read(state, lambda conn: registry.audit_log(conn, limit=200))
     return page(request, who, "audit.html", entries=list(reversed(entries)))
+
+
+def _day(value: str, name: str) -> date | None:
+    if not value.strip():
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise InvalidRequest(f"'{name}' must be a date (YYYY-MM-DD), not {value!r}") from exc

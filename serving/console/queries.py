@@ -47,7 +47,7 @@ def feedback_per_hour(conn: psycopg.Connection, now: datetime) -> list[tuple[dat
         ") f GROUP BY h",
         {"s": start},
     ).fetchall()
-    counts = dict(rows)
+    counts: dict[datetime, int] = dict(rows)
     hours = [start + timedelta(hours=i) for i in range(24)]
     return [(h, int(counts.get(h, 0))) for h in hours]
 
@@ -175,7 +175,8 @@ def feedback(
     parts = [_FEEDBACK_SQL[k] for k in kinds if k in _FEEDBACK_SQL]
     if not parts:
         return []
-    where, params = [], {"limit": limit}
+    where: list[str] = []
+    params: dict[str, object] = {"limit": limit}
     if version:
         where.append("f.version LIKE %(version)s")
         params["version"] = f"%{version}%"
@@ -186,7 +187,9 @@ def feedback(
         where.append("f.at < %(until)s")
         params["until"] = until + timedelta(days=1)
     sql = (
-        "SELECT * FROM (" + " UNION ALL ".join(parts) + ") f"
+        "SELECT * FROM ("
+        + " UNION ALL ".join(parts)
+        + ") f"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY f.at DESC LIMIT %(limit)s"
     )
