@@ -37,7 +37,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _stage_summary(metrics: dict[str, Any] | None) -> list[tuple[str, str, Any]]:
+    """A run's scalar metrics per stage (per-step histories are drawn, not listed)."""
+    rows = []
+    for stage, value in (metrics or {}).items():
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        for key, v in items:
+            if isinstance(v, int | float | str) and not isinstance(v, bool):
+                rows.append((stage, key, v))
+    return rows
+
+
 _env.filters["fmt"] = _fmt
+_env.filters["stage_summary"] = _stage_summary
 templates = Jinja2Templates(env=_env)
 
 Console = Annotated[tuple[User, Session | None], Depends(console_user)]

@@ -58,10 +58,9 @@ def _run(conn: psycopg.Connection, root: Path) -> uuid.UUID:
     log.write_text("step 1\nstep 2\ntraining finished\n")
     runs.start_run(conn, run_id=run_id, algo="dpo", config={}, logs_path=str(log))
     history = [{"step": i, "loss": 1.0 / (i + 1), "reward_margin": 0.1 * i} for i in range(8)]
-    runs.update_run(
-        conn, run_id, status="succeeded", metrics={"dpo": {"history": history}},
-        timings={"snapshot": 1.2, "dpo": 30.5, "gates": 4.0},
-    )  # fmt: skip
+    metrics = {"dpo": {"history": history, "final_loss": 0.125}}
+    timings = {"snapshot": 1.2, "dpo": 30.5, "gates": 4.0}
+    runs.update_run(conn, run_id, status="succeeded", metrics=metrics, timings=timings)
     return run_id
 
 
@@ -236,6 +235,20 @@ def test_setting_and_clearing_the_canary(console, page) -> None:  # type: ignore
         ("canary", "console:olga"),
         ("canary_clear", "console:olga"),
     ]
+
+
+def test_training_runs_page_and_the_start_button_respects_the_cycle_lock(console, page) -> None:  # type: ignore[no-untyped-def]
+    login(page, console, console.keys.operator)
+    page.goto(console.base_url + "/console/runs")
+    run = page.inner_text("article.card")
+    assert "succeeded" in run and "dpo" in run and "30.5" in run  # a stage's timing
+    assert "final_loss" in run and "0.125" in run
+    page.click("text=log tail")
+    assert "training finished" in page.inner_text("article.card pre")
+    with runs.cycle_lock(console.database_url):  # a cycle is running (`ratchet train`'s lock)
+        response = act(page, console, "train")
+    assert response.status == 409
+    assert "another training cycle is running" in page.inner_text("#result")
 
 
 def _rate(server: CanaryServer, comment: str) -> str:
