@@ -131,11 +131,14 @@ async def console_user(request: Request) -> tuple[User, Session | None]:
     raise LoginRequired()
 
 
-def check_csrf(session: Session | None, token: str | None) -> None:
-    """A POST from a session must carry its CSRF token (bearer callers need none:
-    a browser never sends an Authorization header on its own)."""
+def check_csrf(request: Request, session: Session | None, token: str | None) -> None:
+    """A POST from a session must carry its CSRF token. Bearer callers need none (a
+    browser never sends an Authorization header on its own); a POST with neither (in
+    --no-auth mode) is refused: log in first, which gives a session and a token."""
     if session is None:
-        return
+        if request.headers.get("authorization"):
+            return
+        raise Forbidden("log in to the console first (/console/login)")
     if not token or not hmac.compare_digest(token, session.csrf):
         raise Forbidden("missing or wrong CSRF token; reload the page and try again")
 
