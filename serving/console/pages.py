@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ async def overview(request: Request, state: StateDep, who: Console) -> HTMLRespo
         }
 
     data = await read(state, load)
+    consumer = queries.consumer_status(state.settings.home, time.time())
     per_hour = data.pop("per_hour")
     chart = svg.bar_chart(
         "feedback events per hour, last 24 h (UTC)",
@@ -48,6 +50,7 @@ async def overview(request: Request, state: StateDep, who: Console) -> HTMLRespo
         total_24h=sum(n for _, n in per_hour),
         served=state.models.version,
         served_canary=state.models.canary_version,
+        consumer=consumer,
         **data,
     )
 

@@ -6,6 +6,7 @@ Read-only SQL on the feedback and training tables; registry rows come from
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -78,6 +79,27 @@ def rates_by_version(conn: psycopg.Connection) -> list[VersionRates]:
 def dead_letters(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
     return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True)
+class ConsumerStatus:
+    lag: int
+    events: int
+    age_s: float
+
+
+def consumer_status(home: Path, now: float) -> ConsumerStatus | None:
+    """The feedback consumer's last report (lag summed over partitions), from the status
+    file ``ratchet consume`` writes under ``RATCHET_HOME``; None when there is none here."""
+    from feedback.consumer import STATUS_FILE
+
+    path = home / STATUS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    lag = sum(int(v) for v in (data.get("lag") or {}).values())
+    return ConsumerStatus(lag, int(data.get("events") or 0), now - float(data["updated_at"]))
 
 
 def runs(conn: psycopg.Connection, *, limit: int = 20) -> list[dict[str, Any]]:
