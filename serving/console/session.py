@@ -23,7 +23,7 @@ from fastapi import Request
 from psycopg_pool import ConnectionPool
 
 from serving.auth import DEV_USER, User, bearer_token
-from serving.errors import Forbidden, Unauthorized
+from serving.errors import Forbidden
 
 SESSION_COOKIE = "ratchet_console"
 PRE_COOKIE = "ratchet_console_login"
@@ -113,7 +113,7 @@ async def console_user(request: Request) -> tuple[User, Session | None]:
     """Who is using the console: the session cookie's user, or a bearer key's.
 
     Raises :class:`LoginRequired` without either, :class:`Forbidden` (403) for a
-    role below operator, :class:`Unauthorized` for a bad bearer key."""
+    role below operator, ``Unauthorized`` (401) for a bad bearer key."""
     state = request.app.state.ratchet
     sessions: ConsoleSessions = state.console
     session = sessions.get(request.cookies.get(SESSION_COOKIE))
@@ -150,7 +150,6 @@ __all__ = [
     "ConsoleSessions",
     "LoginRequired",
     "Session",
-    "Unauthorized",
     "check_csrf",
     "console_user",
 ]
