@@ -148,21 +148,32 @@ def curves(metrics: dict[str, Any]) -> dict[str, list[float]]:
 
 KINDS = ("rating", "comparison", "correction")
 
+# The first successful training run whose snapshot reached a preference pair made
+# from these messages (a run uses the pairs up to its watermark).
+_USED_BY = (
+    "(SELECT t.id FROM preference_pairs p JOIN training_runs t ON t.status = 'succeeded'"
+    " AND t.watermark >= p.feedback_at WHERE p.rejected_message_id IN ({ids})"
+    " OR p.chosen_message_id IN ({ids}) ORDER BY t.watermark LIMIT 1)"
+)
+
 _FEEDBACK_SQL = {
     "rating": (
         "SELECT 'rating' kind, r.occurred_at at, r.user_id, m.model_version version,"
-        " m.prompt, m.reply, NULL other, r.thumbs, r.stars, r.comment, NULL winner"
+        " m.prompt, m.reply, NULL other, r.thumbs, r.stars, r.comment, NULL winner,"
+        f" {_USED_BY.format(ids='m.id')} run_id"
         " FROM ratings r JOIN messages m ON m.id = r.message_id"
     ),
     "comparison": (
         "SELECT 'comparison', c.occurred_at, c.user_id, a.model_version || ' vs ' ||"
-        " b.model_version, a.prompt, a.reply, b.reply, NULL, NULL, NULL, c.winner"
+        " b.model_version, a.prompt, a.reply, b.reply, NULL, NULL, NULL, c.winner,"
+        f" {_USED_BY.format(ids='a.id, b.id')}"
         " FROM comparisons c JOIN messages a ON a.id = c.message_id_a"
         " JOIN messages b ON b.id = c.message_id_b"
     ),
     "correction": (
         "SELECT 'correction', k.occurred_at, k.user_id, m.model_version, m.prompt, m.reply,"
-        " k.corrected_reply, NULL, NULL, NULL, NULL"
+        " k.corrected_reply, NULL, NULL, NULL, NULL,"
+        f" {_USED_BY.format(ids='m.id')}"
         " FROM corrections k JOIN messages m ON m.id = k.message_id"
     ),
 }
@@ -181,6 +192,7 @@ class FeedbackRow:
     stars: int | None
     comment: str | None
     winner: str | None
+    run_id: Any = None  # the training run that first used a pair made from it
 
 
 def feedback(
@@ -221,14 +233,25 @@ def feedback(
         return None if text is None else redact(text, names)
 
     rows = []
-    for kind, at, user, ver, prompt, reply, other, thumbs, stars, comment, winner in conn.execute(
-        sql, params
-    ):
+    for (
+        kind,
+        at,
+        user,
+        ver,
+        prompt,
+        reply,
+        other,
+        thumbs,
+        stars,
+        comment,
+        winner,
+        run_id,
+    ) in conn.execute(sql, params):
         asked = next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
         rows.append(
             FeedbackRow(
                 kind, at, user, ver, clean(asked) or "", clean(reply) or "", clean(other),
-                thumbs, stars, clean(comment), winner,
+                thumbs, stars, clean(comment), winner, run_id,
             )
         )  # fmt: skip
     return rows

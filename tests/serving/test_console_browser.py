@@ -251,6 +251,25 @@ def test_training_runs_page_and_the_start_button_respects_the_cycle_lock(console
     assert "another training cycle is running" in page.inner_text("#result")
 
 
+def _used_by_a_run(message_id: str):  # type: ignore[no-untyped-def]
+    """A preference pair made from ``message_id``, inside the fixture run's snapshot."""
+
+    def apply(conn: psycopg.Connection) -> uuid.UUID:
+        conn.execute(
+            "INSERT INTO preference_pairs (pair_key, source, prompt, chosen, rejected,"
+            " rejected_message_id, feedback_at) VALUES (%s, 'rating', '[]', 'better', 'worse',"
+            " %s, now())",
+            (uuid.uuid4().hex, message_id),
+        )
+        row = conn.execute(
+            "UPDATE training_runs SET watermark = now() + interval '1 minute' RETURNING id"
+        ).fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+
+    return apply
+
+
 def _rate(server: CanaryServer, comment: str) -> str:
     """Chat once and rate the reply through the API, as a user; the message id."""
     resp = server.client().chat.completions.create(
@@ -283,6 +302,7 @@ def test_the_feedback_explorer_shows_a_rating_escaped_and_redacted(console, page
     plain = _rate(console, "too short; mail me at ada@example.com")
     hostile = _rate(console, XSS)
     _stored(console, [plain, hostile])
+    run_id = console.registry(_used_by_a_run(plain))
     login(page, console, console.keys.operator)
     page.goto(console.base_url + "/console/feedback")
     page.select_option("select[name=kind]", "rating")  # the form sends empty dates too
@@ -295,6 +315,11 @@ def test_the_feedback_explorer_shows_a_rating_escaped_and_redacted(console, page
     assert page.evaluate("typeof window.__xss") == "undefined"  # and never ran
     assert page.locator(".comment img").count() == 0
     assert page.locator(".comment script").count() == 0
+    used = page.locator("article.feedback", has_text="[EMAIL]").locator("a", has_text="run")
+    assert used.count() == 1
+    used.click()  # from the rating's pair to the run that trained on it
+    assert page.url.endswith(f"/console/runs#run-{run_id}")
+    assert page.locator("article.feedback", has_text="__xss").locator("a").count() == 0
     page.goto(console.base_url + "/console/feedback?kind=correction")
     assert page.locator("article.feedback").count() == 0
     page.goto(console.base_url + "/console/feedback?version=v0003")  # v0001 served them
