@@ -12,6 +12,17 @@ by ``event_id``).
 
 What is lost on a hard crash: events still in the in-memory queue or in
 kafka-python's send buffer (milliseconds' worth). ``close()`` spools them.
+
+A broker that goes away ends its client: the sender checks every
+``BROKER_CHECK_S`` that the broker still answers, and on the first failure
+(that, or a failed delivery) it force-closes the kafka-python client, which
+fails every batch it still buffers into the spool. Left alone, kafka-python
+would retry those batches into a *restarted* broker as soon as it listens,
+before any metadata request has created their topics there; tansu (memory-only)
+acknowledges them and then numbers later records with offsets already taken, so
+a consumer past those offsets never sees them (the soak's 230 lost ratings,
+issue 17). The spool replays through a fresh client, whose first request
+fetches the metadata.
 """
 
 from __future__ import annotations
@@ -39,6 +50,8 @@ EVENTS_OUT = Counter(
     "Feedback events handed to the broker or the spool, by outcome.",
     ["outcome"],  # sent | spooled | replayed
 )
+
+BROKER_CHECK_S = 0.25  # how often a healthy producer checks that the broker still answers
 
 
 def _broker_answers(servers: str) -> bool:
@@ -69,6 +82,7 @@ class EventProducer:
         self._stop = threading.Event()
         self._closed = False
         self._last_probe = 0.0
+        self._last_check = 0.0
         self._last_error_log = 0.0
         # this producer's share of EVENTS_OUT (the API exports it on its own registry)
         self.outcomes: dict[str, int] = {"sent": 0, "spooled": 0, "replayed": 0}
@@ -135,6 +149,7 @@ class EventProducer:
                 time.sleep(0.5)
 
     def _step(self) -> None:
+        self._check_broker()
         batch = self._take(timeout=0.1)
         if batch:
             try:
@@ -167,6 +182,17 @@ class EventProducer:
             self._busy += len(batch)
         return batch
 
+    def _check_broker(self) -> None:
+        """End the client of a broker that stopped answering (see the module docstring)."""
+        now = time.monotonic()
+        if not self._healthy or now - self._last_check < BROKER_CHECK_S:
+            return
+        self._last_check = now
+        if not _broker_answers(self._settings.kafka_bootstrap_servers):
+            self._healthy = False
+            self._log_error("broker stopped answering: spooling until it is back")
+            self._abandon_kafka()
+
     def _usable(self) -> bool:
         """A connected producer we believe in, creating one if the broker answers."""
         if self._healthy and self._kafka is not None:
@@ -179,6 +205,10 @@ class EventProducer:
         self._last_probe = time.monotonic()
         if not _broker_answers(self._settings.kafka_bootstrap_servers):
             return False
+        if not self._healthy:
+            # a client that failed may hold batches for a broker that is gone: they go
+            # to the spool, and a fresh client asks for metadata before it produces
+            self._abandon_kafka()
         if self._kafka is None:
             try:
                 self._kafka = self._make_kafka()
@@ -289,6 +319,21 @@ class EventProducer:
                 return
         if total:
             logger.info("replayed %s spooled events; backlog now %s", total, len(self._spool))
+
+    def _abandon_kafka(self) -> None:
+        """Force-close the client: every batch it still holds fails (and is spooled by
+        ``_on_failed``) instead of being retried into whatever broker answers next."""
+        kafka, self._kafka = self._kafka, None
+        if kafka is None:
+            return
+        try:
+            kafka.close(timeout=0)  # nothing pending: a plain close
+        except KafkaError:  # batches pending: flush(0) timed out before the force-close
+            sender = getattr(kafka, "_sender", None)
+            if sender is None:
+                raise
+            sender.force_close()  # kafka-python fails every incomplete batch, then stops
+            sender.join(5)
 
     def _discard_kafka(self) -> None:
         """Drop a producer that failed a replay; the next probe builds a fresh one."""

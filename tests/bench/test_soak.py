@@ -73,6 +73,7 @@ class Tally:
         self.outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.accepted: set[str] = set()
+        self.accepted_at: dict[str, float] = {}  # event id -> monotonic time of its 202
 
     def record(self, cls: str, outcome: str, seconds: float, event_ids: list[str] = ()) -> None:  # type: ignore[assignment]
         with self.lock:
@@ -80,6 +81,9 @@ class Tally:
             if outcome == "answered":
                 self.latencies[cls].append(seconds)
             self.accepted.update(event_ids)
+            now = time.monotonic()
+            for e in event_ids:
+                self.accepted_at[e] = now
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +237,9 @@ def _faults(
     paused.clear()
     time.sleep(5)
     system["broker"].start()
+    log("broker: listening again; stopping the consumer")
     system["consumer"].stop()
+    log("consumer: stopped; starting it")
     system["consumer"].start()
     time.sleep(step)
     log("postgres: restart (fast shutdown)")
@@ -301,5 +307,9 @@ def test_soak_under_faults(system: dict) -> None:
     ]
     print_table("soak: feedback and memory", ["", "value"], summary)
     save_json("soak", {"classes": rows, "summary": summary, "faults": events})
+    if lost:
+        when = sorted(tally.accepted_at[e] - t0 for e in lost)
+        print(f"lost: {len(lost)} accepted between {when[0]:.2f} s and {when[-1]:.2f} s")
+        print("lost sample:", sorted(lost)[:5])
     assert not lost, f"{len(lost)} accepted ratings never stored"
     assert not unexpected

@@ -1,0 +1,94 @@
+"""A tansu restart with sends still in the producer's hands (the soak's 230 lost
+ratings, issue 17): the broker is down for less than the delivery timeout, so the
+events published during the outage are still in kafka-python's buffer when the
+new, empty broker comes up.
+
+Left to kafka-python, those buffered batches are retried into the new broker
+before any metadata request has created their topics there; tansu acknowledges
+them, and the partitions are left in a state where later records are given
+offsets already taken (and produce requests fail with UnknownError). A consumer
+whose position has passed a reused offset never sees that record: acknowledged,
+then lost. The producer must instead spool such sends and replay them through a
+fresh client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from feedback.events import TOPIC_RATINGS
+from feedback.producer import EventProducer
+from infra.local.tansu import Broker
+from tests.feedback.conftest import (
+    ConsumerThread,
+    make_settings,
+    message,
+    rating_ids,
+    read_topic,
+    thumbs,
+    wait_for,
+)
+
+
+def _publish(producer: EventProducer, user: str, n: int) -> set[str]:
+    events = [thumbs(message(user)) for _ in range(n)]
+    for e in events:
+        producer.publish(e)
+    return {str(e.event_id) for e in events}
+
+
+def test_sends_buffered_across_a_broker_restart_are_all_stored(
+    fresh_broker: Broker,
+    database_url: str,
+    run_consumer: Callable[..., ConsumerThread],
+    tmp_path: Path,
+) -> None:
+    user = "restart"
+    # the outage (about 5 s of tansu shutting down, then 1 s) is shorter than this
+    settings = make_settings(
+        fresh_broker.bootstrap, database_url, tmp_path / "home", producer_delivery_timeout_ms=15000
+    )
+    producer = EventProducer(settings)
+    try:
+        before = _publish(producer, user, 20)
+        assert producer.flush(30)
+        consumer = run_consumer(settings)
+        wait_for(lambda: rating_ids(database_url, user) == before, 60, "the first 20 stored")
+        consumer.stop()  # tansu forgets offsets and groups: the consumer restarts with it
+
+        fresh_broker.stop()
+        during = _publish(producer, user, 300)  # the producer still believes in the broker
+        time.sleep(1)
+        fresh_broker.start()
+        after: set[str] = set()
+        for _ in range(6):
+            after |= _publish(producer, user, 50)
+            time.sleep(0.3)
+        wait_for(
+            lambda: producer.pending() == 0 and producer.backlog() == 0,
+            120,
+            "every event acknowledged by the new broker",
+            lambda: (producer.pending(), producer.backlog(), producer.outcomes),
+        )
+        consumer = run_consumer(settings)
+        expected = before | during | after
+        try:
+            wait_for(
+                lambda: rating_ids(database_url, user) == expected,
+                90,
+                "every published rating stored",
+                lambda: (len(expected - rating_ids(database_url, user)), producer.outcomes),
+            )
+        finally:
+            consumer.stop()
+        # The new log holds each event of the outage and after, at offsets of its own.
+        records = read_topic(fresh_broker.bootstrap, TOPIC_RATINGS)
+        offsets = Counter((r.partition, r.offset) for r in records)
+        assert [po for po, n in offsets.items() if n > 1] == []
+        assert {json.loads(r.value)["event_id"] for r in records} == during | after
+    finally:
+        producer.close()
