@@ -90,6 +90,8 @@ def test_routing_takes_only_a_server_that_serves_the_version() -> None:
     assert pick_model([], "v0002", "/models/v0002") is None
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # four vLLM server starts, on shared cores
 def test_promotion_canary_and_rollback_reach_the_managed_servers(
     topology: tuple[CanaryServer, str], tiny_model_dir: Path, tiny_model_b_dir: Path
 ) -> None:
