@@ -9,7 +9,6 @@ next cycle takes the lock and marks it failed; no version is half-registered.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import shutil
 import time
@@ -26,7 +25,7 @@ from training import distributed, registry, runs
 from training.base_model import cast_weights, weights_digest
 from training.cycle_config import TrainCycleConfig
 from training.errors import TrainingError
-from training.settings import TrainingSettings
+from training.settings import TrainingSettings, default_actor  # noqa: F401 - re-exported
 from training.snapshot import FeedbackSource, Snapshot, StoreSource, build_snapshot
 
 logger = logging.getLogger(__name__)
@@ -44,15 +43,6 @@ class CycleResult:
     plot_path: Path | None = None
     message: str = ""
     canary: bool = False  # the candidate is now the canary (users' A/B picks decide)
-
-
-def default_actor(settings: TrainingSettings) -> str:
-    if settings.actor:
-        return settings.actor
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def run_cycle(
@@ -177,7 +167,11 @@ def _train(
         if result.status == "candidate" and result.candidate_version:
             from training.cycle_stages import to_canary
 
-            to_canary(settings, conn, result)
+            version = result.candidate_version
+            result.canary = True
+            result.message = f"{version} registered as candidate and serving as the canary"
+            if to_canary(settings, conn, version):
+                result.status = "promoted"
         return result
     except BaseException as exc:
         runs.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")

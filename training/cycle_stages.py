@@ -12,16 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from training import cycle, registry
+from training import registry
 from training.cycle_config import TrainCycleConfig
 from training.gates import GateInputs, GateThresholds, load_thresholds, run_gates
 from training.promotion import promote_if_ready
-from training.settings import TrainingSettings
+from training.settings import TrainingSettings, default_actor
 from training.snapshot import Snapshot
 from training.suites_io import resolve_suite
 
 if TYPE_CHECKING:
-    from training.cycle import CycleResult
     from training.device import Placement
     from training.reward import RewardResult, RewardScorer
 
@@ -115,25 +114,20 @@ def gate_stage(
     return run_gates(inputs, thresholds, config.eval, progress=progress).as_dict()
 
 
-def to_canary(settings: TrainingSettings, conn: psycopg.Connection, result: CycleResult) -> None:
+def to_canary(settings: TrainingSettings, conn: psycopg.Connection, version: str) -> bool:
     """A candidate that passed its offline gates becomes the canary; the auto-promote
-    policy then goes through the same canary stage as an operator."""
-    version = result.candidate_version
-    assert version is not None
-    registry.set_canary(
-        conn, version, actor=cycle.default_actor(settings), reason="offline gates passed"
+    policy then goes through the same canary stage as an operator. True when that
+    policy promoted it at once."""
+    registry.set_canary(conn, version, actor=default_actor(settings), reason="offline gates passed")
+    if not settings.auto_promote:
+        return False
+    promoted = promote_if_ready(
+        conn,
+        actor="auto-promote",
+        thresholds=load_thresholds(settings.gates_config),
+        require_canary=settings.require_canary,
     )
-    result.canary = True
-    result.message = f"{version} registered as candidate and serving as the canary"
-    if settings.auto_promote:
-        promoted = promote_if_ready(
-            conn,
-            actor="auto-promote",
-            thresholds=load_thresholds(settings.gates_config),
-            require_canary=settings.require_canary,
-        )
-        if promoted is not None:
-            result.status = "promoted"
+    return promoted is not None
 
 
 def rm_metrics(rm: Any) -> dict[str, Any]:

@@ -253,6 +253,35 @@ def sample_replies(
 # --- the trainer --------------------------------------------------------------------------
 
 
+class HfRollouts:
+    """Replies from the policy's ``generate``: always current, nothing to sync."""
+
+    name = "hf"
+
+    def __init__(self, tokenizer: Any, config: PpoStageConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+
+    def generate(
+        self, policy: nn.Module, prompts: Sequence[Messages]
+    ) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
+        cfg = self.config
+        return sample_replies(
+            policy,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            max_prompt_length=cfg.max_prompt_length,
+        )
+
+    def sync(self, policy: nn.Module) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class PpoTrainer:
     """Runs PPO iterations: rollout, score, KL-shaped rewards, GAE, clipped updates."""
 
@@ -270,8 +299,6 @@ class PpoTrainer:
         """``policy`` and ``ref_policy`` already sit on ``placement``'s device (see
         :func:`load_models`); without a placement, the policy's device, no autocast.
         ``rollouts`` generates the replies (default: the policy's own ``generate``)."""
-        from training.rollouts import HfRollouts
-
         self.config = config
         self.tokenizer = tokenizer
         self.rollouts = rollouts or HfRollouts(tokenizer, config)

@@ -28,7 +28,13 @@ from torch import nn
 from training import distributed
 from training.device import Placement
 from training.errors import TrainingError
-from training.ppo import Messages, encode_prompts, model_device, reply_mask, sample_replies
+from training.ppo import (  # noqa: F401 - HfRollouts re-exported beside the vLLM engine
+    HfRollouts,
+    Messages,
+    encode_prompts,
+    model_device,
+    reply_mask,
+)
 from training.ppo_config import PpoStageConfig
 
 logger = logging.getLogger(__name__)
@@ -44,33 +50,6 @@ class RolloutEngine(Protocol):
     def sync(self, policy: nn.Module) -> None: ...
 
     def close(self) -> None: ...
-
-
-class HfRollouts:
-    """Replies from the policy's ``generate``: always current, nothing to sync."""
-
-    name = "hf"
-
-    def __init__(self, tokenizer: Any, config: PpoStageConfig) -> None:
-        self.tokenizer = tokenizer
-        self.config = config
-
-    def generate(self, policy: nn.Module, prompts: Sequence[Messages]) -> Batch:
-        cfg = self.config
-        return sample_replies(
-            policy,
-            self.tokenizer,
-            prompts,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            max_prompt_length=cfg.max_prompt_length,
-        )
-
-    def sync(self, policy: nn.Module) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 class VllmRollouts:

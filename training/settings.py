@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Literal
 
@@ -70,3 +71,12 @@ class TrainingSettings(RatchetSettings):
     @property
     def base_model_dir(self) -> Path:
         return self.base_model if self.base_model is not None else self.models_dir / "base"
+
+
+def default_actor(settings: TrainingSettings) -> str:
+    if settings.actor:
+        return settings.actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
