@@ -28,6 +28,11 @@ class TrainCycleConfig(BaseModel):
         description="Train on the feedback of the last N days (None: all of it, cumulative).",
     )
     seed: int = Field(default=0, description="Seed of every stage.")
+    stages: list[str] = Field(
+        default_factory=lambda: ["sft"],
+        description="Policy stages run before the algorithm (see training/stages.py), in order; "
+        "each is skipped when it has too little data.",
+    )
     sft: SftStageConfig = Field(default_factory=SftStageConfig)
     reward: RewardStageConfig = Field(default_factory=RewardStageConfig)
     judge: RewardStageConfig = Field(

@@ -64,6 +64,7 @@ class HfRollouts:
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             max_prompt_length=cfg.max_prompt_length,
+            repetition_penalty=cfg.repetition_penalty,
         )
 
     def sync(self, policy: nn.Module) -> None:
@@ -123,6 +124,10 @@ class VllmRollouts:
                 temperature=cfg.temperature,
                 top_p=1.0,
                 top_k=0,
+                min_p=0.0,
+                repetition_penalty=cfg.repetition_penalty,
+                presence_penalty=0.0,
+                frequency_penalty=0.0,
                 max_tokens=cfg.max_new_tokens,
                 stop_token_ids=self.eos_ids,
                 seed=seed,
