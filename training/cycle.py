@@ -27,7 +27,13 @@ from training.base_model import cast_weights, weights_digest
 from training.cycle_config import TrainCycleConfig
 from training.errors import TrainingError
 from training.settings import TrainingSettings
-from training.snapshot import FeedbackSource, Snapshot, StoreSource, build_snapshot
+from training.snapshot import (
+    FeedbackSource,
+    Snapshot,
+    StoreSource,
+    build_snapshot,
+    write_provenance,
+)
 
 if TYPE_CHECKING:
     from training.cycle_stages import RewardModels
@@ -256,6 +262,8 @@ def _stages(
         "parent": production.id,
     }
     parent_dir = Path(production.path)
+    if distributed.is_main():  # each record traceable to the replies users rated
+        metrics["provenance"] = write_provenance(snapshot, paths.run_dir / "provenance.jsonl")
 
     def rewards() -> RewardModels:  # trained once, when first needed (before PPO, after SFT)
         return train_reward_models(

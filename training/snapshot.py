@@ -42,6 +42,17 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a training example came from, so it can be traced to the replies users rated:
+    the kind of feedback, the rated messages' ids and the served model versions that
+    wrote them (empty where a source does not carry them, e.g. an old export)."""
+
+    source: str = ""
+    message_ids: tuple[str, ...] = ()
+    model_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Pair:
     """One preference: for ``prompt`` (chat messages), ``chosen`` beat ``rejected``."""
 
@@ -50,6 +61,7 @@ class Pair:
     rejected: str
     conversation_id: str
     created_at: datetime | None = None
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ class SftExample:
     completion: str
     conversation_id: str
     created_at: datetime | None = None
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 class FeedbackSource(Protocol):
@@ -136,6 +149,14 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
     return getattr(record, name, default)
 
 
+def _provenance(record: Any, ids: Sequence[str], versions: Sequence[str]) -> Provenance:
+    return Provenance(
+        source=str(_get(record, "source", "") or ""),
+        message_ids=tuple(str(v) for n in ids if (v := _get(record, n)) is not None),
+        model_versions=tuple(str(v) for n in versions if (v := _get(record, n)) is not None),
+    )
+
+
 def to_pair(record: Any) -> Pair:
     return Pair(
         prompt=_messages(_get(record, "prompt")),
@@ -143,6 +164,11 @@ def to_pair(record: Any) -> Pair:
         rejected=str(_get(record, "rejected")),
         conversation_id=str(_get(record, "conversation_id", "")),
         created_at=_get(record, "created_at"),
+        provenance=_provenance(
+            record,
+            ("chosen_message_id", "rejected_message_id"),
+            ("chosen_model_version", "model_version"),
+        ),
     )
 
 
@@ -153,7 +179,38 @@ def to_sft(record: Any) -> SftExample:
         completion=str(completion),
         conversation_id=str(_get(record, "conversation_id", "")),
         created_at=_get(record, "created_at"),
+        provenance=_provenance(record, ("message_id",), ("model_version",)),
     )
+
+
+def write_provenance(snapshot: Snapshot, path: Any) -> dict[str, Any]:
+    """One JSON line per training record of ``snapshot`` (slice, kind, provenance) at
+    ``path``; returns the run record's summary (path, counts by source, versions)."""
+    from collections import Counter
+
+    by_source: Counter[str] = Counter()
+    versions: set[str] = set()
+    with open(path, "w") as fh:
+        records: list[tuple[str, str, Pair | SftExample]] = [
+            *(("policy", "pair", p) for p in snapshot.train_pairs),
+            *(("judge", "pair", p) for p in snapshot.judge_pairs),
+            *(("heldout", "pair", p) for p in snapshot.heldout_pairs),
+            *(("policy", "sft", e) for e in snapshot.sft_examples),
+        ]
+        for slice_name, kind, rec in records:
+            prov = rec.provenance
+            by_source[f"{kind}:{prov.source or 'unknown'}"] += 1
+            versions.update(prov.model_versions)
+            line = {
+                "slice": slice_name,
+                "kind": kind,
+                "source": prov.source,
+                "message_ids": list(prov.message_ids),
+                "model_versions": list(prov.model_versions),
+                "conversation_id": rec.conversation_id,
+            }
+            fh.write(json.dumps(line) + "\n")
+    return {"path": str(path), "by_source": dict(by_source), "model_versions": sorted(versions)}
 
 
 SLICES = ("policy", "judge", "heldout")
