@@ -285,6 +285,8 @@ def _stages(
         if outcome.policy_dir is not None:
             policy_dir = outcome.policy_dir
         history = outcome.history or history
+    if distributed.is_main() and not (out_dir / "config.json").exists():
+        raise TrainingError(f"the {algo} stage trained no candidate: {metrics[algo]}")
     rms = ctx.rewards or rewards()  # the gates' judge, always
     if distributed.is_distributed():
         metrics["ranks"] = distributed.all_gather(

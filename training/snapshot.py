@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -70,6 +70,18 @@ class SftExample:
 
     prompt: Messages
     completion: str
+    conversation_id: str
+    created_at: datetime | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+
+
+@dataclass(frozen=True)
+class KtoExample:
+    """An unpaired thumbs verdict on a reply (``label`` True: every rater liked it)."""
+
+    prompt: Messages
+    completion: str
+    label: bool
     conversation_id: str
     created_at: datetime | None = None
     provenance: Provenance = field(default_factory=Provenance)
@@ -122,6 +134,13 @@ class StoreSource:
 
         return pairs.load_sft_examples(conn, since, until=until, names=self.names)
 
+    def load_kto_examples(
+        self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
+    ) -> Sequence[Any]:
+        from feedback import pairs
+
+        return pairs.load_kto_examples(conn, since, until=until, names=self.names)
+
 
 @dataclass
 class Snapshot:
@@ -131,6 +150,7 @@ class Snapshot:
     watermark: datetime | None
     stats: dict[str, int] = field(default_factory=dict)
     judge_pairs: list[Pair] = field(default_factory=list)
+    kto_examples: list[KtoExample] = field(default_factory=list)  # the policy's prompts only
 
     @property
     def n_pairs(self) -> int:
@@ -183,6 +203,19 @@ def to_sft(record: Any) -> SftExample:
     )
 
 
+def to_kto(record: Any) -> KtoExample:
+    return KtoExample(
+        prompt=_messages(_get(record, "prompt")),
+        completion=str(_get(record, "completion")),
+        label=bool(_get(record, "label")),
+        conversation_id=str(_get(record, "conversation_id", "")),
+        created_at=_get(record, "created_at"),
+        provenance=replace(
+            _provenance(record, ("message_id",), ("model_version",)), source="thumbs"
+        ),
+    )
+
+
 def write_provenance(snapshot: Snapshot, path: Any) -> dict[str, Any]:
     """One JSON line per training record of ``snapshot`` (slice, kind, provenance) at
     ``path``; returns the run record's summary (path, counts by source, versions)."""
@@ -191,11 +224,12 @@ def write_provenance(snapshot: Snapshot, path: Any) -> dict[str, Any]:
     by_source: Counter[str] = Counter()
     versions: set[str] = set()
     with open(path, "w") as fh:
-        records: list[tuple[str, str, Pair | SftExample]] = [
+        records: list[tuple[str, str, Pair | SftExample | KtoExample]] = [
             *(("policy", "pair", p) for p in snapshot.train_pairs),
             *(("judge", "pair", p) for p in snapshot.judge_pairs),
             *(("heldout", "pair", p) for p in snapshot.heldout_pairs),
             *(("policy", "sft", e) for e in snapshot.sft_examples),
+            *(("policy", "kto", e) for e in snapshot.kto_examples),
         ]
         for slice_name, kind, rec in records:
             prov = rec.provenance
@@ -280,6 +314,13 @@ def build_snapshot(
         if key not in seen and not heldout:
             seen.add(key)
             sft.append(s)
+    # KTO trains the policy: only the policy slice's questions (never the judge's or held-out).
+    load_kto = getattr(source, "load_kto_examples", None)
+    kto = [
+        k
+        for k in (to_kto(r) for r in (load_kto(conn, since, until) if load_kto else []))
+        if prompt_slice(k.prompt, heldout_fraction, judge_fraction) == "policy"
+    ]
     # The newest record read (at most ``until``), not ``until`` itself: the JSONL
     # source has no horizon, and the store's records above it come next time.
     read = [r.created_at for r in raw_pairs] + [r.created_at for r in raw_sft]
@@ -294,9 +335,10 @@ def build_snapshot(
         "pairs_judge": len(split["judge"]),
         "pairs_heldout": len(split["heldout"]),
         "sft_examples": len(sft),
+        "kto_examples": len(kto),
     }
     logger.info("snapshot of (%s, %s]: %s", since, until, stats)
-    return Snapshot(split["policy"], split["heldout"], sft, watermark, stats, split["judge"])
+    return Snapshot(split["policy"], split["heldout"], sft, watermark, stats, split["judge"], kto)
 
 
 class JsonlSource:

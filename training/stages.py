@@ -162,3 +162,25 @@ def _dpo(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
         placement=ctx.placement,
     )
     return StageOutcome(out_dir, {}, history)
+
+
+@register("kto", final=True)
+def _kto(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
+    """KTO on unpaired thumbs (skipped with too few verdicts; as ``--algo`` the cycle then
+    fails with the reason, since there is no candidate)."""
+    from training.kto import train_kto
+
+    cfg = ctx.config.kto
+    metrics = train_kto(
+        policy_dir,
+        ctx.snapshot.kto_examples,
+        out_dir,
+        cfg,
+        seed=ctx.config.seed,
+        progress=ctx.progress,
+        placement=ctx.placement,
+    )
+    history = metrics.pop("history", [])
+    if not metrics["kto_examples"]:
+        return StageOutcome(None, metrics)
+    return StageOutcome(out_dir, metrics, history)
