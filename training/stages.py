@@ -21,7 +21,6 @@ from training.errors import TrainingError
 
 if TYPE_CHECKING:
     from training.cycle_config import TrainCycleConfig
-    from training.cycle_stages import RewardModels
     from training.device import Placement
     from training.snapshot import Snapshot
 
@@ -37,7 +36,8 @@ class StageContext:
     placement: Placement
     run_dir: Path
     progress: bool
-    rewards: RewardModels | None = None  # the policy's reward model (PPO needs it)
+    # training.cycle_stages.RewardModels (not imported: cycle_stages imports the cycle)
+    rewards: Any = None  # the policy's reward model (PPO needs it)
 
 
 @dataclass
