@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import get_args
 
 from ratchet.cli import CliError
+from training import stages
 from training.cli_base import cli_errors, connect
 from training.settings import TrainSize
 
@@ -106,7 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     boot.set_defaults(func=_model_bootstrap)
 
     train = sub.add_parser("train", help="run a training cycle (or one every --every)")
-    train.add_argument("--algo", choices=["ppo", "dpo"], default="ppo", help="policy optimisation")
+    train.add_argument(
+        "--algo", choices=stages.algos(), default="ppo", help="policy optimisation (last stage)"
+    )
     train.add_argument(
         "--size",
         choices=get_args(TrainSize),

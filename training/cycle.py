@@ -13,10 +13,10 @@ import logging
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -26,11 +26,25 @@ from training.base_model import cast_weights, weights_digest
 from training.cycle_config import TrainCycleConfig
 from training.errors import TrainingError
 from training.settings import TrainingSettings, default_actor  # noqa: F401 - re-exported
-from training.snapshot import FeedbackSource, Snapshot, StoreSource, build_snapshot
+from training.snapshot import (
+    FeedbackSource,
+    Snapshot,
+    StoreSource,
+    build_snapshot,
+    write_provenance,
+)
+
+if TYPE_CHECKING:
+    from training.cycle_stages import RewardModels
 
 logger = logging.getLogger(__name__)
 
-ALGOS = ("ppo", "dpo")
+
+def algos() -> tuple[str, ...]:
+    """The registered algorithms (final stages) of ``--algo``."""
+    from training import stages
+
+    return stages.algos()
 
 
 @dataclass
@@ -59,9 +73,10 @@ def run_cycle(
     """Run one cycle under the cycle lock.
 
     Raises ``LockBusy`` if another cycle holds the lock (unless ``wait``)."""
-    if algo not in ALGOS:
-        raise TrainingError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
     config = config or TrainCycleConfig.for_size(size or settings.train_size)
+    from training import stages
+
+    stages.plan(config, algo)  # an unknown algorithm or stage fails before any work
     if not distributed.is_main():
         return _follow(settings, config, algo, progress)
     with distributed.followers_released():
@@ -130,7 +145,7 @@ def _follow(
     if plan is None:
         return CycleResult(status="skipped", message="rank 0 started no run")
     snapshot, production = plan
-    return _stages(settings, None, config, algo, snapshot, production, None, None, None, progress)
+    return _stages(settings, None, config, algo, snapshot, production, None, progress)
 
 
 def _train(
@@ -161,9 +176,8 @@ def _train(
     models_dir = settings.models_dir.resolve()
     tmp_dir = models_dir / f".tmp-{run_id}"
     try:
-        result = _stages(
-            settings, conn, config, algo, snapshot, production, run_id, run_dir, tmp_dir, progress
-        )
+        paths = RunPaths(run_id, run_dir, tmp_dir)
+        result = _stages(settings, conn, config, algo, snapshot, production, paths, progress)
         if result.status == "candidate" and result.candidate_version:
             from training.cycle_stages import to_canary
 
@@ -188,6 +202,27 @@ def _train(
         handler.close()
 
 
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes: its id, its directory, and the candidate's temporary home."""
+
+    run_id: uuid.UUID
+    run_dir: Path
+    tmp_dir: Path
+
+
+@dataclass
+class Trained:
+    """What the stages produced, ready for registration."""
+
+    out_dir: Path
+    digest: str
+    metrics: dict[str, Any]
+    report: dict[str, Any]
+    timings: dict[str, float]
+    plot_path: Path
+
+
 def _stages(
     settings: TrainingSettings,
     conn: psycopg.Connection | None,  # None on the ranks that follow rank 0
@@ -195,87 +230,69 @@ def _stages(
     algo: str,
     snapshot: Snapshot,
     production: registry.ModelVersion,
-    run_id: uuid.UUID | None,
-    run_dir: Path | None,
-    tmp_dir: Path | None,
+    paths: RunPaths | None,
     progress: bool,
 ) -> CycleResult:
     import torch
 
+    from training import stages
     from training.cycle_stages import gate_stage, train_reward_models
     from training.device import Placement
     from training.gates import load_thresholds
     from training.plots import plot_run
 
-    run_id, run_dir, tmp_dir = distributed.broadcast((run_id, run_dir, tmp_dir))
-    assert run_id is not None and run_dir is not None and tmp_dir is not None
+    paths = distributed.broadcast(paths)
+    assert paths is not None
     progress = progress and distributed.is_main()
     torch.manual_seed(config.seed)
     placement = Placement.resolve(settings.train_device, settings.train_precision)
     thresholds = load_thresholds(settings.gates_config)
+    plan = stages.plan(config, algo)
     timings: dict[str, float] = {}
-    metrics: dict[str, Any] = {"algo": algo, "snapshot": snapshot.stats, "parent": production.id}
+    metrics: dict[str, Any] = {
+        "algo": algo,
+        "stages": [s.name for s in plan],
+        "snapshot": snapshot.stats,
+        "parent": production.id,
+    }
     parent_dir = Path(production.path)
+    if distributed.is_main():  # each record traceable to the replies users rated
+        metrics["provenance"] = write_provenance(snapshot, paths.run_dir / "provenance.jsonl")
+
+    def rewards() -> RewardModels:  # trained once, when first needed (before PPO, after SFT)
+        return train_reward_models(
+            parent_dir, snapshot, paths.run_dir, config, metrics, timings, progress, placement
+        )
+
+    ctx = stages.StageContext(snapshot, config, placement, paths.run_dir, progress)
     policy_dir = parent_dir
-
-    t0 = time.monotonic()
-    if len(snapshot.sft_examples) >= config.sft.min_examples:
-        from training.sft import train_sft
-
-        metrics["sft"] = train_sft(
-            parent_dir,
-            snapshot.sft_examples,
-            run_dir / "sft",
-            config.sft,
-            seed=config.seed,
-            progress=progress,
-            placement=placement,
-        )
-        if metrics["sft"]["sft_examples"]:
-            policy_dir = run_dir / "sft"
-        timings["sft_s"] = time.monotonic() - t0
-
-    rms = train_reward_models(
-        parent_dir, snapshot, run_dir, config, metrics, timings, progress, placement
-    )
-    scorer = rms.policy_scorer
-
-    t0 = time.monotonic()
-    out_dir = tmp_dir / "policy"
-    if algo == "ppo":
-        history = _ppo(
-            policy_dir, parent_dir, scorer, snapshot, out_dir, config, progress, placement
-        )
-    else:
-        from training.dpo import train_dpo
-
-        history = train_dpo(
-            policy_dir,
-            snapshot.train_pairs,
-            out_dir,
-            config.dpo,
-            seed=config.seed,
-            progress=progress,
-            placement=placement,
-        )
-    timings[f"{algo}_s"] = time.monotonic() - t0
-    metrics[algo] = {"history": history}
-    if algo == "ppo" and history:
-        k = max(1, len(history) // 4)
-        metrics["ppo"]["first_mean_score"] = sum(h["mean_score"] for h in history[:k]) / k
-        metrics["ppo"]["last_mean_score"] = sum(h["mean_score"] for h in history[-k:]) / k
-        metrics["ppo"]["final_kl"] = history[-1]["mean_kl"]
+    out_dir = paths.tmp_dir / "policy"
+    history: list[dict[str, float]] = []
+    for stage in plan:
+        if stage.needs_rewards and ctx.rewards is None:
+            ctx = replace(ctx, rewards=rewards())
+        t0 = time.monotonic()
+        target = out_dir if stage.final else paths.run_dir / stage.name
+        outcome = stage.run(ctx, policy_dir, target)
+        timings[f"{stage.name}_s"] = time.monotonic() - t0
+        metrics[stage.name] = {**outcome.metrics, "history": outcome.history}
+        if outcome.policy_dir is not None:
+            policy_dir = outcome.policy_dir
+        history = outcome.history or history
+    if distributed.is_main() and not (out_dir / "config.json").exists():
+        raise TrainingError(f"the {algo} stage trained no candidate: {metrics[algo]}")
+    rms = ctx.rewards or rewards()  # the gates' judge, always
     if distributed.is_distributed():
         metrics["ranks"] = distributed.all_gather(
             {
                 "rank": distributed.rank(),
                 "device": str(placement.device),
-                f"{algo}_steps": len(history),
+                f"{algo}_steps": len(metrics[algo]["history"]),
                 "reward_train_loss": rms.policy.train_metrics.get("train_loss"),
             }
         )
         if not distributed.is_main():
-            return CycleResult(status="follower", run_id=run_id, metrics=metrics)
+            return CycleResult(status="follower", run_id=paths.run_id, metrics=metrics)
     assert conn is not None
 
     t0 = time.monotonic()
@@ -285,74 +302,27 @@ def _stages(
     )
     timings["gates_s"] = time.monotonic() - t0
     plot_path = plot_run(
-        run_dir / "report.png",
-        title=f"run {str(run_id)[:8]} ({algo}, parent {production.id})",
+        paths.run_dir / "report.png",
+        title=f"run {str(paths.run_id)[:8]} ({algo}, parent {production.id})",
         history=history,
         reward_losses=rms.policy.train_metrics.get("loss_curve", []),
         gate_report=report,
     )
-    digest = weights_digest(out_dir)
-    return _register(
-        settings,
-        conn,
-        run_id,
-        tmp_dir,
-        out_dir,
-        digest,
-        production,
-        metrics,
-        report,
-        timings,
-        snapshot,
-        plot_path,
-    )
-
-
-def _ppo(
-    policy_dir: Path,
-    ref_dir: Path,
-    scorer: Any,
-    snapshot: Snapshot,
-    out_dir: Path,
-    config: TrainCycleConfig,
-    progress: bool,
-    placement: Any,
-) -> list[dict[str, float]]:
-    from training.ppo import PpoTrainer, load_models
-    from training.rollouts import make_rollouts
-
-    policy, reference, tokenizer = load_models(policy_dir, ref_dir, placement)
-    rollouts = make_rollouts(config.ppo, policy_dir, tokenizer, placement)
-    trainer = PpoTrainer(
-        policy, reference, tokenizer, scorer.score, config.ppo, placement=placement,
-        rollouts=rollouts,
-    )  # fmt: skip
-    try:
-        history = trainer.train([p.prompt for p in snapshot.train_pairs], progress=progress)
-    finally:
-        rollouts.close()
-    if distributed.is_main():
-        trainer.model.policy.save_pretrained(out_dir)  # type: ignore[operator]
-        tokenizer.save_pretrained(out_dir)
-    return history
+    trained = Trained(out_dir, weights_digest(out_dir), metrics, report, timings, plot_path)
+    return _register(settings, conn, paths, trained, production, snapshot)
 
 
 def _register(
     settings: TrainingSettings,
     conn: psycopg.Connection,
-    run_id: uuid.UUID,
-    tmp_dir: Path,
-    out_dir: Path,
-    digest: str,
+    paths: RunPaths,
+    trained: Trained,
     production: registry.ModelVersion,
-    metrics: dict[str, Any],
-    report: dict[str, Any],
-    timings: dict[str, float],
     snapshot: Snapshot,
-    plot_path: Path,
 ) -> CycleResult:
     """Move the model into place and register it, the run's success in the same transaction."""
     actor = default_actor(settings)
+    run_id, out_dir, report = paths.run_id, trained.out_dir, trained.report
     final_dir: Path | None = None
     try:
         with conn.transaction():
@@ -366,10 +336,10 @@ def _register(
                 conn,
                 version_id=version_id,
                 path=str(final_dir),
-                weights_sha256=digest,
+                weights_sha256=trained.digest,
                 parent_id=production.id,
                 training_run_id=run_id,
-                metrics=_summary(metrics),
+                metrics=_summary(trained.metrics),
                 gate_report=report,
                 gates_passed=bool(report["passed"]),
                 actor=actor,
@@ -380,24 +350,24 @@ def _register(
                 status="succeeded",
                 finished_at=datetime.now().astimezone(),
                 watermark=snapshot.watermark,
-                metrics=metrics,
-                timings=timings,
-                plot_path=str(plot_path),
+                metrics=trained.metrics,
+                timings=trained.timings,
+                plot_path=str(trained.plot_path),
                 candidate_version=version_id,
             )
     except BaseException:
         if final_dir is not None and final_dir.exists() and not out_dir.exists():
             final_dir.rename(out_dir)
         raise
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    shutil.rmtree(paths.tmp_dir, ignore_errors=True)
     logger.info("registered %s as %s (run %s)", version.id, version.status, run_id)
     return CycleResult(
         status=version.status,
         run_id=run_id,
         candidate_version=version.id,
-        metrics=metrics,
+        metrics=trained.metrics,
         gate_report=report,
-        plot_path=plot_path,
+        plot_path=trained.plot_path,
         message=f"{version.id} registered as {version.status}",
     )
 

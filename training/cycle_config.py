@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from training.dpo_config import DpoStageConfig
 from training.errors import TrainingError
 from training.gates import EvalConfig
+from training.kto_config import KtoStageConfig
 from training.ppo_config import PpoStageConfig
 from training.reward_config import RewardStageConfig
 from training.sft_config import SftStageConfig
@@ -28,6 +29,11 @@ class TrainCycleConfig(BaseModel):
         description="Train on the feedback of the last N days (None: all of it, cumulative).",
     )
     seed: int = Field(default=0, description="Seed of every stage.")
+    stages: list[str] = Field(
+        default_factory=lambda: ["sft"],
+        description="Policy stages run before the algorithm (see training/stages.py), in order; "
+        "each is skipped when it has too little data.",
+    )
     sft: SftStageConfig = Field(default_factory=SftStageConfig)
     reward: RewardStageConfig = Field(default_factory=RewardStageConfig)
     judge: RewardStageConfig = Field(
@@ -35,6 +41,7 @@ class TrainCycleConfig(BaseModel):
     )
     ppo: PpoStageConfig = Field(default_factory=PpoStageConfig)
     dpo: DpoStageConfig = Field(default_factory=DpoStageConfig)
+    kto: KtoStageConfig = Field(default_factory=KtoStageConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def window_start(self) -> datetime | None:
@@ -91,6 +98,14 @@ SIZES: dict[str, dict] = {
             "beta": 0.1,
             "max_length": 1024,
         },
+        "kto": {
+            "min_examples": 8,
+            "epochs": 2,
+            "learning_rate": 5e-4,
+            "batch_size": 16,
+            "beta": 0.1,
+            "max_length": 1024,
+        },
         "eval": {
             "prompts": 24,
             "samples_per_prompt": 2,
@@ -139,6 +154,14 @@ SIZES: dict[str, dict] = {
             "max_prompt_length": 256,
         },
         "dpo": {
+            "epochs": 1,
+            "learning_rate": 5e-6,
+            "batch_size": 4,
+            "beta": 0.1,
+            "max_length": 384,
+        },
+        "kto": {
+            "min_examples": 16,
             "epochs": 1,
             "learning_rate": 5e-6,
             "batch_size": 4,

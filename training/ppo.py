@@ -25,6 +25,12 @@ from feedback.events import Messages
 from training import distributed
 from training.device import Placement
 from training.ppo_config import PpoStageConfig
+from training.ppo_shaping import (
+    RunningMoments,
+    disable_dropout,
+    ended_with_eos,
+    rollout_generation_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -196,20 +202,18 @@ def encode_prompts(
     max_length: int,
     device: torch.device | str = "cpu",
 ) -> Any:  # a transformers BatchEncoding of tensors on ``device``
+    """Left-padded prompt ids, each prompt first cut to ``max_length`` by whole messages
+    (:func:`training.truncation.fit_messages`: the system header and question stay)."""
+    from training.truncation import fit_messages
+
     texts = [
-        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(
+            fit_messages(tokenizer, p, max_length), tokenize=False, add_generation_prompt=True
+        )
         for p in prompts
     ]
     tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"
-    return tokenizer(
-        texts,
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        add_special_tokens=False,
-    ).to(device)
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 
 
 @torch.no_grad()
@@ -222,20 +226,20 @@ def sample_replies(
     temperature: float = 1.0,
     do_sample: bool = True,
     max_prompt_length: int = 256,
+    repetition_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
     """Generate replies; return (sequences, attention_mask, prompt_len, reply texts)."""
-    from transformers import GenerationConfig
-
     enc = encode_prompts(tokenizer, prompts, max_prompt_length, model_device(model))
-    config = GenerationConfig(
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_k=0 if do_sample else None,
-        top_p=1.0 if do_sample else None,
+    config = rollout_generation_config(
+        tokenizer,
         max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        temperature=temperature,
+        do_sample=do_sample,
+        repetition_penalty=repetition_penalty,
     )
+    # The checkpoint's own generation_config would fill in every value left at its
+    # default here (transformers merges them): pin the model's to this one.
+    model.generation_config = config  # type: ignore[assignment]
     sequences = model.generate(**enc, generation_config=config)  # type: ignore[operator]
     prompt_len = enc["input_ids"].shape[1]
     replies = sequences[:, prompt_len:]
@@ -273,6 +277,7 @@ class HfRollouts:
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             max_prompt_length=cfg.max_prompt_length,
+            repetition_penalty=cfg.repetition_penalty,
         )
 
     def sync(self, policy: nn.Module) -> None:
@@ -303,7 +308,10 @@ class PpoTrainer:
         self.tokenizer = tokenizer
         self.rollouts = rollouts or HfRollouts(tokenizer, config)
         self.placement = placement or Placement(model_device(policy), "fp32")
+        if config.disable_dropout:
+            disable_dropout(policy)
         self.model = PolicyWithValueHead(policy)
+        self.moments = RunningMoments()
         # Under several processes the updates go through DDP (gradients averaged);
         # rollouts and no-grad passes use the bare module.
         self.trained = distributed.wrap_ddp(self.model)
@@ -335,6 +343,9 @@ class PpoTrainer:
         scores = torch.tensor(
             self.reward_fn(prompts, texts), dtype=torch.float32, device=sequences.device
         )
+        if cfg.missing_eos_penalty is not None:
+            ended = ended_with_eos(sequences[:, prompt_len:], mask, self.tokenizer.eos_token_id)
+            scores = scores - cfg.missing_eos_penalty * (~ended).float()
         return Rollout(
             prompts,
             texts,
@@ -352,6 +363,9 @@ class PpoTrainer:
         cfg = self.config
         kl = (ro.logprobs - ro.ref_logprobs) * ro.mask
         scores = ro.scores
+        if cfg.normalize_rewards:
+            self.moments.update(scores)
+            scores = self.moments.normalize(scores)
         if cfg.whiten_rewards and len(scores) > 1:
             scores = (scores - scores.mean()) / (scores.std() + 1e-8)
         rewards = -self.kl_ctl.value * kl

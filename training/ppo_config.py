@@ -20,7 +20,10 @@ class PpoStageConfig(BaseModel):
     max_new_tokens: int = Field(default=32, ge=1, description="Reply length during rollouts.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of rollouts.")
     max_prompt_length: int = Field(
-        default=256, ge=8, description="Prompts are left-truncated to this."
+        default=256,
+        ge=8,
+        description="Prompts are cut to this, by whole "
+        "messages before templating: oldest turns, then least relevant sources.",
     )
     init_kl_coef: float = Field(default=0.1, ge=0, description="Initial KL penalty coefficient.")
     adaptive_kl: bool = Field(default=True, description="Adapt the coefficient towards target_kl.")
@@ -37,6 +40,28 @@ class PpoStageConfig(BaseModel):
     vf_coef: float = Field(default=0.1, ge=0, description="Weight of the value loss.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     whiten_rewards: bool = Field(default=False, description="Whiten scores across the batch.")
+    normalize_rewards: bool = Field(
+        default=True,
+        description="Normalise scores by running moments (mean and std over every rollout so "
+        "far), so the score's scale stays put against the KL penalty as training moves.",
+    )
+    missing_eos_penalty: float | None = Field(
+        default=None,
+        ge=0,
+        description="Subtracted from the score of a reply cut off at max_new_tokens (no "
+        "end-of-sequence token), so the policy learns to finish its answers.",
+    )
+    disable_dropout: bool = Field(
+        default=True,
+        description="Dropout off in the policy during PPO (log-probs of the rollout and of "
+        "the update then come from the same network).",
+    )
+    repetition_penalty: float = Field(
+        default=1.0,
+        gt=0,
+        description="Pinned for rollouts (a checkpoint's generation_config is not used): 1.0 "
+        "samples the policy's own distribution, which the PPO ratio assumes.",
+    )
     seed: int = Field(default=0, description="Seed of rollouts and shuffling.")
     rollout_engine: Literal["auto", "hf", "vllm"] = Field(
         default="auto",

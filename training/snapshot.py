@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -42,6 +42,17 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a training example came from, so it can be traced to the replies users rated:
+    the kind of feedback, the rated messages' ids and the served model versions that
+    wrote them (empty where a source does not carry them, e.g. an old export)."""
+
+    source: str = ""
+    message_ids: tuple[str, ...] = ()
+    model_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Pair:
     """One preference: for ``prompt`` (chat messages), ``chosen`` beat ``rejected``."""
 
@@ -50,6 +61,7 @@ class Pair:
     rejected: str
     conversation_id: str
     created_at: datetime | None = None
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,19 @@ class SftExample:
     completion: str
     conversation_id: str
     created_at: datetime | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+
+
+@dataclass(frozen=True)
+class KtoExample:
+    """An unpaired thumbs verdict on a reply (``label`` True: every rater liked it)."""
+
+    prompt: Messages
+    completion: str
+    label: bool
+    conversation_id: str
+    created_at: datetime | None = None
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 class FeedbackSource(Protocol):
@@ -109,6 +134,13 @@ class StoreSource:
 
         return pairs.load_sft_examples(conn, since, until=until, names=self.names)
 
+    def load_kto_examples(
+        self, conn: psycopg.Connection | None, since: datetime | None, until: datetime | None = None
+    ) -> Sequence[Any]:
+        from feedback import pairs
+
+        return pairs.load_kto_examples(conn, since, until=until, names=self.names)
+
 
 @dataclass
 class Snapshot:
@@ -118,6 +150,7 @@ class Snapshot:
     watermark: datetime | None
     stats: dict[str, int] = field(default_factory=dict)
     judge_pairs: list[Pair] = field(default_factory=list)
+    kto_examples: list[KtoExample] = field(default_factory=list)  # the policy's prompts only
 
     @property
     def n_pairs(self) -> int:
@@ -136,6 +169,14 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
     return getattr(record, name, default)
 
 
+def _provenance(record: Any, ids: Sequence[str], versions: Sequence[str]) -> Provenance:
+    return Provenance(
+        source=str(_get(record, "source", "") or ""),
+        message_ids=tuple(str(v) for n in ids if (v := _get(record, n)) is not None),
+        model_versions=tuple(str(v) for n in versions if (v := _get(record, n)) is not None),
+    )
+
+
 def to_pair(record: Any) -> Pair:
     return Pair(
         prompt=_messages(_get(record, "prompt")),
@@ -143,6 +184,11 @@ def to_pair(record: Any) -> Pair:
         rejected=str(_get(record, "rejected")),
         conversation_id=str(_get(record, "conversation_id", "")),
         created_at=_get(record, "created_at"),
+        provenance=_provenance(
+            record,
+            ("chosen_message_id", "rejected_message_id"),
+            ("chosen_model_version", "model_version"),
+        ),
     )
 
 
@@ -153,7 +199,52 @@ def to_sft(record: Any) -> SftExample:
         completion=str(completion),
         conversation_id=str(_get(record, "conversation_id", "")),
         created_at=_get(record, "created_at"),
+        provenance=_provenance(record, ("message_id",), ("model_version",)),
     )
+
+
+def to_kto(record: Any) -> KtoExample:
+    return KtoExample(
+        prompt=_messages(_get(record, "prompt")),
+        completion=str(_get(record, "completion")),
+        label=bool(_get(record, "label")),
+        conversation_id=str(_get(record, "conversation_id", "")),
+        created_at=_get(record, "created_at"),
+        provenance=replace(
+            _provenance(record, ("message_id",), ("model_version",)), source="thumbs"
+        ),
+    )
+
+
+def write_provenance(snapshot: Snapshot, path: Any) -> dict[str, Any]:
+    """One JSON line per training record of ``snapshot`` (slice, kind, provenance) at
+    ``path``; returns the run record's summary (path, counts by source, versions)."""
+    from collections import Counter
+
+    by_source: Counter[str] = Counter()
+    versions: set[str] = set()
+    with open(path, "w") as fh:
+        records: list[tuple[str, str, Pair | SftExample | KtoExample]] = [
+            *(("policy", "pair", p) for p in snapshot.train_pairs),
+            *(("judge", "pair", p) for p in snapshot.judge_pairs),
+            *(("heldout", "pair", p) for p in snapshot.heldout_pairs),
+            *(("policy", "sft", e) for e in snapshot.sft_examples),
+            *(("policy", "kto", e) for e in snapshot.kto_examples),
+        ]
+        for slice_name, kind, rec in records:
+            prov = rec.provenance
+            by_source[f"{kind}:{prov.source or 'unknown'}"] += 1
+            versions.update(prov.model_versions)
+            line = {
+                "slice": slice_name,
+                "kind": kind,
+                "source": prov.source,
+                "message_ids": list(prov.message_ids),
+                "model_versions": list(prov.model_versions),
+                "conversation_id": rec.conversation_id,
+            }
+            fh.write(json.dumps(line) + "\n")
+    return {"path": str(path), "by_source": dict(by_source), "model_versions": sorted(versions)}
 
 
 SLICES = ("policy", "judge", "heldout")
@@ -223,6 +314,13 @@ def build_snapshot(
         if key not in seen and not heldout:
             seen.add(key)
             sft.append(s)
+    # KTO trains the policy: only the policy slice's questions (never the judge's or held-out).
+    load_kto = getattr(source, "load_kto_examples", None)
+    kto = [
+        k
+        for k in (to_kto(r) for r in (load_kto(conn, since, until) if load_kto else []))
+        if prompt_slice(k.prompt, heldout_fraction, judge_fraction) == "policy"
+    ]
     # The newest record read (at most ``until``), not ``until`` itself: the JSONL
     # source has no horizon, and the store's records above it come next time.
     read = [r.created_at for r in raw_pairs] + [r.created_at for r in raw_sft]
@@ -237,9 +335,10 @@ def build_snapshot(
         "pairs_judge": len(split["judge"]),
         "pairs_heldout": len(split["heldout"]),
         "sft_examples": len(sft),
+        "kto_examples": len(kto),
     }
     logger.info("snapshot of (%s, %s]: %s", since, until, stats)
-    return Snapshot(split["policy"], split["heldout"], sft, watermark, stats, split["judge"])
+    return Snapshot(split["policy"], split["heldout"], sft, watermark, stats, split["judge"], kto)
 
 
 class JsonlSource:

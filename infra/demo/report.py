@@ -133,6 +133,13 @@ def headline(result: DemoResult) -> list[tuple[str, str]]:
                 f"{result.after.fact_rate:.0%} / {result.after.cite_rate:.0%}",
             )
         )
+    if result.before is not None and result.after is not None:
+        from infra.demo.yardstick import compare
+
+        for change in compare(result.before, result.after):
+            rows.append(
+                (f"held-out {change.criterion}: before -> after (95% Wilson)", change.line())
+            )
     return rows
 
 
@@ -194,21 +201,7 @@ def plots(result: DemoResult) -> list[tuple[str, str]]:
         axes[2].set_title("A/B picks")
         out.append(("Feedback the employees gave", _png(fig)))
     if result.before is not None:
-        evals = [("before", result.before)] + ([("after", result.after)] if result.after else [])
-        fig, ax = plt.subplots(figsize=(6, 3))
-        width = 0.35
-        for i, (label, ev) in enumerate(evals):
-            xs = [j + i * width for j in range(3)]
-            ax.bar(
-                xs,
-                [ev.fact_rate, ev.cite_rate, ev.mean_score / 3],
-                width,
-                label=f"{label} ({ev.version})",
-            )
-        ax.set_xticks([j + width / 2 for j in range(3)], ["exact figure", "cites", "score / 3"])
-        ax.set_ylim(0, 1)
-        ax.legend()
-        out.append(("Held-out questions, before and after", _png(fig)))
+        out.append(("Held-out questions, before and after (95% Wilson)", _heldout_plot(result)))
     gates = (result.cycle.gate_report if result.cycle else {}).get("gates", {})
     win = gates.get("win_rate")
     if win and (win.get("detail") or {}).get("win_rate") is not None and win.get("interval"):
@@ -233,6 +226,35 @@ def plots(result: DemoResult) -> list[tuple[str, str]]:
                 )
             )
     return out
+
+
+def _heldout_plot(result: DemoResult) -> str:
+    """The yardstick's rates with Wilson intervals, and the paired test's p-values."""
+    import matplotlib.pyplot as plt
+
+    from infra.demo.yardstick import compare
+    from training.stats import wilson_interval
+
+    assert result.before is not None
+    evals = [("before", result.before)] + ([("after", result.after)] if result.after else [])
+    pvalues = compare(result.before, result.after) if result.after is not None else []
+    fig, ax = plt.subplots(figsize=(6, 3))
+    width = 0.35
+    for i, (label, ev) in enumerate(evals):
+        n = len(ev.rows)
+        rates = [ev.fact_rate, ev.cite_rate]
+        cis = [wilson_interval(round(r * n), n) for r in rates]
+        xs = [j + i * width for j in range(2)]
+        err = [[max(0.0, r - lo) for r, (lo, _) in zip(rates, cis, strict=True)],
+               [max(0.0, hi - r) for r, (_, hi) in zip(rates, cis, strict=True)]]  # fmt: skip
+        ax.bar(xs, rates, width, yerr=err, capsize=4, label=f"{label} ({ev.version}, n={n})")
+    names = ["exact figure", "cites"]
+    if pvalues:
+        names = [f"{c.criterion}\nMcNemar p={c.p_value:.3g}" for c in pvalues]
+    ax.set_xticks([j + width / 2 for j in range(2)], names)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    return _png(fig)
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}

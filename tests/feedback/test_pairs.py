@@ -382,3 +382,31 @@ def test_committed_through_stays_below_open_transactions(
         reader.commit()
         with pytest.raises(FeedbackError, match="READ COMMITTED"):
             committed_through(reader)
+
+
+def test_a_rated_replys_message_id_reaches_the_training_record(
+    conn: psycopg.Connection, tmp_path
+) -> None:
+    """Provenance end to end: store -> pairs -> snapshot -> the run's provenance file."""
+    import json
+
+    from training.snapshot import write_provenance
+
+    good = [message("alice", f"Q{i}?", f"A{i}", version="v7") for i in range(8)]
+    bad = [message("bob", f"Q{i}?", f"B{i}", version="v8") for i in range(8)]
+    events: list = [*good, *bad, *(compare(g, b, "a") for g, b in zip(good, bad, strict=True))]
+    write_batch(conn, events)
+    snapshot = build_snapshot(StoreSource(), conn, since=None)
+    pairs = snapshot.train_pairs + snapshot.judge_pairs + snapshot.heldout_pairs
+    assert len(pairs) == 8
+    by_chosen = {p.chosen: p for p in pairs}
+    for g, b in zip(good, bad, strict=True):
+        prov = by_chosen[g.reply].provenance
+        assert prov.source == "comparison"
+        assert prov.message_ids == (g.message_id, b.message_id)
+        assert prov.model_versions == ("v7", "v8")
+    summary = write_provenance(snapshot, tmp_path / "provenance.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "provenance.jsonl").read_text().splitlines()]
+    assert {m for line in lines for m in line["message_ids"]} == {m.message_id for m in good + bad}
+    assert summary["by_source"] == {"pair:comparison": 8}
+    assert summary["model_versions"] == ["v7", "v8"]

@@ -73,9 +73,10 @@ def make_hacking_pairs(
 class ListSource:
     """A feedback source over in-memory records (what ``feedback.pairs`` returns from the store)."""
 
-    def __init__(self, pairs: list[Pair], sft: list | None = None) -> None:
+    def __init__(self, pairs: list[Pair], sft: list | None = None, kto: list | None = None) -> None:
         self.pairs = pairs
         self.sft = sft or []
+        self.kto = kto or []
 
     def horizon(self, conn):  # type: ignore[no-untyped-def]
         return None  # nothing is being written
@@ -85,3 +86,26 @@ class ListSource:
 
     def load_sft_examples(self, conn, since, until=None):  # type: ignore[no-untyped-def]
         return [s for s in self.sft if since is None or (s.created_at and s.created_at > since)]
+
+    def load_kto_examples(self, conn, since, until=None):  # type: ignore[no-untyped-def]
+        return [k for k in self.kto if since is None or (k.created_at and k.created_at > since)]
+
+
+def make_thumbs(pairs: list[Pair]) -> list[dict]:
+    """Unpaired thumbs from ``pairs``: the chosen reply thumbed up, the rejected down
+    (records shaped like ``feedback.pairs.KtoRecord``)."""
+    out = []
+    for i, p in enumerate(pairs):
+        for reply, label in ((p.chosen, True), (p.rejected, False)):
+            out.append(
+                {
+                    "prompt": p.prompt,
+                    "completion": reply,
+                    "label": label,
+                    "conversation_id": p.conversation_id,
+                    "created_at": p.created_at,
+                    "message_id": f"m-{i}-{int(label)}",
+                    "model_version": "v0001",
+                }
+            )
+    return out

@@ -1,0 +1,54 @@
+"""The demo's yardstick: Wilson intervals and the exact McNemar test, by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.demo.employees import Evaluation, Reply
+from infra.demo.questions import Judgement, Question
+from infra.demo.yardstick import compare, mcnemar_exact_p
+
+
+def test_exact_mcnemar_by_hand() -> None:
+    # 6 gained, 0 lost: p = 2 * (1/2)^6 = 0.03125
+    assert mcnemar_exact_p(6, 0) == pytest.approx(0.03125)
+    # 5 vs 1: 2 * (C(6,0) + C(6,1)) / 64 = 14 / 64
+    assert mcnemar_exact_p(1, 5) == pytest.approx(14 / 64)
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(3, 3) == 1.0
+
+
+def evaluation(version: str, verdicts: list[tuple[bool, bool]]) -> Evaluation:
+    rows = [
+        (Question(f"q{i}", "", ()), Reply("", "", version, Judgement(fact, cites)))
+        for i, (fact, cites) in enumerate(verdicts)
+    ]
+    return Evaluation(version=version, rows=rows)
+
+
+def test_compare_pairs_by_question() -> None:
+    before = evaluation("v1", [(False, False)] * 8 + [(True, True)] * 2)
+    after = evaluation("v2", [(True, False)] * 8 + [(False, True)] * 2)
+    facts, cites = compare(before, after)
+    assert (facts.n, facts.before, facts.after, facts.gained, facts.lost) == (10, 2, 8, 8, 2)
+    assert facts.p_value == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert (cites.before, cites.after, cites.gained, cites.lost) == (2, 2, 0, 0)
+    assert cites.p_value == 1.0
+    lo, hi = facts.after_interval
+    assert lo < 0.8 < hi
+    assert "exact McNemar p = " in facts.line()
+
+
+def test_the_summary_and_report_show_intervals_and_the_p_value() -> None:
+    from infra.demo.report import DemoResult, headline, plots
+
+    result = DemoResult(
+        before=evaluation("v1", [(False, False)] * 10),
+        after=evaluation("v2", [(True, True)] * 9 + [(False, False)]),
+    )
+    rows = dict(headline(result))
+    line = rows["held-out exact figure: before -> after (95% Wilson)"]
+    assert line.startswith("0/10 = 0% [0%, 28%] -> 9/10 = 90% [60%, 98%]")
+    assert "p = 0.00391" in line  # 2 / 2^9
+    titles = [title for title, _ in plots(result)]
+    assert "Held-out questions, before and after (95% Wilson)" in titles
