@@ -48,17 +48,26 @@ def load_questions(kb_dir: Path) -> list[Question]:
     return [Question(q["question"], q["source"], tuple(q["facts"])) for q in raw]
 
 
-def split(questions: list[Question], *, asked: int, held_out: int) -> tuple[list, list]:
-    """Held-out questions spread evenly over the list; the asked ones are the rest.
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (the middle of each of ``k`` slices)."""
+    step = n / k
+    return [int(i * step + step / 2) for i in range(k)]
 
+
+def split(questions: list[Question], *, asked: int, held_out: int) -> tuple[list, list]:
+    """Held-out questions spread evenly over the list; ``asked`` of the rest, spread evenly
+    too (all of them if there are fewer), are the ones employees ask and rate.
+
+    The two lists are disjoint: a held-out question is never asked during feedback.
     Deterministic, so a second demo run asks the same questions."""
     if held_out + 1 > len(questions):
         raise ValueError(f"only {len(questions)} questions; cannot hold out {held_out}")
-    step = len(questions) / held_out
-    picked = {int(i * step + step / 2) for i in range(held_out)}
+    picked = set(_spread(len(questions), held_out))
     held = [q for i, q in enumerate(questions) if i in picked]
     rest = [q for i, q in enumerate(questions) if i not in picked]
-    return rest[:asked], held
+    if asked >= len(rest):
+        return rest, held
+    return [rest[i] for i in _spread(len(rest), asked)], held
 
 
 def _norm(text: str) -> str:

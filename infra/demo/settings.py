@@ -31,9 +31,16 @@ class DemoSettings(RatchetSettings):
     kb_dir: Path = Field(
         default=Path(__file__).parent / "kb", description="Knowledge base to ingest."
     )
-    asked: int | None = Field(default=None, ge=1, description="Questions the employees ask.")
+    asked: int | None = Field(
+        default=None,
+        ge=1,
+        description="Questions the employees ask (default 24, tiny 15), spread over those not"
+        " held out; caps the feedback phase's length.",
+    )
     held_out: int | None = Field(
-        default=None, ge=1, description="Questions kept out of feedback, asked before and after."
+        default=None,
+        ge=1,
+        description="Questions kept out of feedback, asked before and after (default 40, tiny 3).",
     )
     employees: int | None = Field(default=None, ge=1, description="Simulated employees.")
     rounds: int | None = Field(
@@ -88,7 +95,7 @@ class DemoSettings(RatchetSettings):
         return self.asked or (15 if self.tiny else 24)
 
     def n_held_out(self) -> int:
-        return self.held_out or (3 if self.tiny else 8)
+        return self.held_out or (3 if self.tiny else 40)
 
     def n_employees(self) -> int:
         return self.employees or (2 if self.tiny else 4)
