@@ -1,0 +1,66 @@
+"""``ratchet deploy watch``: follow the registry and keep one vLLM Deployment per
+served version in a Kubernetes namespace (see README, "Running in production")."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from ratchet.cli import CliError
+from ratchet.settings import RatchetSettings
+from serving.deploy.manifest import TemplateError, load_template
+from serving.deploy.plan import plan
+
+logger = logging.getLogger(__name__)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from serving.deploy.kube import Cluster, MissingExtra, desired_state
+
+    if args.replicas < 1 or args.canary_replicas < 1:
+        raise CliError("--replicas and --canary-replicas must be at least 1")
+    try:
+        template = load_template(Path(args.template).read_text())
+    except OSError as exc:
+        raise CliError(f"cannot read the vLLM template {args.template}: {exc.strerror}") from exc
+    except TemplateError as exc:
+        raise CliError(f"{args.template}: {exc}") from exc
+    try:
+        cluster = Cluster(args.namespace)
+    except MissingExtra as exc:
+        raise CliError(str(exc)) from exc
+    database_url = RatchetSettings().database_url
+    logger.info("following the registry into namespace %s", args.namespace)
+    while True:
+        desired = desired_state(
+            database_url, replicas=args.replicas, canary_replicas=args.canary_replicas
+        )
+        for action in plan(desired, cluster.observe()):
+            logger.info("%s %s %s", action.kind, action.name, action.version or "")
+            if not args.dry_run:
+                cluster.apply(action, template)
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    deploy = sub.add_parser("deploy", help="Kubernetes: roll vLLM Deployments with the registry")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    watch = deploy_sub.add_parser(
+        "watch", help="one vLLM Deployment per served version, blue/green on promotion"
+    )
+    watch.add_argument("--namespace", default="ratchet", help="namespace of the vLLM Deployments")
+    watch.add_argument(
+        "--template",
+        default="/etc/ratchet/vllm-deployment.yaml",
+        help="the per-version vLLM Deployment template (YAML)",
+    )
+    watch.add_argument("--replicas", type=int, default=2, help="pods of the production version")
+    watch.add_argument("--canary-replicas", type=int, default=1, help="pods of the canary")
+    watch.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+    watch.add_argument("--once", action="store_true", help="one pass, then exit")
+    watch.add_argument("--dry-run", action="store_true", help="log the actions, apply none")
+    watch.set_defaults(func=_watch)
