@@ -124,7 +124,8 @@ def _converge(
         detail = f"{want.version} is crash-looping, the old version keeps serving: {have.problem}"
         actions.append(Action("report", name, want.version, detail=detail))
         return actions, False
-    return actions, have.ready
+    # A version takes traffic only at its full count of ready pods.
+    return actions, have.ready and have.replicas == replicas
 
 
 def plan(desired: Desired, observed: Observed) -> list[Action]:
