@@ -21,6 +21,8 @@ def _watch(args: argparse.Namespace) -> int:
 
     if args.replicas < 1 or args.canary_replicas < 1:
         raise CliError("--replicas and --canary-replicas must be at least 1")
+    if args.drain_seconds < 0:
+        raise CliError("--drain-seconds must be 0 or more")
     try:
         template = load_template(Path(args.template).read_text())
     except OSError as exc:
@@ -37,7 +39,8 @@ def _watch(args: argparse.Namespace) -> int:
         desired = desired_state(
             database_url, replicas=args.replicas, canary_replicas=args.canary_replicas
         )
-        for action in plan(desired, cluster.observe()):
+        observed = cluster.observe()
+        for action in plan(desired, observed, now=time.time(), drain_s=args.drain_seconds):
             logger.info("%s %s %s", action.kind, action.name, action.version or "")
             if not args.dry_run:
                 cluster.apply(action, template)
@@ -60,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     watch.add_argument("--replicas", type=int, default=2, help="pods of the production version")
     watch.add_argument("--canary-replicas", type=int, default=1, help="pods of the canary")
+    watch.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=120.0,
+        help="how long an old version stays up after the switch (the API's requests finish)",
+    )
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
     watch.add_argument("--once", action="store_true", help="one pass, then exit")
     watch.add_argument("--dry-run", action="store_true", help="log the actions, apply none")

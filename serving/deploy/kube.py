@@ -9,11 +9,12 @@ from typing import Any
 
 import psycopg
 
-from serving.deploy.manifest import render
+from serving.deploy.manifest import render, render_service
 from serving.deploy.plan import (
     APP,
     APP_LABEL,
     NO_VERSION,
+    RETIRED_ANNOTATION,
     SERVICES,
     VERSION_LABEL,
     Action,
@@ -98,15 +99,37 @@ class Cluster:
             )
             body["metadata"]["namespace"] = ns
             if action.kind == "create":
+                self._ensure_service(template, action.version)
                 self.apps.create_namespaced_deployment(ns, body)
             else:
                 self.apps.patch_namespaced_deployment(name, ns, body)
         elif action.kind == "scale":
             self.apps.patch_namespaced_deployment(name, ns, {"spec": {"replicas": action.replicas}})
+        elif action.kind in ("retire", "unretire"):
+            value = action.detail if action.kind == "retire" else None
+            patch = {"metadata": {"annotations": {RETIRED_ANNOTATION: value}}}
+            self.apps.patch_namespaced_deployment(name, ns, patch)
         elif action.kind == "route":
             selector = {VERSION_LABEL: action.version or NO_VERSION}
             self.core.patch_namespaced_service(name, ns, {"spec": {"selector": selector}})
         elif action.kind == "delete":
             self.apps.delete_namespaced_deployment(name, ns)
+            self._ignore_missing(lambda: self.core.delete_namespaced_service(name, ns))
         elif action.kind == "report":
             logger.error("%s", action.detail)
+
+    def _ensure_service(self, template: dict[str, Any], version: str) -> None:
+        body = render_service(template, version=version)
+        body["metadata"]["namespace"] = self.namespace
+        try:
+            self.core.create_namespaced_service(self.namespace, body)
+        except self._k8s.client.ApiException as exc:
+            if exc.status != 409:  # 409: it exists already (a Deployment recreated)
+                raise
+
+    def _ignore_missing(self, call: Any) -> None:
+        try:
+            call()
+        except self._k8s.client.ApiException as exc:
+            if exc.status != 404:
+                raise

@@ -11,6 +11,8 @@ import yaml
 
 from serving.deploy.plan import APP, APP_LABEL, PATH_ANNOTATION, VERSION_LABEL, deployment_name
 
+DEFAULT_PORT = 8000
+
 CONTAINER = "vllm"
 
 
@@ -71,3 +73,25 @@ def _args(args: list[str], path: str, version: str) -> list[str]:
     else:
         args += ["--served-model-name", version]
     return args
+
+
+def render_service(template: dict[str, Any], *, version: str) -> dict[str, Any]:
+    """The version's own Service, ``vllm-<version>``: its pods only, on the port the
+    template's vLLM container listens on. The API reaches a version through it
+    (``--url http://vllm-{version}:8000/v1``), so each version answers requests for
+    itself while the other is still up."""
+    container = _container(template)
+    ports = [int(p["containerPort"]) for p in container.get("ports", [])] or [DEFAULT_PORT]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": deployment_name(version),
+            "namespace": (template.get("metadata") or {}).get("namespace"),
+            "labels": {APP_LABEL: APP, VERSION_LABEL: version},
+        },
+        "spec": {
+            "selector": {APP_LABEL: APP, VERSION_LABEL: version},
+            "ports": [{"name": "http", "port": ports[0], "targetPort": ports[0]}],
+        },
+    }

@@ -11,8 +11,10 @@ edge (:mod:`serving.deploy.kube`) applies. The rules:
 - a Service (``vllm`` for production, ``vllm-canary`` for the canary) is switched
   to a version only once that version's Deployment is ready (blue/green); until
   then it keeps routing to the old one;
-- a Deployment no Service routes to and no role wants is deleted, so the old
-  version stays up until the new one has taken the traffic;
+- a Deployment no Service routes to and no role wants is retired, then deleted
+  once it has drained (``drain_s``), so the old version stays up until the new
+  one has taken the traffic (each version also has its own Service,
+  ``vllm-<version>``, which the API reaches by the version it routes to);
 - a crash-looping new version is reported, and the old version keeps serving.
 
 A rollback is the same move backwards: production names an older version.
@@ -29,12 +31,13 @@ APP_LABEL = "app.kubernetes.io/name"
 APP = "vllm"
 VERSION_LABEL = "ratchet.dev/version"
 PATH_ANNOTATION = "ratchet.dev/model-path"
+RETIRED_ANNOTATION = "ratchet.dev/retired-at"
 SERVICES: dict[str, str] = {"production": "vllm", "canary": "vllm-canary"}
 NO_VERSION = "none"  # the selector value of a Service that routes nowhere
 CRASH_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "Error"})
 
 Role = Literal["production", "canary"]
-ActionKind = Literal["create", "patch", "scale", "route", "delete", "report"]
+ActionKind = Literal["create", "patch", "scale", "route", "retire", "unretire", "delete", "report"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class DeploymentState:
     ready_replicas: int
     crash_looping: bool = False
     problem: str = ""  # what the pods say, when crash-looping
+    retired_at: float | None = None  # when no role wanted it any more (epoch seconds)
 
     @property
     def ready(self) -> bool:
@@ -87,11 +91,17 @@ class Action:
 
 
 def deployment_name(version: str) -> str:
-    """``vllm-<version>`` as a valid Kubernetes name (DNS-1123 label)."""
+    """``vllm-<version>`` as a valid Kubernetes name (DNS-1123 label): the version's
+    Deployment and its Service (the API's ``--url http://vllm-{version}:8000/v1``)."""
+    return f"vllm-{version_slug(version)}"[:63].rstrip("-")
+
+
+def version_slug(version: str) -> str:
+    """``version`` lowercased, runs of other characters than ``a-z0-9-`` made ``-``."""
     slug = re.sub(r"[^a-z0-9-]+", "-", version.lower()).strip("-")
     if not slug:
         raise ValueError(f"version {version!r} makes no Kubernetes name")
-    return f"vllm-{slug}"[:63].rstrip("-")
+    return slug
 
 
 def _wanted(desired: Desired) -> dict[str, tuple[Wanted, int]]:
@@ -118,6 +128,8 @@ def _converge(
     if have.path != want.path:
         return [Action("patch", name, want.version, want.path, replicas)], False
     actions = []
+    if have.retired_at is not None:  # wanted again (a rollback) while it drained
+        actions.append(Action("unretire", name, want.version))
     if have.replicas != replicas:
         actions.append(Action("scale", name, want.version, replicas=replicas))
     if have.crash_looping:
@@ -128,25 +140,30 @@ def _converge(
     return actions, have.ready and have.replicas == replicas
 
 
-def plan(desired: Desired, observed: Observed) -> list[Action]:
-    """The actions that move the cluster from ``observed`` toward ``desired``."""
+def plan(
+    desired: Desired, observed: Observed, *, now: float = 0.0, drain_s: float = 0.0
+) -> list[Action]:
+    """The actions that move the cluster from ``observed`` toward ``desired`` at time
+    ``now``. A version nothing wants or routes to is first retired (marked with the
+    time), and deleted ``drain_s`` later: the API switches to the new version's own
+    Service at its next registry check, and the old one's requests finish."""
     by_version = {d.version: d for d in observed.deployments}
     routes = dict(observed.routes or {})
     wanted = _wanted(desired)
     actions: list[Action] = []
     serving: set[str] = set()
-    for version, (want, replicas) in wanted.items():
-        converge, ready = _converge(want, replicas, by_version.get(version))
+    for version, (wanted_version, replicas) in wanted.items():
+        converge, ready = _converge(wanted_version, replicas, by_version.get(version))
         actions += converge
         if ready:
             serving.add(version)
     for role, service in SERVICES.items():
-        want = desired.production if role == "production" else desired.canary
+        role_wants = desired.production if role == "production" else desired.canary
         target = routes.get(service)
-        if want is None:
+        if role_wants is None:
             target = None
-        elif want.version in serving:
-            target = want.version
+        elif role_wants.version in serving:
+            target = role_wants.version
         elif target not in by_version:
             target = None  # it routes to nothing that exists: nothing to keep
         if target != routes.get(service):
@@ -154,7 +171,11 @@ def plan(desired: Desired, observed: Observed) -> list[Action]:
         routes[service] = target
     kept = set(wanted) | {v for v in routes.values() if v}
     for d in sorted(observed.deployments, key=lambda d: d.name):
-        if d.version not in kept:
+        if d.version in kept:
+            continue
+        if d.retired_at is None and drain_s > 0 and d.ready_replicas > 0:
+            actions.append(Action("retire", d.name, d.version, detail=f"{now:.0f}"))
+        elif d.retired_at is None or now - d.retired_at >= drain_s:
             actions.append(Action("delete", d.name, d.version))
     return actions
 
@@ -180,7 +201,9 @@ def summarize(
     version = (meta.get("labels") or {}).get(VERSION_LABEL)
     if not version:
         return None
-    path = (meta.get("annotations") or {}).get(PATH_ANNOTATION, "")
+    annotations = meta.get("annotations") or {}
+    path = annotations.get(PATH_ANNOTATION, "")
+    retired = annotations.get(RETIRED_ANNOTATION)
     ours = [p for p in pods if (p["metadata"].get("labels") or {}).get(VERSION_LABEL) == version]
     problems = [msg for msg in (_pod_problem(p, restart_limit) for p in ours) if msg]
     status = deployment.get("status") or {}
@@ -192,6 +215,7 @@ def summarize(
         ready_replicas=int(status.get("readyReplicas") or 0),
         crash_looping=bool(problems),
         problem="; ".join(problems),
+        retired_at=float(retired) if retired else None,
     )
 
 

@@ -14,8 +14,15 @@ import pytest
 
 from feedback.events import ALL_TOPICS, TOPIC_DEAD_LETTERS
 from serving.cli import build_parser
-from serving.deploy.manifest import load_template, render
-from serving.deploy.plan import APP, APP_LABEL, SERVICES, VERSION_LABEL, summarize
+from serving.deploy.manifest import load_template, render, render_service
+from serving.deploy.plan import (
+    APP,
+    APP_LABEL,
+    SERVICES,
+    VERSION_LABEL,
+    deployment_name,
+    summarize,
+)
 from tests.infra.manifests import (
     DEPLOY,
     NAMESPACE,
@@ -82,10 +89,18 @@ def test_both_deployments_run_every_role() -> None:
     for prefix in ("compose:", "k8s:"):
         roles = {c.command[1] for c in RATCHET if c.where.startswith(prefix)}
         assert ROLES <= roles, f"{prefix} lacks {ROLES - roles}"
-    compose_cmds = {tuple(c.command) for c in RATCHET if c.where.startswith("compose:")}
-    # The deploy controller is Kubernetes' own (on one host, `serve --managed` does its job).
+
+    # The deploy controller is Kubernetes' own (on one host, `serve --managed` does its
+    # job), and the vLLM server's address differs (one Service per version there).
+    def same(command: list[str]) -> tuple[str, ...]:
+        if "--url" in command:
+            command = command.copy()
+            command[command.index("--url") + 1] = "URL"
+        return tuple(command)
+
+    compose_cmds = {same(c.command) for c in RATCHET if c.where.startswith("compose:")}
     k8s_cmds = {
-        tuple(c.command) for c in RATCHET if c.where.startswith("k8s:") and c.command[1] != "deploy"
+        same(c.command) for c in RATCHET if c.where.startswith("k8s:") and c.command[1] != "deploy"
     }
     assert compose_cmds == k8s_cmds, "compose and Kubernetes run different ratchet commands"
 
@@ -213,13 +228,37 @@ def test_addresses_point_at_services_that_listen_there(container: Container) -> 
     ]
     if "--url" in container.command:
         url = urlsplit(_flag(container.command, "--url"))
-        addresses.append((url.hostname, url.port))
+        if "{version}" in (url.hostname or ""):  # the version's own Service: checked below
+            _per_version_service_ok(url.hostname or "", url.port or 80)
+        else:
+            addresses.append((url.hostname, url.port))
     for host, port in addresses:
         assert host and port, container.where
         if container.where.startswith("k8s:"):
             _k8s_address_ok(host, port)
         else:
             assert port in _compose_listens(host), f"{container.where}: nothing on {host}:{port}"
+
+
+def _per_version_service_ok(host: str, port: int) -> None:
+    """``vllm-{version}``: the Service the deploy controller creates for a version
+    selects that version's pods, which listen on ``port``."""
+    template = vllm_template(DOCS)
+    version = "v0042"
+    assert host.replace("{version}", version) == deployment_name(version), host
+    service = render_service(template, version=version)
+    pods = render(template, version=version, path=f"/models/{version}", replicas=1)
+    labels = pods["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["metadata"]["namespace"] == NAMESPACE
+    (svc_port,) = service["spec"]["ports"]
+    assert svc_port["port"] == port, f"{host}: the version's Service has no port {port}"
+    listening = {
+        p["containerPort"]
+        for c in pods["spec"]["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
+    assert svc_port["targetPort"] in listening
 
 
 def test_api_ports_line_up() -> None:
@@ -364,7 +403,7 @@ def test_deploy_controller_has_least_privilege() -> None:
     assert granted == {
         ("apps", "deployments"): ({"get", "list", "watch", "create", "patch", "delete"}, ()),
         ("", "pods"): ({"get", "list", "watch"}, ()),
-        ("", "services"): ({"get", "patch"}, tuple(SERVICES.values())),
+        ("", "services"): ({"get", "create", "patch", "delete"}, ()),
     }
     assert not any(k.startswith("ClusterRole") for k in {d["kind"] for d in DOCS})
 
@@ -387,7 +426,10 @@ def test_deploy_controller_reads_the_template_and_switches_existing_services() -
         selector = _service(service)["spec"]["selector"]
         assert selector[APP_LABEL] == APP, service
     api = next(c for c in RATCHET if c.where.startswith("k8s:") and c.command[1] == "serve")
-    assert urlsplit(_flag(api.command, "--url")).hostname == SERVICES["production"]
+    assert urlsplit(_flag(api.command, "--url")).hostname == "vllm-{version}", (
+        "the API reaches each version at its own Service"
+    )
+    assert int(_flag(controller.command, "--drain-seconds")) >= 60
     assert not [
         d for d in DOCS if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("vllm")
     ], "vLLM Deployments are the controller's, one per version: none in the manifests"

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from serving.deploy.manifest import TemplateError, load_template, render
+from serving.backends.vllm_server import version_url
+from serving.deploy.manifest import TemplateError, load_template, render, render_service
 from serving.deploy.plan import (
     Action,
     DeploymentState,
@@ -253,3 +254,56 @@ def test_render_adds_version_labels_path_and_served_name() -> None:
 def test_bad_templates_are_named(text: str, message: str) -> None:
     with pytest.raises(TemplateError, match=message):
         load_template(text)
+
+
+def test_an_old_version_drains_before_it_is_deleted() -> None:
+    desired = Desired(production=V2)
+    switched = plan(desired, Observed((dep(V1), dep(V2)), routes(V1)), now=1000, drain_s=120)
+    assert switched == [
+        Action("route", "vllm", "v0002"),
+        Action("retire", "vllm-v0001", "v0001", detail="1000"),
+    ], "the API may still send v0001 requests to its own Service: keep it up"
+    draining = (dep(V1, retired_at=1000.0), dep(V2))
+    assert plan(desired, Observed(draining, routes(V2)), now=1119, drain_s=120) == []
+    assert kinds(plan(desired, Observed(draining, routes(V2)), now=1120, drain_s=120)) == [
+        ("delete", "vllm-v0001", "v0001")
+    ]
+
+
+def test_a_rollback_during_the_drain_keeps_the_old_version() -> None:
+    desired = Desired(production=V1)
+    draining = (dep(V1, retired_at=1000.0), dep(V2))
+    actions = plan(desired, Observed(draining, routes(V2)), now=1010, drain_s=120)
+    assert kinds(actions) == [
+        ("unretire", "vllm-v0001", "v0001"),
+        ("route", "vllm", "v0001"),
+        ("retire", "vllm-v0002", "v0002"),
+    ]
+
+
+def test_a_version_that_never_served_is_deleted_without_a_drain() -> None:
+    desired = Desired(production=V1)
+    broken = dep(V2, ready=0, crash_looping=True)
+    actions = plan(desired, Observed((dep(V1), broken), routes(V1)), now=5, drain_s=120)
+    assert kinds(actions) == [("delete", "vllm-v0002", "v0002")]
+
+
+def test_summarize_reads_the_retired_mark() -> None:
+    d = _deployment("v0001", ready=2)
+    d["metadata"]["annotations"]["ratchet.dev/retired-at"] = "1700000000"
+    state = summarize(d, [])
+    assert state is not None and state.retired_at == 1_700_000_000.0
+
+
+def test_the_api_reaches_each_version_at_its_own_service() -> None:
+    assert version_url("http://vllm-{version}:8000/v1", "V0002") == "http://vllm-v0002:8000/v1"
+    assert version_url("http://vllm:8000/v1", "v0002") == "http://vllm:8000/v1"
+    name = deployment_name("v0002")
+    assert version_url("http://vllm-{version}:8000", "v0002") == f"http://{name}:8000"
+    service = render_service(load_template(TEMPLATE), version="v0002")
+    assert service["metadata"]["name"] == name
+    assert service["spec"]["selector"] == {
+        "app.kubernetes.io/name": "vllm",
+        "ratchet.dev/version": "v0002",
+    }
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": 8000}]

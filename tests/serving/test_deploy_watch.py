@@ -72,7 +72,11 @@ class Namespace:
         return str(self.services[service]["spec"]["selector"][VERSION_LABEL])
 
     def check_invariant(self) -> None:
-        for name, service in self.services.items():
+        for name, d in self.deployments.items():
+            own = self.services[name]["spec"]["selector"]  # the version's own Service
+            assert own[VERSION_LABEL] == d["metadata"]["labels"][VERSION_LABEL]
+        for name in ("vllm", "vllm-canary"):
+            service = self.services[name]
             version = service["spec"]["selector"][VERSION_LABEL]
             if version == NO_VERSION:
                 continue
@@ -100,8 +104,14 @@ def fake_kubernetes(ns: Namespace) -> types.ModuleType:
         def patch_namespaced_deployment(self, name: str, namespace: str, body: Any) -> None:
             ns.calls.append(f"patch {name}")
             d = ns.deployments[name]
-            d["spec"].update(body["spec"])
-            d["status"] = {}
+            for key, value in (body.get("metadata") or {}).get("annotations", {}).items():
+                if value is None:
+                    d["metadata"]["annotations"].pop(key, None)
+                else:
+                    d["metadata"]["annotations"][key] = value
+            if "spec" in body:
+                d["spec"].update(body["spec"])
+                d["status"] = {}
 
         def delete_namespaced_deployment(self, name: str, namespace: str) -> None:
             ns.calls.append(f"delete {name}")
@@ -115,6 +125,14 @@ def fake_kubernetes(ns: Namespace) -> types.ModuleType:
             if name not in ns.services:
                 raise ApiException(404)
             return ns.services[name]
+
+        def create_namespaced_service(self, namespace: str, body: dict[str, Any]) -> None:
+            if body["metadata"]["name"] in ns.services:
+                raise ApiException(409)
+            ns.services[body["metadata"]["name"]] = body
+
+        def delete_namespaced_service(self, name: str, namespace: str) -> None:
+            ns.services.pop(name)
 
         def patch_namespaced_service(self, name: str, namespace: str, body: Any) -> None:
             ns.calls.append(f"route {name} {body['spec']['selector'][VERSION_LABEL]}")
@@ -175,6 +193,7 @@ def test_watch_follows_promotion_canary_and_rollback(
     def passes(n: int = 3) -> None:
         for _ in range(n):
             args = ["deploy", "watch", "--template", str(template_file), "--once"]
+            args += ["--drain-seconds", "0"]  # the drain is timed in test_deploy_plan
             assert main([*args, "--replicas", "2"]) == 0
             ns.check_invariant()
             ns.tick()
@@ -183,6 +202,7 @@ def test_watch_follows_promotion_canary_and_rollback(
     registry.ensure_base(conn, "/models/base", "0" * 64)
     passes()
     assert ns.routed("vllm") == "v0001" and set(ns.deployments) == {"vllm-v0001"}
+    assert set(ns.services) == {"vllm", "vllm-canary", "vllm-v0001"}
     d = ns.deployments["vllm-v0001"]
     assert d["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [
         "/models/base",
@@ -200,6 +220,7 @@ def test_watch_follows_promotion_canary_and_rollback(
     passes()
     assert (ns.routed("vllm"), ns.routed("vllm-canary")) == ("v0002", NO_VERSION)
     assert set(ns.deployments) == {"vllm-v0002"}
+    assert set(ns.services) == {"vllm", "vllm-canary", "vllm-v0002"}, "v0001's Service went too"
     assert ns.deployments["vllm-v0002"]["spec"]["replicas"] == 2
     assert "create vllm-v0002" in ns.calls and ns.calls.count("create vllm-v0002") == 1, (
         "the promoted canary was scaled, not recreated"
@@ -233,6 +254,7 @@ def test_watch_names_the_missing_extra(
     [
         (["--template", "/nowhere/vllm.yaml"], "cannot read the vLLM template /nowhere/vllm.yaml"),
         (["--replicas", "0"], "--replicas and --canary-replicas must be at least 1"),
+        (["--drain-seconds", "-1"], "--drain-seconds must be 0 or more"),
     ],
 )
 def test_watch_names_bad_arguments(
