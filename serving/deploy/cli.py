@@ -7,6 +7,9 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from ratchet.cli import CliError
 from ratchet.settings import RatchetSettings
@@ -17,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from serving.deploy.kube import Cluster, MissingExtra, desired_state
+    from serving.deploy.kube import Cluster, MissingExtra
 
     if args.replicas < 1 or args.canary_replicas < 1:
         raise CliError("--replicas and --canary-replicas must be at least 1")
@@ -36,17 +39,35 @@ def _watch(args: argparse.Namespace) -> int:
     database_url = RatchetSettings().database_url
     logger.info("following the registry into namespace %s", args.namespace)
     while True:
-        desired = desired_state(
-            database_url, replicas=args.replicas, canary_replicas=args.canary_replicas
-        )
-        observed = cluster.observe()
-        for action in plan(desired, observed, now=time.time(), drain_s=args.drain_seconds):
-            logger.info("%s %s %s", action.kind, action.name, action.version or "")
-            if not args.dry_run:
-                cluster.apply(action, template)
+        try:
+            failed = _pass(args, cluster, template, database_url)
+        except (psycopg.OperationalError, cluster.api_error) as exc:
+            if args.once:
+                raise
+            logger.warning("pass failed, retrying in %.0f s: %s", args.interval, exc)
+            failed = 0
         if args.once:
-            return 0
+            return 1 if failed else 0
         time.sleep(args.interval)
+
+
+def _pass(args: argparse.Namespace, cluster: Any, template: dict[str, Any], url: str) -> int:
+    """One look at the registry and the namespace, and the actions; the failed count.
+    A failed action is logged and tried again (re-planned) at the next pass."""
+    from serving.deploy.kube import desired_state
+
+    desired = desired_state(url, replicas=args.replicas, canary_replicas=args.canary_replicas)
+    failed = 0
+    for action in plan(desired, cluster.observe(), now=time.time(), drain_s=args.drain_seconds):
+        logger.info("%s %s %s", action.kind, action.name, action.version or "")
+        if args.dry_run:
+            continue
+        try:
+            cluster.apply(action, template)
+        except cluster.api_error as exc:
+            failed += 1
+            logger.error("%s %s failed: %s", action.kind, action.name, exc)
+    return failed
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

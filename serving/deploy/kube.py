@@ -72,6 +72,7 @@ class Cluster:
         self.apps = k8s.client.AppsV1Api()
         self.core = k8s.client.CoreV1Api()
         self._json = k8s.client.ApiClient().sanitize_for_serialization
+        self.api_error: type[Exception] = k8s.client.ApiException
 
     def observe(self) -> Observed:
         ns = self.namespace

@@ -42,6 +42,7 @@ class Namespace:
         }
         self.crashing: set[str] = set()  # versions whose pods crash-loop
         self.calls: list[str] = []
+        self.refuse_creates = 0  # the API server refuses this many Deployment creations
 
     def tick(self) -> None:
         for d in self.deployments.values():
@@ -98,6 +99,9 @@ def fake_kubernetes(ns: Namespace) -> types.ModuleType:
             return {"items": list(ns.deployments.values())}
 
         def create_namespaced_deployment(self, namespace: str, body: dict[str, Any]) -> None:
+            if ns.refuse_creates:
+                ns.refuse_creates -= 1
+                raise ApiException(403)
             ns.calls.append(f"create {body['metadata']['name']}")
             ns.deployments[body["metadata"]["name"]] = body
 
@@ -271,3 +275,22 @@ def test_watch_names_a_bad_template(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["deploy", "watch", "--template", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "must be one Deployment" in err
+
+
+def test_a_refused_action_is_logged_and_tried_again_next_pass(
+    database_url: str,
+    template_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ns = Namespace()
+    ns.refuse_creates = 1
+    monkeypatch.setitem(sys.modules, "kubernetes", fake_kubernetes(ns))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        registry.ensure_base(conn, "/models/base", "0" * 64)
+    args = ["deploy", "watch", "--template", str(template_file), "--once"]
+    assert main(args) == 1, "a failed action fails a --once pass"
+    assert "create vllm-v0001 failed: 403" in capsys.readouterr().err and not ns.deployments
+    assert main(args) == 0
+    assert set(ns.deployments) == {"vllm-v0001"}
