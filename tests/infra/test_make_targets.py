@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(("target", "command"), [("serve", "serve"), ("consume", "consume")])
 def test_make_target_runs_the_ratchet_command(target: str, command: str) -> None:
     out = subprocess.run(
-        ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        ["make", "--no-print-directory", "-n", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     assert "Nothing to be done" not in out
     last = shlex.split(out.strip().splitlines()[-1])

@@ -52,6 +52,22 @@ def _narrowed(spec: dict[str, Any]) -> dict[str, Any]:
     schemas["CorrectionRequest"]["properties"]["message_id"] = ids
     comparison = schemas["ComparisonRequest"]["properties"]
     comparison["message_id_a"] = comparison["message_id_b"] = ids
+    # A batch is all or nothing, so random items almost never make a whole batch
+    # valid: narrow it to one or two thumbs on the caller's own replies (the single
+    # endpoints above fuzz the full item shapes).
+    alice = {"type": "string", "enum": ALICE_IDS}
+    thumbs = {
+        "type": "object",
+        "properties": {"message_id": alice, "thumbs": {"type": "string", "enum": ["up", "down"]}},
+        "required": ["message_id", "thumbs"],
+        "additionalProperties": False,
+    }
+    schemas["FeedbackBatch"] = {
+        "type": "object",
+        "properties": {"ratings": {"type": "array", "items": thumbs, "minItems": 1, "maxItems": 2}},
+        "required": ["ratings"],
+        "additionalProperties": False,
+    }
     return spec
 
 
