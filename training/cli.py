@@ -72,17 +72,21 @@ def _train(args: argparse.Namespace) -> int:
             max_cycles=args.max_cycles,
         )
         return 0
+    from training import distributed
     from training.cycle import run_cycle
 
-    result = run_cycle(
-        settings,
-        algo=args.algo,
-        size=args.size,
-        source=source,
-        min_new_pairs=args.min_new_pairs,
-        wait=args.wait,
-        progress=not args.quiet,
-    )
+    try:
+        result = run_cycle(
+            settings,
+            algo=args.algo,
+            size=args.size,
+            source=source,
+            min_new_pairs=args.min_new_pairs,
+            wait=args.wait,
+            progress=not args.quiet,
+        )
+    finally:
+        distributed.leave()
     if result.status == "skipped":
         print(result.message)
         return 0

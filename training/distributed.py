@@ -52,6 +52,18 @@ def _group_ready() -> bool:
     return True
 
 
+def leave() -> None:
+    """Leave the process group before the process exits: a rank that exits with the
+    group's threads still running aborts ("terminate called without an active
+    exception") and takes the launcher down with it."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _cpu_forced() -> bool:
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
 
