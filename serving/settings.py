@@ -40,6 +40,18 @@ class ServingSettings(FeedbackSettings):
     backend_api_key: str | None = Field(
         default=None, description="Bearer key for the remote vLLM server, if it wants one."
     )
+    managed: bool = Field(
+        default=False,
+        description="Backend vllm-server: Ratchet runs the vLLM OpenAI servers itself on this"
+        " host, one per served version (production, canary), blue/green on promotion.",
+    )
+    managed_start_timeout_s: float = Field(
+        default=900.0, gt=0, description="Longest wait for a managed vLLM server to serve."
+    )
+    managed_server_args: list[str] = Field(
+        default_factory=list,
+        description="Extra arguments for each managed vLLM server (e.g. --tensor-parallel-size).",
+    )
     max_model_len: int = Field(default=2048, ge=16, description="Context window (tokens).")
     gpu_memory_utilization: float = Field(
         default=0.1, gt=0, le=1, description="vLLM memory fraction (KV cache); 0.1 suits CPU."
