@@ -35,7 +35,9 @@ class ServingSettings(FeedbackSettings):
     )
     backend: BackendName = Field(default="vllm", description="vllm | vllm-server | transformers.")
     backend_url: str | None = Field(
-        default=None, description="Base URL of a remote vLLM OpenAI server (backend vllm-server)."
+        default=None,
+        description="Base URL of a remote vLLM OpenAI server (backend vllm-server); a"
+        " {version} in it names one server per version (http://vllm-{version}:8000/v1).",
     )
     backend_api_key: str | None = Field(
         default=None, description="Bearer key for the remote vLLM server, if it wants one."

@@ -6,7 +6,8 @@ Routing rule: a backend stands for one registry version, and only routes to a
 server whose ``/v1/models`` lists that version's id (``--served-model-name``)
 or its path. A server that serves something else is refused at start (the
 model manager keeps the version it serves and reports the failed load), and
-once the server stops listing it, ``check()`` (``/readyz``) says so."""
+once the server stops listing it, ``check()`` (``/readyz``) says so. A ``{version}``
+in the URL names one server per version (Kubernetes, ``ratchet deploy watch``)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class VLLMServerBackend(Backend):
         if not base_url:
             raise ValueError("backend vllm-server needs backend_url (--url)")
         self._settings = settings
-        self._base = _api_base(base_url)
+        self._base = _api_base(version_url(base_url, version))
         self._client: httpx.AsyncClient | None = None
         self._remote_model: str | None = None
 
@@ -152,6 +153,17 @@ def pick_model(served: list[str], version: str, path: str) -> str | None:
         if wanted in served:
             return wanted
     return None
+
+
+def version_url(url: str, version: str) -> str:
+    """``url`` with ``{version}`` made the version's Kubernetes name part: one Service
+    per version (``http://vllm-{version}:8000/v1`` -> ``http://vllm-v0002:8000/v1``,
+    run by ``ratchet deploy watch``), so each version reaches only its own pods."""
+    if "{version}" not in url:
+        return url
+    from serving.deploy.plan import version_slug
+
+    return url.replace("{version}", version_slug(version))
 
 
 def _api_base(url: str) -> str:
