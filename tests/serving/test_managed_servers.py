@@ -59,7 +59,10 @@ def _switch_under_traffic(
     old_backend = server.models.current
     assert old_backend.version == old
     old_pid = old_backend.pid
-    with Traffic(server.base_url, server.keys.user) as traffic:
+    # Steady, paced traffic: back-to-back clients on two shared cores starve the new
+    # version's vLLM server of the CPU it needs to start (tests/bench/test_swap.py
+    # measures the swap under back-to-back load).
+    with Traffic(server.base_url, server.keys.user, pause_s=0.2) as traffic:
         traffic.wait_for(6)
         ratchet_cli(server.database_url, *cli)
         wait_until(lambda: server.models.version == new, f"{new} is served", timeout=600)

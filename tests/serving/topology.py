@@ -43,6 +43,7 @@ class Traffic:
     base_url: str
     key: str
     threads: int = 4
+    pause_s: float = 0.0  # each client's pause between requests (0: back to back)
     replies: list[list[Reply]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     sent: int = 0
@@ -97,6 +98,7 @@ class Traffic:
             finally:
                 with self._lock:
                     self.in_flight -= 1
+            self._stop.wait(self.pause_s)
 
     def wait_for(self, count: int, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
