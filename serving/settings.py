@@ -54,6 +54,15 @@ class ServingSettings(FeedbackSettings):
         default_factory=list,
         description="Extra arguments for each managed vLLM server (e.g. --tensor-parallel-size).",
     )
+    managed_cpu_bind: str = Field(
+        default="nobind",
+        pattern=r"^(auto|nobind|[0-9,|-]+)$",
+        description="vLLM CPU builds only (GPU builds ignore it): VLLM_CPU_OMP_THREADS_BIND"
+        " for each managed server. vLLM's own default, auto, pins every server's worker to"
+        " the same cores (all but the last one), so blue, green and the canary would take"
+        " turns on them; nobind lets the kernel place each server's threads. A core list"
+        " (0-7) binds every managed server to those cores.",
+    )
     max_model_len: int = Field(default=2048, ge=16, description="Context window (tokens).")
     gpu_memory_utilization: float = Field(
         default=0.1, gt=0, le=1, description="vLLM memory fraction (KV cache); 0.1 suits CPU."

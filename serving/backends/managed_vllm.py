@@ -5,8 +5,15 @@ Each backend owns one ``python -m vllm.entrypoints.openai.api_server`` process
 for one registry version, on a free loopback port, with
 ``--served-model-name <version>``. ``start()`` spawns it and returns once its
 ``/v1/models`` lists that version (the routing rule of
-:mod:`serving.backends.vllm_server` then holds); ``shutdown()`` stops it
-(SIGTERM, then SIGKILL of its process group). The model manager does the rest:
+:mod:`serving.backends.vllm_server` then holds); ``shutdown()`` stops it: SIGTERM
+to its process group (the API server, its EngineCore and worker processes), and
+it returns only once no process of the group runs, SIGKILL after
+``STOP_GRACE_S``. On vLLM CPU builds each server gets
+``VLLM_CPU_OMP_THREADS_BIND=<managed_cpu_bind>`` (``nobind`` by default): vLLM's
+``auto`` binding pins every server's worker, from its first instruction, to
+the same cores (all but the last), so a new version's server started beside a
+busy one got a share of one core on a 2-core host and took many minutes to
+start. The model manager does the rest:
 on a promotion it starts the new version's server beside the old one, switches
 new requests once it answers, drains the old server's requests, then shuts it
 down; the canary is one more server; a rollback is a promotion backwards.
@@ -15,6 +22,7 @@ down; the canary is one more server; a rollback is a promotion backwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -82,6 +90,7 @@ class ManagedVLLMServerBackend(VLLMServerBackend):
     """One vLLM OpenAI server process per version, started and stopped here."""
 
     name = "vllm-server"
+    stop_grace_s = STOP_GRACE_S  # SIGTERM to SIGKILL, and SIGKILL to giving up
 
     def __init__(self, settings: ServingSettings, *, path: str, version: str) -> None:
         self._port = free_loopback_port()
@@ -101,15 +110,17 @@ class ManagedVLLMServerBackend(VLLMServerBackend):
         command = server_command(self._settings, str(self.path), self.version, self._port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": self._settings.managed_cpu_bind}
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         logger.info(
-            "started vLLM server for %s on port %d (pid %d, log %s)",
+            "started vLLM server for %s on port %d (pid %d, CPU binding %s, log %s)",
             self.version,
             self._port,
             self._proc.pid,
+            self._settings.managed_cpu_bind,
             self.log_path,
         )
         try:
@@ -164,13 +175,64 @@ class ManagedVLLMServerBackend(VLLMServerBackend):
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its engine processes
+        if proc is not None:
+            await stop_process_group(proc, f"vLLM server for {self.version}", self.stop_grace_s)
+
+
+async def stop_process_group(proc: subprocess.Popen[bytes], what: str, grace_s: float) -> bool:
+    """Stop the process group that ``proc`` leads (started with
+    ``start_new_session``): a vLLM server, its EngineCore and its workers. SIGTERM,
+    then SIGKILL after ``grace_s``; returns once no process of the group runs (True),
+    so the next server never starts beside a dying one, or False after reporting a
+    group that even SIGKILL did not end."""
+    pgid = proc.pid
+    _signal_group(pgid, signal.SIGTERM)
+    if not await _group_gone(proc, pgid, grace_s):
+        logger.warning(
+            "%s (process group %d) still running %.0f s after SIGTERM; killing it",
+            what,
+            pgid,
+            grace_s,
+        )
+        _signal_group(pgid, signal.SIGKILL)
+        if not await _group_gone(proc, pgid, grace_s):
+            logger.error("%s: process group %d survived SIGKILL", what, pgid)
+            return False
+    logger.info("stopped %s (process group %d)", what, pgid)
+    return True
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(pgid, sig)
+
+
+async def _group_gone(proc: subprocess.Popen[bytes], pgid: int, timeout: float) -> bool:
+    """Wait until no process of group ``pgid`` runs (True), or ``timeout`` (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.poll()  # reap the leader, our child
+        if not await asyncio.to_thread(group_running, pgid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+
+
+def group_running(pgid: int, proc_root: Path = Path("/proc")) -> bool:
+    """Whether a process of group ``pgid`` is alive. Zombies do not count: an
+    EngineCore's worker orphaned to an init that does not reap stays one."""
+    if not proc_root.is_dir():  # no procfs: a zombie then counts as alive
         try:
-            await asyncio.to_thread(proc.wait, STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("vLLM server for %s ignored SIGTERM; killing it", self.version)
-            os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(proc.wait, STOP_GRACE_S)
-        logger.info("stopped vLLM server for %s (pid %d)", self.version, proc.pid)
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc_root.glob("[0-9]*/stat"):
+        try:  # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # the process exited while we looked
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            return True
+    return False
