@@ -10,13 +10,16 @@ to its process group (the API server, its EngineCore and worker processes), and
 it returns only once no process of the group runs, SIGKILL after
 ``STOP_GRACE_S``. On vLLM CPU builds each server gets
 ``VLLM_CPU_OMP_THREADS_BIND=<managed_cpu_bind>`` (``nobind`` by default): vLLM's
-``auto`` binding pins every server's worker, from its first instruction, to
-the same cores (all but the last), so a new version's server started beside a
-busy one got a share of one core on a 2-core host and took many minutes to
-start. The model manager does the rest:
-on a promotion it starts the new version's server beside the old one, switches
-new requests once it answers, drains the old server's requests, then shuts it
-down; the canary is one more server; a rollback is a promotion backwards.
+``auto`` binding pins every server's worker process, from its start (an
+LD_PRELOADed libgomp with ``GOMP_CPU_AFFINITY``), to the same cores (all but
+the last), so a new version's server started beside a busy one got a share of
+one core on a 2-core host and took many minutes to start.
+
+The model manager does the rest: on a promotion it starts the new version's
+server beside the old one, switches new requests once it answers, drains the
+old server's requests, then shuts it down; the canary is one more server, and
+a promoted canary's server becomes production as it runs; a rollback is a
+promotion backwards.
 """
 
 from __future__ import annotations
