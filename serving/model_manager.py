@@ -212,7 +212,7 @@ class ModelManager:
         current = self._current.backend if self._current else None
         if current is not None and (current.version, current.path) == (version, path):
             return False
-        if (version, path) in self._failed:
+        if (version, path) in self._failed and not self._remote_unmanaged:
             return False
         if self._canary is not None and _target(self._canary) == (version, path):
             # The canary was promoted: it is loaded already, and keeps its leases.
@@ -292,6 +292,12 @@ class ModelManager:
                 self._on_swap_error(err)
             return None
         return backend
+
+    @property
+    def _remote_unmanaged(self) -> bool:
+        """Servers run by someone else (a Deployment being rolled) may serve a version
+        later: a failed load is retried at each check (one GET /v1/models)."""
+        return self._settings.backend == "vllm-server" and not self._settings.managed
 
     def _install(self, slot: _Slot) -> None:
         old, self._current = self._current, slot

@@ -34,13 +34,23 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.no_auth:
         overrides["auth"] = False
+    if args.managed:
+        overrides["managed"] = True
     try:
         settings = ServingSettings(**overrides)
     except ValidationError as exc:
         raise CliError(str(exc)) from exc
-    if settings.backend == "vllm-server" and not settings.backend_url:
-        raise CliError("--backend vllm-server needs --url (the remote server's base URL)")
-    if settings.backend != "vllm-server" and not Path(settings.model).is_dir():
+    if settings.managed and settings.backend != "vllm-server":
+        raise CliError("--managed goes with --backend vllm-server (Ratchet runs the vLLM servers)")
+    if settings.backend == "vllm-server" and not (settings.backend_url or settings.managed):
+        raise CliError(
+            "--backend vllm-server needs --url (the remote server's base URL) or --managed"
+        )
+    if settings.managed and settings.backend_url:
+        raise CliError("--managed starts its own vLLM servers: drop --url")
+    if (settings.backend != "vllm-server" or settings.managed) and not Path(
+        settings.model
+    ).is_dir():
         raise CliError(
             f"model directory {settings.model} not found; run `ratchet model bootstrap` "
             "or pass --model DIR"
@@ -95,6 +105,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--backend", choices=["vllm", "vllm-server", "transformers"])
     serve.add_argument(
         "--url", help="base URL of a remote vLLM OpenAI server (--backend vllm-server)"
+    )
+    serve.add_argument(
+        "--managed",
+        action="store_true",
+        help="with --backend vllm-server: start and stop the vLLM servers here (blue/green)",
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")

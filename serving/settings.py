@@ -35,10 +35,33 @@ class ServingSettings(FeedbackSettings):
     )
     backend: BackendName = Field(default="vllm", description="vllm | vllm-server | transformers.")
     backend_url: str | None = Field(
-        default=None, description="Base URL of a remote vLLM OpenAI server (backend vllm-server)."
+        default=None,
+        description="Base URL of a remote vLLM OpenAI server (backend vllm-server); a"
+        " {version} in it names one server per version (http://vllm-{version}:8000/v1).",
     )
     backend_api_key: str | None = Field(
         default=None, description="Bearer key for the remote vLLM server, if it wants one."
+    )
+    managed: bool = Field(
+        default=False,
+        description="Backend vllm-server: Ratchet runs the vLLM OpenAI servers itself on this"
+        " host, one per served version (production, canary), blue/green on promotion.",
+    )
+    managed_start_timeout_s: float = Field(
+        default=900.0, gt=0, description="Longest wait for a managed vLLM server to serve."
+    )
+    managed_server_args: list[str] = Field(
+        default_factory=list,
+        description="Extra arguments for each managed vLLM server (e.g. --tensor-parallel-size).",
+    )
+    managed_cpu_bind: str = Field(
+        default="nobind",
+        pattern=r"^(auto|nobind|[0-9,|-]+)$",
+        description="vLLM CPU builds only (GPU builds ignore it): VLLM_CPU_OMP_THREADS_BIND"
+        " for each managed server. vLLM's own default, auto, pins every server's worker to"
+        " the same cores (all but the last one), so blue, green and the canary would take"
+        " turns on them; nobind lets the kernel place each server's threads. A core list"
+        " (0-7) binds every managed server to those cores.",
     )
     max_model_len: int = Field(default=2048, ge=16, description="Context window (tokens).")
     gpu_memory_utilization: float = Field(

@@ -16,6 +16,10 @@ def make_backend(settings: ServingSettings, *, path: Path | str, version: str) -
         from serving.backends.vllm_engine import VLLMEngineBackend
 
         return VLLMEngineBackend(settings, path=Path(path), version=version)
+    if settings.backend == "vllm-server" and settings.managed:
+        from serving.backends.managed_vllm import ManagedVLLMServerBackend
+
+        return ManagedVLLMServerBackend(settings, path=str(path), version=version)
     if settings.backend == "vllm-server":
         from serving.backends.vllm_server import VLLMServerBackend
 

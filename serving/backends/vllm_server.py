@@ -1,6 +1,13 @@
 """Backend for deployments that run vLLM separately: a remote vLLM (or any
 OpenAI-compatible) server reached with httpx. Errors of the remote server are
-translated here, at the boundary, into serving errors."""
+translated here, at the boundary, into serving errors.
+
+Routing rule: a backend stands for one registry version, and only routes to a
+server whose ``/v1/models`` lists that version's id (``--served-model-name``)
+or its path. A server that serves something else is refused at start (the
+model manager keeps the version it serves and reports the failed load), and
+once the server stops listing it, ``check()`` (``/readyz``) says so. A ``{version}``
+in the URL names one server per version (Kubernetes, ``ratchet deploy watch``)."""
 
 from __future__ import annotations
 
@@ -23,14 +30,15 @@ class VLLMServerBackend(Backend):
 
     name = "vllm-server"
 
-    def __init__(self, settings: ServingSettings, *, path: str, version: str) -> None:
+    def __init__(
+        self, settings: ServingSettings, *, path: str, version: str, base_url: str | None = None
+    ) -> None:
         super().__init__(version=version, path=path, max_model_len=settings.max_model_len)
-        if not settings.backend_url:
+        base_url = base_url or settings.backend_url
+        if not base_url:
             raise ValueError("backend vllm-server needs backend_url (--url)")
         self._settings = settings
-        self._base = settings.backend_url.rstrip("/")
-        if not self._base.endswith("/v1"):
-            self._base += "/v1"
+        self._base = _api_base(version_url(base_url, version))
         self._client: httpx.AsyncClient | None = None
         self._remote_model: str | None = None
 
@@ -42,17 +50,25 @@ class VLLMServerBackend(Backend):
             base_url=self._base, headers=headers, timeout=httpx.Timeout(600, connect=10)
         )
         try:
-            resp = await self._client.get("/models")
-            resp.raise_for_status()
-            models = [m["id"] for m in resp.json().get("data", [])]
+            models = await self.served_models()
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             await self._client.aclose()
             raise RuntimeError(f"remote vLLM server {self._base} does not answer: {exc}") from exc
-        if not models:
-            raise RuntimeError(f"remote vLLM server {self._base} serves no model")
-        # Serve the named model if the server has it, else the first it lists.
-        self._remote_model = self.path if self.path in models else models[0]
+        self._remote_model = pick_model(models, self.version, str(self.path))
+        if self._remote_model is None:
+            await self._client.aclose()
+            raise RuntimeError(
+                f"remote vLLM server {self._base} serves {models or 'no model'}, not version"
+                f" {self.version} ({self.path}); it is not routed to"
+            )
         logger.info("remote vLLM at %s serving %s", self._base, self._remote_model)
+
+    async def served_models(self) -> list[str]:
+        """The model ids the server lists at ``/v1/models`` now."""
+        assert self._client is not None
+        resp = await self._client.get("/models")
+        resp.raise_for_status()
+        return [str(m["id"]) for m in resp.json().get("data", [])]
 
     async def generate(
         self, messages: list[dict[str, str]], options: SamplingOptions, request_id: str
@@ -118,13 +134,41 @@ class VLLMServerBackend(Backend):
             await response.aclose()
 
     async def check(self) -> None:
-        assert self._client is not None
-        resp = await self._client.get("/models")
-        resp.raise_for_status()
+        models = await self.served_models()
+        if self._remote_model not in models:
+            raise RuntimeError(
+                f"{self._base} now serves {models}, not {self._remote_model} (version"
+                f" {self.version})"
+            )
 
     async def shutdown(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+def pick_model(served: list[str], version: str, path: str) -> str | None:
+    """The id to route ``version`` to on a server listing ``served``: the version id
+    (``--served-model-name``), else its path (``vllm serve PATH``), else None."""
+    for wanted in (version, path):
+        if wanted in served:
+            return wanted
+    return None
+
+
+def version_url(url: str, version: str) -> str:
+    """``url`` with ``{version}`` made the version's Kubernetes name part: one Service
+    per version (``http://vllm-{version}:8000/v1`` -> ``http://vllm-v0002:8000/v1``,
+    run by ``ratchet deploy watch``), so each version reaches only its own pods."""
+    if "{version}" not in url:
+        return url
+    from serving.deploy.plan import version_slug
+
+    return url.replace("{version}", version_slug(version))
+
+
+def _api_base(url: str) -> str:
+    base = url.rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
 
 
 def _translate(status: int, body: str) -> APIError:
@@ -132,6 +176,8 @@ def _translate(status: int, body: str) -> APIError:
         message = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = body[:500]
+    if status == 404:  # the model is gone from the server: not the client's fault
+        return ServiceUnavailable(f"remote model server: {message}")
     if 400 <= status < 500 and status not in (401, 403, 429):
         return InvalidRequest(f"remote model server: {message}")
     return ServiceUnavailable(f"remote model server answered {status}: {message}")

@@ -124,11 +124,27 @@ def compose_containers() -> Iterator[Container]:
         )
 
 
+VLLM_TEMPLATE = ("vllm-template", "vllm-deployment.yaml")  # ConfigMap, key
+
+
+def vllm_template(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-version vLLM Deployment template the deploy controller renders,
+    parsed from its ConfigMap."""
+    name, key = VLLM_TEMPLATE
+    doc = yaml.safe_load(config_map_data(docs, name)[key])
+    doc["__file__"] = f"ConfigMap/{name}"
+    return doc
+
+
 def pod_templates(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(workload doc, pod template) for every Deployment, StatefulSet and Job."""
+    """(workload doc, pod template) for every Deployment, StatefulSet and Job, and the
+    deploy controller's vLLM Deployment template (linted like the rest)."""
     for doc in docs:
         if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield doc, doc["spec"]["template"]
+    if any(d["kind"] == "ConfigMap" and d["metadata"]["name"] == VLLM_TEMPLATE[0] for d in docs):
+        template = vllm_template(docs)
+        yield template, template["spec"]["template"]
 
 
 def _probe_port(probe: dict[str, Any] | None) -> int | None:

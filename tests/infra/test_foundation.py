@@ -79,7 +79,7 @@ def test_tiny_model_generates_with_transformers(tiny_model_dir):
 
 # Every package's subcommands, by the package that registers them.
 COMMANDS = {
-    "serving": {"serve", "keys", "kb", "slack"},
+    "serving": {"serve", "keys", "kb", "slack", "deploy"},
     "feedback": {"db", "consume", "feedback"},
     "training": {"model", "train", "models"},
 }

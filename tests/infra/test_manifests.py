@@ -14,6 +14,15 @@ import pytest
 
 from feedback.events import ALL_TOPICS, TOPIC_DEAD_LETTERS
 from serving.cli import build_parser
+from serving.deploy.manifest import load_template, render, render_service
+from serving.deploy.plan import (
+    APP,
+    APP_LABEL,
+    SERVICES,
+    VERSION_LABEL,
+    deployment_name,
+    summarize,
+)
 from tests.infra.manifests import (
     DEPLOY,
     NAMESPACE,
@@ -32,6 +41,7 @@ from tests.infra.manifests import (
     project_version,
     ratchet_image,
     settings_classes,
+    vllm_template,
 )
 
 DOCS = load_k8s()
@@ -79,8 +89,19 @@ def test_both_deployments_run_every_role() -> None:
     for prefix in ("compose:", "k8s:"):
         roles = {c.command[1] for c in RATCHET if c.where.startswith(prefix)}
         assert ROLES <= roles, f"{prefix} lacks {ROLES - roles}"
-    compose_cmds = {tuple(c.command) for c in RATCHET if c.where.startswith("compose:")}
-    k8s_cmds = {tuple(c.command) for c in RATCHET if c.where.startswith("k8s:")}
+
+    # The deploy controller is Kubernetes' own (on one host, `serve --managed` does its
+    # job), and the vLLM server's address differs (one Service per version there).
+    def same(command: list[str]) -> tuple[str, ...]:
+        if "--url" in command:
+            command = command.copy()
+            command[command.index("--url") + 1] = "URL"
+        return tuple(command)
+
+    compose_cmds = {same(c.command) for c in RATCHET if c.where.startswith("compose:")}
+    k8s_cmds = {
+        same(c.command) for c in RATCHET if c.where.startswith("k8s:") and c.command[1] != "deploy"
+    }
     assert compose_cmds == k8s_cmds, "compose and Kubernetes run different ratchet commands"
 
 
@@ -124,12 +145,12 @@ def test_dockerfile_sets_only_settings_fields_and_copies_what_exists() -> None:
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for path in src.split():
             assert (REPO / path).exists(), f"Dockerfile copies missing {path}"
-    extras = re.findall(r"\[([a-z,]+)\]\"", text)
-    assert extras == ["gpu"]
+    extras = re.findall(r"\[([a-z0-9,]+)\]\"", text)
+    assert extras == ["gpu,k8s"]
     import tomllib
 
     optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert "gpu" in optional["optional-dependencies"]
+    assert {"gpu", "k8s"} <= set(optional["optional-dependencies"])
 
 
 def test_images_are_pinned_and_ratchet_is_built_here() -> None:
@@ -207,13 +228,37 @@ def test_addresses_point_at_services_that_listen_there(container: Container) -> 
     ]
     if "--url" in container.command:
         url = urlsplit(_flag(container.command, "--url"))
-        addresses.append((url.hostname, url.port))
+        if "{version}" in (url.hostname or ""):  # the version's own Service: checked below
+            _per_version_service_ok(url.hostname or "", url.port or 80)
+        else:
+            addresses.append((url.hostname, url.port))
     for host, port in addresses:
         assert host and port, container.where
         if container.where.startswith("k8s:"):
             _k8s_address_ok(host, port)
         else:
             assert port in _compose_listens(host), f"{container.where}: nothing on {host}:{port}"
+
+
+def _per_version_service_ok(host: str, port: int) -> None:
+    """``vllm-{version}``: the Service the deploy controller creates for a version
+    selects that version's pods, which listen on ``port``."""
+    template = vllm_template(DOCS)
+    version = "v0042"
+    assert host.replace("{version}", version) == deployment_name(version), host
+    service = render_service(template, version=version)
+    pods = render(template, version=version, path=f"/models/{version}", replicas=1)
+    labels = pods["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["metadata"]["namespace"] == NAMESPACE
+    (svc_port,) = service["spec"]["ports"]
+    assert svc_port["port"] == port, f"{host}: the version's Service has no port {port}"
+    listening = {
+        p["containerPort"]
+        for c in pods["spec"]["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
+    assert svc_port["targetPort"] in listening
 
 
 def test_api_ports_line_up() -> None:
@@ -318,3 +363,93 @@ def test_vllm_arguments_parse_and_match_gpus_and_ports(vllm_parser: Any) -> None
             assert c.ports == [args.port]
     trainers = [c for c in RATCHET if c.command[1] == "train"]
     assert trainers and all(c.gpus >= 1 for c in trainers)
+
+
+# The deploy controller (`ratchet deploy watch`): RBAC, wiring, the vLLM template.
+
+
+def _doc(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in DOCS if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}"
+    return found[0]
+
+
+def _controller() -> Container:
+    found = [
+        c for c in RATCHET if c.where.startswith("k8s:") and c.command[1:3] == ["deploy", "watch"]
+    ]
+    assert len(found) == 1, "one `ratchet deploy watch` container"
+    return found[0]
+
+
+def test_deploy_controller_has_least_privilege() -> None:
+    deployment = _doc("Deployment", "ratchet-deploy")
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    _doc("ServiceAccount", account)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate", "never two controllers"
+    binding = _doc("RoleBinding", account)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
+    assert binding["roleRef"]["kind"] == "Role", "namespaced, not a ClusterRole"
+    role = _doc("Role", binding["roleRef"]["name"])
+    granted = {
+        (group, resource): (set(rule["verbs"]), tuple(rule.get("resourceNames", ())))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted == {
+        ("apps", "deployments"): ({"get", "list", "watch", "create", "patch", "delete"}, ()),
+        ("", "pods"): ({"get", "list", "watch"}, ()),
+        ("", "services"): ({"get", "create", "patch", "delete"}, ()),
+    }
+    assert not any(k.startswith("ClusterRole") for k in {d["kind"] for d in DOCS})
+
+
+def test_deploy_controller_reads_the_template_and_switches_existing_services() -> None:
+    controller = _controller()
+    template_path = _flag(controller.command, "--template")
+    tpl = _doc("Deployment", "ratchet-deploy")["spec"]["template"]["spec"]
+    mount = next(
+        m
+        for m in tpl["containers"][0]["volumeMounts"]
+        if template_path.startswith(m["mountPath"] + "/")
+    )
+    volume = next(v for v in tpl["volumes"] if v["name"] == mount["name"])
+    data = config_map_data(DOCS, volume["configMap"]["name"])
+    assert template_path.rpartition("/")[2] in data, "the template file is a key of the ConfigMap"
+    load_template(data[template_path.rpartition("/")[2]])  # the controller's own check
+    assert _flag(controller.command, "--namespace") == NAMESPACE
+    for service in SERVICES.values():
+        selector = _service(service)["spec"]["selector"]
+        assert selector[APP_LABEL] == APP, service
+    api = next(c for c in RATCHET if c.where.startswith("k8s:") and c.command[1] == "serve")
+    assert urlsplit(_flag(api.command, "--url")).hostname == "vllm-{version}", (
+        "the API reaches each version at its own Service"
+    )
+    assert int(_flag(controller.command, "--drain-seconds")) >= 60
+    assert not [
+        d for d in DOCS if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("vllm")
+    ], "vLLM Deployments are the controller's, one per version: none in the manifests"
+
+
+def test_rendered_vllm_deployment_serves_the_version(vllm_parser: Any) -> None:
+    rendered = render(vllm_template(DOCS), version="v0042", path="/models/v0042", replicas=3)
+    assert rendered["metadata"]["name"] == "vllm-v0042"
+    assert rendered["metadata"]["namespace"] == NAMESPACE
+    labels = {APP_LABEL: APP, VERSION_LABEL: "v0042"}
+    assert labels.items() <= rendered["metadata"]["labels"].items()
+    assert rendered["spec"]["selector"]["matchLabels"] == labels
+    assert labels.items() <= rendered["spec"]["template"]["metadata"]["labels"].items()
+    assert rendered["spec"]["replicas"] == 3
+    container = rendered["spec"]["template"]["spec"]["containers"][0]
+    args = vllm_parser.parse_args(container["args"])
+    assert args.model_tag == "/models/v0042"
+    assert args.served_model_name == ["v0042"], "the API routes by the version id"
+    summary = summarize(rendered, [])
+    assert summary is not None and (summary.version, summary.path) == ("v0042", "/models/v0042")
+    # The production Service switched to this version selects its pods.
+    selector = {**_service("vllm")["spec"]["selector"], VERSION_LABEL: "v0042"}
+    assert selector.items() <= rendered["spec"]["template"]["metadata"]["labels"].items()

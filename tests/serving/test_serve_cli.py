@@ -24,3 +24,20 @@ def test_serve_names_a_missing_model_directory(
     err = capsys.readouterr().err
     assert code == 2
     assert "nowhere" in err and "model bootstrap" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--managed"], "--managed goes with --backend vllm-server"),
+        (["--backend", "vllm-server"], "needs --url"),
+        (["--backend", "vllm-server", "--managed", "--url", "http://x:8000"], "drop --url"),
+    ],
+)
+def test_serve_names_a_wrong_vllm_server_setup(
+    tiny_model_dir, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["serve", "--model", str(tiny_model_dir), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
