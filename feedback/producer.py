@@ -362,16 +362,8 @@ class EventProducer:
         """Force-close the client: every batch it still holds fails (and is spooled by
         ``_on_failed``) instead of being retried into whatever broker answers next."""
         kafka, self._kafka = self._kafka, None
-        if kafka is None:
-            return
-        try:
-            kafka.close(timeout=0)  # nothing pending: a plain close
-        except KafkaError:  # batches pending: flush(0) timed out before the force-close
-            sender = getattr(kafka, "_sender", None)
-            if sender is None:
-                raise
-            sender.force_close()  # kafka-python fails every incomplete batch, then stops
-            sender.join(5)
+        if kafka is not None:
+            force_close(kafka)
 
     def _discard_kafka(self) -> None:
         """Drop a producer that failed a replay; the next probe builds a fresh one."""
@@ -388,3 +380,22 @@ class EventProducer:
             self._last_error_log = now
             logger.warning(msg, *args)
 
+
+def force_close(kafka: KafkaProducer) -> None:
+    """Close ``kafka`` at once, failing every batch it still holds (their futures fail).
+
+    kafka-python has no public call for this: ``close(timeout=0)`` first runs
+    ``flush(0)``, which raises ``KafkaTimeoutError`` while batches are pending,
+    before it reaches its own force-close (since kafka-python 2.1's "flush before
+    close"; pinned by ``tests/feedback/test_broker_restart.py``). Recreating the
+    producer is no substitute: the old client's sender would still retry its
+    batches into the restarted broker. So the sender's ``force_close()``, what
+    ``close()`` itself calls once its timeout has run out, is called directly."""
+    try:
+        kafka.close(timeout=0)  # nothing pending: a plain close
+    except KafkaError:  # batches pending: flush(0) timed out before the force-close
+        sender = getattr(kafka, "_sender", None)
+        if sender is None:
+            raise
+        sender.force_close()  # kafka-python fails every incomplete batch, then stops
+        sender.join(5)
