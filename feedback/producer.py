@@ -28,13 +28,14 @@ fetches the metadata.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
 from feedback.events import Event, encode, topic_for
@@ -51,7 +52,11 @@ EVENTS_OUT = Counter(
     ["outcome"],  # sent | spooled | replayed
 )
 
+_SENT = EVENTS_OUT.labels("sent")
+
 BROKER_CHECK_S = 0.25  # how often a healthy producer checks that the broker still answers
+LINGER_S = 0.002  # a busy sender waits this long for more events before taking a small batch
+SMALL_BATCH = 64
 
 
 def _broker_answers(servers: str) -> bool:
@@ -67,13 +72,46 @@ def _broker_answers(servers: str) -> bool:
     return False
 
 
+class _KeyedPartitioner(DefaultPartitioner):
+    """kafka-python's default partitioner (murmur2 of the key, so the same partitions
+    as any Kafka client), remembered per key: its murmur2 is pure Python, a sixth of
+    the sender thread's time per event, and the keys (user ids) repeat."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._known: dict[tuple[str, bytes, int], int] = {}
+        self._max_keys = max_keys
+
+    def partition(  # type: ignore[no-untyped-def]
+        self, topic, key, serialized_key, value, serialized_value, cluster
+    ) -> int:
+        if serialized_key is None:
+            return int(super().partition(topic, key, None, value, serialized_value, cluster))
+        partitions = cluster.partitions_for_topic(topic) or ()
+        known = (topic, serialized_key, len(partitions))  # a new partition count: new entry
+        found = self._known.get(known)
+        if found is None:
+            found = int(
+                super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+            )
+            if len(self._known) >= self._max_keys:
+                self._known.clear()
+            self._known[known] = found
+        return found
+
+
 class EventProducer:
     """Publishes events to Kafka without ever blocking or failing the caller."""
 
     def __init__(self, settings: FeedbackSettings) -> None:
         self._settings = settings
         self._spool = Spool(settings.spool_dir)
-        self._queue: queue.Queue[Record] = queue.Queue()
+        # publish() appends here without waking anyone (deque.append is atomic); the
+        # sender drains it every LINGER_S while busy, and is woken only when idle.
+        # A queue.Queue woke the sender thread for every event: a GIL hand-off per
+        # feedback POST that cost the API's event loop more than the POST's own work.
+        self._queue: deque[Record] = deque()
+        self._idle = False
+        self._wake = threading.Event()
         self._kafka: KafkaProducer | None = None
         self._healthy = False
         self._inflight = 0
@@ -95,7 +133,9 @@ class EventProducer:
         """Queue ``event`` for delivery; returns at once."""
         if self._closed:
             raise RuntimeError("publish() after close()")
-        self._queue.put((topic_for(event), event.partition_key(), encode(event)))
+        self._queue.append((topic_for(event), event.partition_key(), encode(event)))
+        if self._idle:  # the first event after a pause wakes the sender
+            self._wake.set()
 
     def backlog(self) -> int:
         """Events in the durable spool, waiting for the broker."""
@@ -104,7 +144,7 @@ class EventProducer:
     def pending(self) -> int:
         """Events accepted but not yet acknowledged by the broker nor spooled."""
         with self._settled:
-            return self._queue.qsize() + self._busy + self._inflight
+            return len(self._queue) + self._busy + self._inflight
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every accepted event is acknowledged or spooled. True if it got there."""
@@ -123,12 +163,8 @@ class EventProducer:
         self.flush(timeout)
         self._stop.set()
         self._thread.join(timeout)
-        leftover: list[Record] = []
-        while True:
-            try:
-                leftover.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        leftover = list(self._queue)
+        self._queue.clear()
         if leftover:
             self._to_spool(leftover)
         if self._kafka is not None:
@@ -168,18 +204,19 @@ class EventProducer:
             self._replay()
 
     def _take(self, timeout: float) -> list[Record]:
-        try:
-            first = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return []
-        batch = [first]
-        while len(batch) < 1000:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        with self._settled:
-            self._busy += len(batch)
+        """Up to 1,000 queued records; waits up to ``timeout`` for the first one."""
+        if not self._queue:
+            self._idle = True
+            if not self._queue:  # re-checked: an event published before _idle was set
+                self._wake.wait(timeout)
+            self._idle = False
+            self._wake.clear()
+        elif len(self._queue) < SMALL_BATCH:
+            time.sleep(LINGER_S)  # let a few more arrive: one pass per batch, not per event
+        with self._settled:  # taken and counted as busy at once, so pending() never dips
+            n = min(len(self._queue), 1000)
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._busy += n
         return batch
 
     def _check_broker(self) -> None:
@@ -234,6 +271,7 @@ class EventProducer:
             delivery_timeout_ms=s.producer_delivery_timeout_ms,
             max_block_ms=s.producer_max_block_ms,
             reconnect_backoff_max_ms=1000,
+            partitioner=_KeyedPartitioner(),
         )
 
     def _send(self, record: Record) -> None:
@@ -252,7 +290,7 @@ class EventProducer:
         future.add_errback(self._on_failed, record)
 
     def _on_sent(self, _metadata: Any) -> None:
-        EVENTS_OUT.labels("sent").inc()
+        _SENT.inc()
         self.outcomes["sent"] += 1  # kafka-python's one I/O thread calls back
         self._settle()
 
@@ -324,16 +362,8 @@ class EventProducer:
         """Force-close the client: every batch it still holds fails (and is spooled by
         ``_on_failed``) instead of being retried into whatever broker answers next."""
         kafka, self._kafka = self._kafka, None
-        if kafka is None:
-            return
-        try:
-            kafka.close(timeout=0)  # nothing pending: a plain close
-        except KafkaError:  # batches pending: flush(0) timed out before the force-close
-            sender = getattr(kafka, "_sender", None)
-            if sender is None:
-                raise
-            sender.force_close()  # kafka-python fails every incomplete batch, then stops
-            sender.join(5)
+        if kafka is not None:
+            force_close(kafka)
 
     def _discard_kafka(self) -> None:
         """Drop a producer that failed a replay; the next probe builds a fresh one."""
@@ -349,3 +379,23 @@ class EventProducer:
         if now - self._last_error_log > 5:
             self._last_error_log = now
             logger.warning(msg, *args)
+
+
+def force_close(kafka: KafkaProducer) -> None:
+    """Close ``kafka`` at once, failing every batch it still holds (their futures fail).
+
+    kafka-python has no public call for this: ``close(timeout=0)`` first runs
+    ``flush(0)``, which raises ``KafkaTimeoutError`` while batches are pending,
+    before it reaches its own force-close (since kafka-python 2.1's "flush before
+    close"; pinned by ``tests/feedback/test_broker_restart.py``). Recreating the
+    producer is no substitute: the old client's sender would still retry its
+    batches into the restarted broker. So the sender's ``force_close()``, what
+    ``close()`` itself calls once its timeout has run out, is called directly."""
+    try:
+        kafka.close(timeout=0)  # nothing pending: a plain close
+    except KafkaError:  # batches pending: flush(0) timed out before the force-close
+        sender = getattr(kafka, "_sender", None)
+        if sender is None:
+            raise
+        sender.force_close()  # kafka-python fails every incomplete batch, then stops
+        sender.join(5)

@@ -77,8 +77,6 @@ def build_app(
     declare_bearer_auth(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_ops_routes(app, metrics)
-    # Starlette tries routes in order: the feedback routes, the busiest by far
-    # (one POST per rating), first.
     app.include_router(feedback_router)
     app.include_router(chat_router)
     app.include_router(kb_router)
@@ -87,7 +85,17 @@ def build_app(
         from serving.slack import mount_slack
 
         slack = mount_slack(app, settings)
+    _feedback_routes_first(app)
     return app
+
+
+def _feedback_routes_first(app: FastAPI) -> None:
+    """Starlette tries routes in order, and FastAPI adds its documentation routes
+    (``/openapi.json``, ``/docs``, ...) at construction: move the feedback routes,
+    the busiest by far (one POST per rating), in front of them."""
+    routes = app.router.routes
+    feedback = [r for r in routes if getattr(r, "path", "").startswith(feedback_router.prefix)]
+    routes[:] = feedback + [r for r in routes if r not in feedback]
 
 
 def _warn_no_auth() -> None:

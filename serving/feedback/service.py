@@ -157,8 +157,9 @@ class FeedbackService:
             comment=req.comment,
             tags=req.tags,
         )
-        content = req.model_dump(exclude={"message_id"})
-        return _Item(event, f"rating:{req.message_id}", json.dumps(content, sort_keys=True))
+        # canonical: pydantic writes the fields in their declared order
+        content = req.model_dump_json(exclude={"message_id"})
+        return _Item(event, f"rating:{req.message_id}", content)
 
     def _comparison(self, req: ComparisonRequest, user_id: str) -> _Item:
         self.check(req.message_id_a, user_id)

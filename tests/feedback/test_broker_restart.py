@@ -20,8 +20,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
+
 from feedback.events import TOPIC_RATINGS
-from feedback.producer import EventProducer
+from feedback.producer import EventProducer, force_close
 from infra.local.tansu import Broker
 from tests.feedback.conftest import (
     ConsumerThread,
@@ -92,3 +96,24 @@ def test_sends_buffered_across_a_broker_restart_are_all_stored(
         assert {json.loads(r.value)["event_id"] for r in records} == during | after
     finally:
         producer.close()
+
+
+def test_public_close_cannot_force_close_so_force_close_fails_pending_sends(
+    fresh_broker: Broker,
+) -> None:
+    """Why ``force_close`` reaches into kafka-python (issue 17): its public
+    ``close(timeout=0)`` raises while sends are pending and leaves them pending,
+    to be retried into whatever broker answers next. If the first assertion ever
+    fails, kafka-python's ``close(0)`` force-closes: use it in ``force_close``."""
+    kafka = KafkaProducer(
+        bootstrap_servers=fresh_broker.bootstrap, acks="all", delivery_timeout_ms=60000
+    )
+    kafka.send(TOPIC_RATINGS, key=b"k", value=b"warm").get(timeout=30)  # metadata known
+    fresh_broker.stop()
+    pending = kafka.send(TOPIC_RATINGS, key=b"k", value=b"during the outage")
+    with pytest.raises(KafkaTimeoutError):
+        kafka.close(timeout=0)
+    assert not pending.is_done  # still buffered: a restarted broker would get it
+
+    force_close(kafka)
+    assert pending.is_done and pending.failed()  # failed, so the producer spools it
