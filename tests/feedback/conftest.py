@@ -30,8 +30,7 @@ from serving.auth import create_key
 from serving.settings import ServingSettings
 from tests.conftest import CACHE
 from tests.fixtures.clock import ManualClock
-from tests.serving.conftest import serving_settings
-from tests.serving.server import ServerThread, new_database
+from tests.servers import ServerThread, new_database, serving_settings
 
 SECRET = "test-secret"
 
