@@ -145,6 +145,7 @@ class ApiServer:
     thread: ServerThread
     settings: ServingSettings
     root: Path | None = None  # a directory of the test's own (weights, homes, logs)
+    clock: Callable[[], float] = time.monotonic  # the rate limits' and caps' clock
 
     @property
     def base_url(self) -> str:
@@ -168,7 +169,7 @@ class ApiServer:
         """API keys of alice and bob (users) and olga (operator), made on first use."""
         return make_keys(self.database_url)
 
-    def client(self) -> openai.OpenAI:
+    def openai_client(self) -> openai.OpenAI:
         """The ``openai`` client as alice, without retries (a failure is the test's)."""
         return openai.OpenAI(
             base_url=self.base_url + "/v1", api_key=self.keys.user, max_retries=0, timeout=120
@@ -248,7 +249,7 @@ def start_api(
 ) -> Server:
     """``build_app(settings)`` serving on a free loopback port, started."""
     thread = ServerThread(build_app(settings, clock=clock)).start(timeout)
-    return kind(thread, settings, root)
+    return kind(thread, settings, root, clock)
 
 
 @contextlib.contextmanager

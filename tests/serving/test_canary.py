@@ -32,7 +32,7 @@ ASK = [{"role": "user", "content": "How many days of paid leave do I get?"}]
 
 def ab(server: ApiServer, **kw: Any) -> Any:
     """One non-streaming A/B request as the ``openai`` client sends it."""
-    return server.client().chat.completions.create(
+    return server.openai_client().chat.completions.create(
         model="ratchet", messages=ASK, max_tokens=4, extra_body={"ab": True}, **kw
     )
 
@@ -98,7 +98,7 @@ def test_without_a_canary_an_ab_request_gets_two_production_drafts(
     server: ApiServer, candidate: str
 ) -> None:
     assert server.models.canary_version is None
-    raw = server.client().chat.completions.with_raw_response.create(
+    raw = server.openai_client().chat.completions.with_raw_response.create(
         model="ratchet", messages=ASK, max_tokens=4, extra_body={"ab": True}
     )
     resp = raw.parse()
@@ -116,7 +116,9 @@ def test_without_a_canary_an_ab_request_gets_two_production_drafts(
     )
     assert bad.status_code == 400 and "A/B" in bad.json()["error"]["message"]
     # A plain request is unchanged: one choice, no "ab".
-    plain = server.client().chat.completions.create(model="ratchet", messages=ASK, max_tokens=4)
+    plain = server.openai_client().chat.completions.create(
+        model="ratchet", messages=ASK, max_tokens=4
+    )
     assert len(plain.choices) == 1 and plain.model_extra.get("ab") is None
 
 
@@ -154,7 +156,7 @@ def test_with_a_canary_each_version_answers_one_choice_in_random_order(
 def test_a_streamed_ab_request_interleaves_both_versions(server: ApiServer, candidate: str) -> None:
     assert server.models.canary_version == candidate
     chunks = list(
-        server.client().chat.completions.create(
+        server.openai_client().chat.completions.create(
             model="ratchet",
             messages=ASK,
             max_tokens=6,

@@ -48,7 +48,7 @@ def test_two_vllm_engines_answer_an_ab_request(
     texts = [c.message.content for c in resp.choices]
     check_choices(server, ids_of(resp), texts, greedy_by_version(server, candidate, 4))
     streamed = list(
-        server.client().chat.completions.create(
+        server.openai_client().chat.completions.create(
             model="ratchet",
             messages=ASK,
             max_tokens=6,

@@ -262,7 +262,7 @@ def _used_by_a_run(message_id: str):  # type: ignore[no-untyped-def]
 
 def _rate(server: ApiServer, comment: str) -> str:
     """Chat once and rate the reply through the API, as a user; the message id."""
-    resp = server.client().chat.completions.create(
+    resp = server.openai_client().chat.completions.create(
         model="ratchet", messages=[{"role": "user", "content": "Hi there"}], max_tokens=4
     )
     message_id = resp.model_extra["message_id"]

@@ -99,7 +99,7 @@ def test_plain_and_streamed_chat_come_from_the_remote_engine(
     server: ApiServer, tiny_model_dir: Path
 ) -> None:
     expected = greedy_reply(tiny_model_dir, ASK, 8)
-    client = server.client()
+    client = server.openai_client()
     resp = client.chat.completions.create(
         model="ratchet", messages=ASK, max_tokens=8, temperature=0
     )
@@ -143,7 +143,7 @@ def test_a_prompt_the_remote_server_refuses_is_a_400_with_an_error_body(
 
 
 def test_feedback_on_a_remote_reply_is_stored(server: ApiServer) -> None:
-    resp = server.client().chat.completions.create(
+    resp = server.openai_client().chat.completions.create(
         model="ratchet", messages=ASK, max_tokens=6, temperature=0
     )
     message_id = resp.model_extra["message_id"]
