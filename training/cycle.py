@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ import psycopg
 
 from feedback.db import migrate
 from training import distributed, registry, runs
-from training.base_model import cast_weights, weights_digest
+from training.base_model import weights_digest
 from training.cycle_config import TrainCycleConfig
 from training.errors import TrainingError
 from training.settings import TrainingSettings, default_actor  # noqa: F401 - re-exported
@@ -35,6 +35,7 @@ from training.snapshot import (
 )
 
 if TYPE_CHECKING:
+    from training import stages
     from training.cycle_stages import RewardModels
 
 logger = logging.getLogger(__name__)
@@ -235,8 +236,7 @@ def _stages(
 ) -> CycleResult:
     import torch
 
-    from training import stages
-    from training.cycle_stages import gate_stage, train_reward_models
+    from training import cycle_stages, stages
     from training.device import Placement
     from training.gates import load_thresholds
     from training.plots import plot_run
@@ -249,67 +249,61 @@ def _stages(
     thresholds = load_thresholds(settings.gates_config)
     plan = stages.plan(config, algo)
     timings: dict[str, float] = {}
-    metrics: dict[str, Any] = {
-        "algo": algo,
-        "stages": [s.name for s in plan],
-        "snapshot": snapshot.stats,
-        "parent": production.id,
-    }
+    metrics = _run_metrics(algo, plan, snapshot, production, paths)
     parent_dir = Path(production.path)
-    if distributed.is_main():  # each record traceable to the replies users rated
-        metrics["provenance"] = write_provenance(snapshot, paths.run_dir / "provenance.jsonl")
 
     def rewards() -> RewardModels:  # trained once, when first needed (before PPO, after SFT)
-        return train_reward_models(
+        return cycle_stages.train_reward_models(
             parent_dir, snapshot, paths.run_dir, config, metrics, timings, progress, placement
         )
 
     ctx = stages.StageContext(snapshot, config, placement, paths.run_dir, progress)
-    policy_dir = parent_dir
     out_dir = paths.tmp_dir / "policy"
-    history: list[dict[str, float]] = []
-    for stage in plan:
-        if stage.needs_rewards and ctx.rewards is None:
-            ctx = replace(ctx, rewards=rewards())
-        t0 = time.monotonic()
-        target = out_dir if stage.final else paths.run_dir / stage.name
-        outcome = stage.run(ctx, policy_dir, target)
-        timings[f"{stage.name}_s"] = time.monotonic() - t0
-        metrics[stage.name] = {**outcome.metrics, "history": outcome.history}
-        if outcome.policy_dir is not None:
-            policy_dir = outcome.policy_dir
-        history = outcome.history or history
+    ctx, history = cycle_stages.train_policy(
+        plan, ctx, rewards, parent_dir, out_dir, metrics, timings
+    )
     if distributed.is_main() and not (out_dir / "config.json").exists():
         raise TrainingError(f"the {algo} stage trained no candidate: {metrics[algo]}")
-    rms = ctx.rewards or rewards()  # the gates' judge, always
+    reward_models = ctx.rewards or rewards()  # the gates' judge, always
     if distributed.is_distributed():
-        metrics["ranks"] = distributed.all_gather(
-            {
-                "rank": distributed.rank(),
-                "device": str(placement.device),
-                f"{algo}_steps": len(metrics[algo]["history"]),
-                "reward_train_loss": rms.policy.train_metrics.get("train_loss"),
-            }
-        )
+        metrics["ranks"] = cycle_stages.rank_metrics(algo, placement, metrics, reward_models)
         if not distributed.is_main():
             return CycleResult(status="follower", run_id=paths.run_id, metrics=metrics)
     assert conn is not None
-
     t0 = time.monotonic()
-    cast_weights(out_dir, settings.save_dtype)  # the gates judge the weights that are served
-    report = gate_stage(
-        settings, conn, rms, out_dir, parent_dir, snapshot, config, thresholds, progress, placement
+    report = cycle_stages.gate_candidate(
+        settings, conn, ctx, reward_models, out_dir, parent_dir, thresholds
     )
     timings["gates_s"] = time.monotonic() - t0
     plot_path = plot_run(
         paths.run_dir / "report.png",
         title=f"run {str(paths.run_id)[:8]} ({algo}, parent {production.id})",
         history=history,
-        reward_losses=rms.policy.train_metrics.get("loss_curve", []),
+        reward_losses=reward_models.policy.train_metrics.get("loss_curve", []),
         gate_report=report,
     )
     trained = Trained(out_dir, weights_digest(out_dir), metrics, report, timings, plot_path)
     return _register(settings, conn, paths, trained, production, snapshot)
+
+
+def _run_metrics(
+    algo: str,
+    plan: list[stages.Stage],
+    snapshot: Snapshot,
+    production: registry.ModelVersion,
+    paths: RunPaths,
+) -> dict[str, Any]:
+    """The run's metrics before any stage: what it trains, on what, from which parent;
+    on rank 0 also the provenance file (each record traceable to the replies users rated)."""
+    metrics: dict[str, Any] = {
+        "algo": algo,
+        "stages": [s.name for s in plan],
+        "snapshot": snapshot.stats,
+        "parent": production.id,
+    }
+    if distributed.is_main():
+        metrics["provenance"] = write_provenance(snapshot, paths.run_dir / "provenance.jsonl")
+    return metrics
 
 
 def _register(

@@ -1,18 +1,20 @@
-"""Stages of a training cycle that :mod:`training.cycle` composes: the policy's
-reward model and the independent judge, the gates, and the hand-over of a
-candidate to the canary stage."""
+"""Steps of a training cycle that :mod:`training.cycle` composes: the policy's
+reward model and the independent judge, the registered stages run in order
+(``train_policy``), what each rank of a distributed run did, the gates, and the
+hand-over of a candidate to the canary stage."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from training import registry
+from training import distributed, registry
+from training.base_model import cast_weights
 from training.cycle_config import TrainCycleConfig
 from training.gates import GateInputs, GateThresholds, load_thresholds, run_gates
 from training.promotion import promote_if_ready
@@ -21,6 +23,9 @@ from training.snapshot import Snapshot
 from training.suites_io import resolve_suite
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from training import stages
     from training.device import Placement
     from training.reward import RewardResult, RewardScorer
 
@@ -50,13 +55,13 @@ def train_reward_models(
     their accuracy on the held-out slice."""
     from training.reward import RewardScorer, train_reward_model
 
-    out: dict[str, Any] = {}
+    trained: dict[str, Any] = {}
     for name, pairs, cfg, seed in (
         ("reward", snapshot.train_pairs, config.reward, config.seed),
         ("judge", snapshot.judge_pairs, config.judge, config.seed + 1),
     ):
         t0 = time.monotonic()
-        rm = train_reward_model(
+        result = train_reward_model(
             parent_dir,
             pairs,
             snapshot.heldout_pairs,
@@ -67,21 +72,21 @@ def train_reward_models(
             placement=placement,
         )
         timings[f"{name}_s"] = time.monotonic() - t0
-        metrics[name] = rm_metrics(rm)
+        metrics[name] = rm_metrics(result)
         scorer = RewardScorer(
-            rm.model_dir,
+            result.model_dir,
             batch_size=cfg.score_batch_size,
             max_length=cfg.max_length,
             placement=placement,
         )
-        out[name] = (rm, scorer)
-    return RewardModels(out["reward"][0], out["reward"][1], out["judge"][0], out["judge"][1])
+        trained[name] = (result, scorer)
+    return RewardModels(*trained["reward"], *trained["judge"])
 
 
 def gate_stage(
     settings: TrainingSettings,
     conn: psycopg.Connection,
-    rms: RewardModels,
+    reward_models: RewardModels,
     out_dir: Path,
     parent_dir: Path,
     snapshot: Snapshot,
@@ -96,16 +101,17 @@ def gate_stage(
 
     candidate = Policy(out_dir, placement=placement)
     reference = Policy(parent_dir, placement=placement)
+    policy_rm, judge_rm = reward_models.policy, reward_models.judge
     inputs = GateInputs(
         candidate=candidate,
         production=reference,
         reference=reference,
-        policy_scorer=rms.policy_scorer,
-        judge=rms.judge_scorer,
-        reward_correct=round(rms.policy.heldout_accuracy * rms.policy.heldout_pairs),
-        reward_n=rms.policy.heldout_pairs,
-        judge_correct=round(rms.judge.heldout_accuracy * rms.judge.heldout_pairs),
-        judge_n=rms.judge.heldout_pairs,
+        policy_scorer=reward_models.policy_scorer,
+        judge=reward_models.judge_scorer,
+        reward_correct=round(policy_rm.heldout_accuracy * policy_rm.heldout_pairs),
+        reward_n=policy_rm.heldout_pairs,
+        judge_correct=round(judge_rm.heldout_accuracy * judge_rm.heldout_pairs),
+        judge_n=judge_rm.heldout_pairs,
         heldout_prompts=[p.prompt for p in snapshot.heldout_pairs],
         golden_path=resolve_suite(settings.golden_questions, "golden"),
         safety_path=resolve_suite(settings.safety_suite, "safety"),
@@ -137,3 +143,70 @@ def rm_metrics(rm: Any) -> dict[str, Any]:
         "model_dir": str(rm.model_dir),
         **{k: v for k, v in rm.train_metrics.items() if k != "loss_curve"},
     }
+
+
+def train_policy(
+    plan: list[stages.Stage],
+    ctx: stages.StageContext,
+    rewards: Callable[[], RewardModels],
+    parent_dir: Path,
+    out_dir: Path,
+    metrics: dict[str, Any],
+    timings: dict[str, float],
+) -> tuple[stages.StageContext, list[dict[str, float]]]:
+    """Run the plan's stages in order, each from the policy the last one left (the
+    final one writes ``out_dir``); the context (with the reward models, if a stage
+    needed them) and the per-step history of the last stage that trained."""
+    policy_dir = parent_dir
+    history: list[dict[str, float]] = []
+    for stage in plan:
+        if stage.needs_rewards and ctx.rewards is None:
+            ctx = replace(ctx, rewards=rewards())
+        t0 = time.monotonic()
+        target = out_dir if stage.final else ctx.run_dir / stage.name
+        outcome = stage.run(ctx, policy_dir, target)
+        timings[f"{stage.name}_s"] = time.monotonic() - t0
+        metrics[stage.name] = {**outcome.metrics, "history": outcome.history}
+        if outcome.policy_dir is not None:
+            policy_dir = outcome.policy_dir
+        history = outcome.history or history
+    return ctx, history
+
+
+def rank_metrics(
+    algo: str, placement: Placement, metrics: dict[str, Any], reward_models: RewardModels
+) -> list[dict[str, Any]]:
+    """What each rank of a distributed run trained on and how far (every rank calls it)."""
+    return distributed.all_gather(
+        {
+            "rank": distributed.rank(),
+            "device": str(placement.device),
+            f"{algo}_steps": len(metrics[algo]["history"]),
+            "reward_train_loss": reward_models.policy.train_metrics.get("train_loss"),
+        }
+    )
+
+
+def gate_candidate(
+    settings: TrainingSettings,
+    conn: psycopg.Connection,
+    ctx: stages.StageContext,
+    reward_models: RewardModels,
+    out_dir: Path,
+    parent_dir: Path,
+    thresholds: GateThresholds,
+) -> dict[str, Any]:
+    """Cast the candidate to the served dtype, then run the offline gates on it."""
+    cast_weights(out_dir, settings.save_dtype)  # the gates judge the weights that are served
+    return gate_stage(
+        settings,
+        conn,
+        reward_models,
+        out_dir,
+        parent_dir,
+        ctx.snapshot,
+        ctx.config,
+        thresholds,
+        ctx.progress,
+        ctx.placement,
+    )

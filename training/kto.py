@@ -32,9 +32,7 @@ def train_kto(
     """KTO from ``policy_dir`` on ``examples``; save to ``out_dir``. With fewer than
     ``min_examples`` that fit (or no verdict of one kind) nothing is trained or saved
     (``kto_examples`` is 0)."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import KTOConfig, KTOTrainer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     kept = fitting(tokenizer, examples, config.max_length, lambda e: [e.completion])
@@ -46,15 +44,52 @@ def train_kto(
         )  # fmt: skip
         return {"kto_examples": 0}
     placement = placement or Placement.resolve()
-    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=placement.train_dtype)
-    rows = [
+    trainer, training_loss = _fit(
+        policy_dir, tokenizer, _rows(kept), out_dir, config, seed, progress, placement
+    )
+    trainer.save_model(str(out_dir))  # rank 0 alone writes
+    if distributed.is_main():
+        tokenizer.save_pretrained(out_dir)
+    distributed.barrier()
+    desirable = sum(e.label for e in kept)
+    logger.info("KTO on %d verdicts (%d desirable)", len(kept), desirable)
+    return {
+        "kto_examples": len(kept),
+        "kto_desirable": desirable,
+        "kto_loss": training_loss,
+        "history": _history(trainer.state.log_history),
+    }
+
+
+def _rows(examples: Sequence[KtoExample]) -> list[dict[str, Any]]:
+    """KTOTrainer's conversational rows: the prompt, the reply, the verdict."""
+    return [
         {
             "prompt": e.prompt,
             "completion": [{"role": "assistant", "content": e.completion}],
             "label": e.label,
         }
-        for e in kept
+        for e in examples
     ]
+
+
+def _fit(
+    policy_dir: Path,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    config: KtoStageConfig,
+    seed: int,
+    progress: bool,
+    placement: Placement,
+) -> tuple[Any, float]:
+    """TRL's KTOTrainer from ``policy_dir`` (the reference is the starting policy): the
+    trainer and its training loss."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import KTOConfig, KTOTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=placement.train_dtype)
     args = trl_arguments(
         KTOConfig,
         placement,
@@ -73,25 +108,18 @@ def train_kto(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     result = trainer.train()
-    trainer.save_model(str(out_dir))  # rank 0 alone writes
-    if distributed.is_main():
-        tokenizer.save_pretrained(out_dir)
-    distributed.barrier()
-    history = [
+    return trainer, float(result.training_loss)
+
+
+def _history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per logged step: the loss, the reward margin and the KL (the run page's curves)."""
+    return [
         {
             "step": h.get("step", i),
             "loss": h["loss"],
             "mean_score": h.get("rewards/margins", float("nan")),
             "mean_kl": h.get("kl", float("nan")),
         }
-        for i, h in enumerate(trainer.state.log_history)
+        for i, h in enumerate(log_history)
         if "loss" in h
     ]
-    desirable = sum(e.label for e in kept)
-    logger.info("KTO on %d verdicts (%d desirable)", len(rows), desirable)
-    return {
-        "kto_examples": len(rows),
-        "kto_desirable": desirable,
-        "kto_loss": result.training_loss,
-        "history": history,
-    }

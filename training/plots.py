@@ -20,12 +20,26 @@ def plot_run(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    report = gate_report or {}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     steps = [h.get("step", i) for i, h in enumerate(history)]
-    scores = [h.get("mean_score", math.nan) for h in history]
-    kls = [h.get("mean_kl", math.nan) for h in history]
+    _reward_panel(axes[0], steps, history, reward_losses)
+    _kl_panel(axes[1], steps, history, report)
+    _win_rate_panel(axes[2], report)
+    verdict = "gates passed" if report.get("passed") else "gates FAILED"
+    fig.suptitle(f"{title} — {verdict}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
-    ax = axes[0]
+
+def _reward_panel(
+    ax: Any, steps: list[float], history: list[dict[str, float]], reward_losses: list[float]
+) -> None:
+    """The policy's mean reward per step, and the reward model's loss on a second axis."""
+    scores = [h.get("mean_score", math.nan) for h in history]
     ax.plot(steps, scores, marker=".", label="policy: mean reward")
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
@@ -38,10 +52,15 @@ def plot_run(
         twin.set_ylabel("reward-model loss", color="tab:gray")
     ax.legend(loc="upper left", fontsize=8)
 
-    ax = axes[1]
+
+def _kl_panel(
+    ax: Any, steps: list[float], history: list[dict[str, float]], report: dict[str, Any]
+) -> None:
+    """KL to the reference per step, against the gate's budget and the evaluated KL."""
+    kls = [h.get("mean_kl", math.nan) for h in history]
     ax.plot(steps, kls, marker=".", color="tab:orange")
-    gates = (gate_report or {}).get("gates", {})
-    kl_max = (gate_report or {}).get("thresholds", {}).get("kl_max")
+    gates = report.get("gates", {})
+    kl_max = report.get("thresholds", {}).get("kl_max")
     if kl_max is not None:
         ax.axhline(kl_max, color="tab:red", linestyle="--", label=f"budget {kl_max}")
     if gates.get("kl", {}).get("value") is not None:
@@ -50,7 +69,10 @@ def plot_run(
     ax.set_title("KL to reference (nats/reply)")
     ax.legend(fontsize=8)
 
-    ax = axes[2]
+
+def _win_rate_panel(ax: Any, report: dict[str, Any]) -> None:
+    """The judge's and the policy reward model's win rates with their intervals."""
+    gates = report.get("gates", {})
     bars = [
         (label, g)
         for label, g in (
@@ -63,7 +85,7 @@ def plot_run(
         mean, (lo, hi) = g["detail"]["win_rate"], g["interval"]
         ax.bar([i], [mean], yerr=[[mean - lo], [hi - mean]], capsize=10, width=0.5, label=label)
     if bars:
-        threshold = (gate_report or {}).get("thresholds", {}).get("win_rate_lower_min")
+        threshold = report.get("thresholds", {}).get("win_rate_lower_min")
         if threshold is not None:
             ax.axhline(threshold, color="tab:red", linestyle="--", label=f"gate {threshold}")
         ax.legend(fontsize=8)
@@ -71,11 +93,3 @@ def plot_run(
     ax.set_ylim(0, 1)
     ax.set_xticks([0, 1], ["judge", "policy RM"])
     ax.set_title("Win rate vs production (95% CI)")
-
-    verdict = "gates passed" if (gate_report or {}).get("passed") else "gates FAILED"
-    fig.suptitle(f"{title} — {verdict}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

@@ -105,40 +105,100 @@ def train_reward_model(
     """Train a reward model on ``train_pairs``; report pairwise accuracy on ``heldout_pairs``.
 
     Under ``accelerate launch`` every rank trains (data parallel); rank 0 saves."""
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig, RewardTrainer
+    from transformers import AutoTokenizer
 
     placement = placement or Placement.resolve()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if not train_pairs:
         raise TrainingError("no training pairs for the reward model")
-    if config.max_train_pairs is not None and len(train_pairs) > config.max_train_pairs:
-        # A seeded sample, kept in the snapshot's order.
-        picked = sorted(random.Random(seed).sample(range(len(train_pairs)), config.max_train_pairs))
-        logger.info(
-            "reward model: training on a sample of %d of %d pairs (max_train_pairs)",
-            len(picked),
-            len(train_pairs),
-        )
-        train_pairs = [train_pairs[i] for i in picked]
-    full = [
+    train_pairs = _sample_pairs(train_pairs, config.max_train_pairs, seed)
+    rows = _token_rows(tokenizer, train_pairs, config.max_length)
+    model_dir = out_dir / "model"
+    trainer, training_loss = _fit(
+        base_dir,
+        tokenizer,
+        rows,
+        out_dir,
+        config,
+        seed=seed,
+        progress=progress,
+        placement=placement,
+    )
+    trainer.save_model(str(model_dir))  # rank 0 alone writes
+    if distributed.is_main():
+        tokenizer.save_pretrained(model_dir)
+    distributed.barrier()
+    scorer = RewardScorer(
+        model_dir,
+        batch_size=config.score_batch_size,
+        max_length=config.max_length,
+        placement=placement,
+    )
+    accuracy = scorer.accuracy(heldout_pairs)
+    logger.info("reward model: held-out accuracy %.3f on %d pairs", accuracy, len(heldout_pairs))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return RewardResult(
+        model_dir=model_dir,
+        heldout_accuracy=accuracy,
+        heldout_pairs=len(heldout_pairs),
+        train_metrics={
+            "train_pairs": len(train_pairs),
+            "train_loss": training_loss,
+            "train_accuracy": history[-1].get("accuracy") if history else None,
+            "loss_curve": [h["loss"] for h in history],
+        },
+    )
+
+
+def _sample_pairs(pairs: Sequence[Pair], limit: int | None, seed: int) -> Sequence[Pair]:
+    """At most ``limit`` pairs: a seeded sample, kept in the snapshot's order."""
+    if limit is None or len(pairs) <= limit:
+        return pairs
+    picked = sorted(random.Random(seed).sample(range(len(pairs)), limit))
+    logger.info(
+        "reward model: training on a sample of %d of %d pairs (max_train_pairs)",
+        len(picked),
+        len(pairs),
+    )
+    return [pairs[i] for i in picked]
+
+
+def _token_rows(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> list[dict[str, Any]]:
+    """RewardTrainer's rows (``chosen_ids``, ``rejected_ids``), each cut to ``max_length``
+    from the left (see ``encode``)."""
+    encoded = [
         (encode(tokenizer, p.prompt, p.chosen), encode(tokenizer, p.prompt, p.rejected))
-        for p in train_pairs
+        for p in pairs
     ]
-    cut = sum(1 for c, r in full if max(len(c), len(r)) > config.max_length)
-    if cut:
+    too_long = sum(1 for c, r in encoded if max(len(c), len(r)) > max_length)
+    if too_long:
         logger.info(
             "reward model: %d of %d pairs are longer than %d tokens; their prompts are cut"
             " from the left (the replies are kept)",
-            cut,
-            len(full),
-            config.max_length,
+            too_long,
+            len(encoded),
+            max_length,
         )
-    rows = [
-        {"chosen_ids": c[-config.max_length :], "rejected_ids": r[-config.max_length :]}
-        for c, r in full
-    ]
+    return [{"chosen_ids": c[-max_length:], "rejected_ids": r[-max_length:]} for c, r in encoded]
+
+
+def _fit(
+    base_dir: Path,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    config: RewardStageConfig,
+    *,
+    seed: int,
+    progress: bool,
+    placement: Placement,
+) -> tuple[Any, float]:
+    """TRL's RewardTrainer on a one-label head over ``base_dir``: the trainer (its
+    model and log history) and the training loss."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
     model = AutoModelForSequenceClassification.from_pretrained(
         base_dir, num_labels=1, dtype=placement.train_dtype
     )
@@ -161,28 +221,4 @@ def train_reward_model(
         processing_class=tokenizer,
     )
     result = trainer.train()
-    model_dir = out_dir / "model"
-    trainer.save_model(str(model_dir))  # rank 0 alone writes
-    if distributed.is_main():
-        tokenizer.save_pretrained(model_dir)
-    distributed.barrier()
-    scorer = RewardScorer(
-        model_dir,
-        batch_size=config.score_batch_size,
-        max_length=config.max_length,
-        placement=placement,
-    )
-    accuracy = scorer.accuracy(heldout_pairs)
-    logger.info("reward model: held-out accuracy %.3f on %d pairs", accuracy, len(heldout_pairs))
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    return RewardResult(
-        model_dir=model_dir,
-        heldout_accuracy=accuracy,
-        heldout_pairs=len(heldout_pairs),
-        train_metrics={
-            "train_pairs": len(train_pairs),
-            "train_loss": result.training_loss,
-            "train_accuracy": history[-1].get("accuracy") if history else None,
-            "loss_curve": [h["loss"] for h in history],
-        },
-    )
+    return trainer, float(result.training_loss)

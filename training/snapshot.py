@@ -157,13 +157,15 @@ class Snapshot:
         return len(self.train_pairs) + len(self.judge_pairs) + len(self.heldout_pairs)
 
 
-def _messages(prompt: Any) -> Messages:
+def _as_messages(prompt: Any) -> Messages:
+    """A stored prompt as chat messages (a bare string is one user turn)."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
 
 
-def _get(record: Any, name: str, default: Any = None) -> Any:
+def _field(record: Any, name: str, default: Any = None) -> Any:
+    """``name`` of a record the source loaded: a row (dict) or an object with attributes."""
     if isinstance(record, dict):
         return record.get(name, default)
     return getattr(record, name, default)
@@ -171,19 +173,19 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
 
 def _provenance(record: Any, ids: Sequence[str], versions: Sequence[str]) -> Provenance:
     return Provenance(
-        source=str(_get(record, "source", "") or ""),
-        message_ids=tuple(str(v) for n in ids if (v := _get(record, n)) is not None),
-        model_versions=tuple(str(v) for n in versions if (v := _get(record, n)) is not None),
+        source=str(_field(record, "source", "") or ""),
+        message_ids=tuple(str(v) for n in ids if (v := _field(record, n)) is not None),
+        model_versions=tuple(str(v) for n in versions if (v := _field(record, n)) is not None),
     )
 
 
 def to_pair(record: Any) -> Pair:
     return Pair(
-        prompt=_messages(_get(record, "prompt")),
-        chosen=str(_get(record, "chosen")),
-        rejected=str(_get(record, "rejected")),
-        conversation_id=str(_get(record, "conversation_id", "")),
-        created_at=_get(record, "created_at"),
+        prompt=_as_messages(_field(record, "prompt")),
+        chosen=str(_field(record, "chosen")),
+        rejected=str(_field(record, "rejected")),
+        conversation_id=str(_field(record, "conversation_id", "")),
+        created_at=_field(record, "created_at"),
         provenance=_provenance(
             record,
             ("chosen_message_id", "rejected_message_id"),
@@ -193,23 +195,23 @@ def to_pair(record: Any) -> Pair:
 
 
 def to_sft(record: Any) -> SftExample:
-    completion = _get(record, "completion") or _get(record, "chosen") or _get(record, "reply")
+    completion = _field(record, "completion") or _field(record, "chosen") or _field(record, "reply")
     return SftExample(
-        prompt=_messages(_get(record, "prompt")),
+        prompt=_as_messages(_field(record, "prompt")),
         completion=str(completion),
-        conversation_id=str(_get(record, "conversation_id", "")),
-        created_at=_get(record, "created_at"),
+        conversation_id=str(_field(record, "conversation_id", "")),
+        created_at=_field(record, "created_at"),
         provenance=_provenance(record, ("message_id",), ("model_version",)),
     )
 
 
 def to_kto(record: Any) -> KtoExample:
     return KtoExample(
-        prompt=_messages(_get(record, "prompt")),
-        completion=str(_get(record, "completion")),
-        label=bool(_get(record, "label")),
-        conversation_id=str(_get(record, "conversation_id", "")),
-        created_at=_get(record, "created_at"),
+        prompt=_as_messages(_field(record, "prompt")),
+        completion=str(_field(record, "completion")),
+        label=bool(_field(record, "label")),
+        conversation_id=str(_field(record, "conversation_id", "")),
+        created_at=_field(record, "created_at"),
         provenance=replace(
             _provenance(record, ("message_id",), ("model_version",)), source="thumbs"
         ),
@@ -265,7 +267,8 @@ def prompt_slice(prompt: Messages, heldout_fraction: float, judge_fraction: floa
     return "policy"
 
 
-def _key(*parts: Any) -> str:
+def _content_hash(*parts: Any) -> str:
+    """A hash of ``parts`` (their JSON): two records with the same content share it."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -273,7 +276,7 @@ def _dedup_pairs(raw: Sequence[Pair]) -> list[Pair]:
     seen: set[str] = set()
     pairs: list[Pair] = []
     for p in raw:
-        key = _key(p.prompt, p.chosen, p.rejected)
+        key = _content_hash(p.prompt, p.chosen, p.rejected)
         if key in seen or p.chosen == p.rejected:
             continue
         seen.add(key)
@@ -308,7 +311,7 @@ def build_snapshot(
     seen: set[str] = set()
     sft: list[SftExample] = []
     for s in raw_sft:
-        key = _key(s.prompt, s.completion)
+        key = _content_hash(s.prompt, s.completion)
         # SFT trains the policy: never on a held-out question.
         heldout = prompt_slice(s.prompt, heldout_fraction, judge_fraction) == "heldout"
         if key not in seen and not heldout:

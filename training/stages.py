@@ -36,7 +36,7 @@ class StageContext:
     placement: Placement
     run_dir: Path
     progress: bool
-    # training.cycle_stages.RewardModels (not imported: cycle_stages imports the cycle)
+    # training.cycle_stages.RewardModels (not imported: cycle_stages imports this module)
     rewards: Any = None  # the policy's reward model (PPO needs it)
 
 

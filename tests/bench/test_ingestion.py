@@ -94,7 +94,7 @@ class _Process:
 @pytest.fixture(scope="module")
 def pipeline(pg_cluster, template_db, tiny_model_dir, tmp_path_factory) -> Iterator[dict]:
     from serving.auth import create_key
-    from tests.serving.server import new_database
+    from tests.servers import new_database
 
     home = tmp_path_factory.mktemp("bench-ingest")
     broker = Broker(CACHE / "bin", free_port(), home / "tansu.log")

@@ -41,7 +41,6 @@ from pathlib import Path
 import openai
 import pytest
 
-from serving.app import build_app
 from serving.backends.base import Backend, SamplingOptions
 from serving.backends.machine import engine_dtype
 from serving.backends.transformers_backend import TransformersBackend
@@ -50,7 +49,7 @@ from serving.settings import ServingSettings
 from tests.bench.bandwidth import decode_limit_tokens_per_s, memory_bandwidth
 from tests.bench.conftest import REPO, percentile, print_table, ratio, save_json
 from tests.bench.loadgen import stream_chat
-from tests.serving.server import ServerThread, make_keys, new_database
+from tests.servers import new_database, start_api
 
 pytestmark = pytest.mark.bench
 
@@ -243,14 +242,13 @@ def serving_model(tiny_model_dir: Path) -> Path:
 def run_api(settings: ServingSettings) -> tuple[list[LoadRun], LoadRun, float]:
     """The API's sweep (lean client, then the openai client at the top concurrency)
     and how long the API took to start (its engine's start-up)."""
-    keys = make_keys(settings.database_url)
     started = time.perf_counter()
-    server = ServerThread(build_app(settings)).start(timeout=1800)
+    server = start_api(settings, timeout=1800)
     start_s = time.perf_counter() - started
     try:
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
-            *api, api_openai = clients.submit(api_sweep, server.base_url, keys.user).result(
+            *api, api_openai = clients.submit(api_sweep, server.base_url, server.keys.user).result(
                 timeout=1800
             )
     finally:

@@ -89,7 +89,7 @@ class Tally:
 @pytest.fixture(scope="module")
 def system(pg_cluster, template_db, tiny_model_dir, tmp_path_factory) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     from serving.auth import create_key
-    from tests.serving.server import new_database
+    from tests.servers import new_database
 
     home = tmp_path_factory.mktemp("soak")
     broker = Broker(CACHE / "bin", free_port(), home / "tansu.log")

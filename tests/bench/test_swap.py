@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench.conftest import percentile, print_table, ratio, save_json
-from tests.serving.test_canary import wait_until
+from tests.servers import wait_until
 from tests.serving.topology import Traffic, managed_topology, ratchet_cli
 
 pytestmark = pytest.mark.bench

@@ -41,7 +41,7 @@ def demo_run(
     pg_cluster, template_db, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[DemoResult, str, Path, str]]:
     """The demo's result, its database, its home and its API's address."""
-    from tests.serving.server import new_database
+    from tests.servers import new_database
 
     home = tmp_path_factory.mktemp("demo-home")
     broker = Broker(CACHE / "bin", free_port(), home / "tansu.log")

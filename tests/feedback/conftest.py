@@ -25,13 +25,11 @@ from feedback.message_ids import new_message_id
 from feedback.settings import FeedbackSettings
 from infra.local.postgres import PrivateCluster
 from infra.local.tansu import Broker, free_port
-from serving.app import build_app
 from serving.auth import create_key
-from serving.settings import ServingSettings
+from tests import servers
 from tests.conftest import CACHE
 from tests.fixtures.clock import ManualClock
-from tests.serving.conftest import serving_settings
-from tests.serving.server import ServerThread, new_database
+from tests.servers import new_database, serving_settings
 
 SECRET = "test-secret"
 
@@ -132,25 +130,9 @@ def run_consumer() -> Iterator[Callable[[FeedbackSettings], ConsumerThread]]:
 # -- the API server, for tests of the HTTP half ---------------------------------
 
 
-@dataclass
-class ApiServer:
-    """A real API server on the tiny model in a thread; ``clock`` drives its rate caps."""
-
-    thread: ServerThread
-    settings: ServingSettings
-    clock: ManualClock
-
-    @property
-    def base_url(self) -> str:
-        return self.thread.base_url
-
-    @property
-    def database_url(self) -> str:
-        return self.settings.database_url
-
-    @property
-    def state(self):  # type: ignore[no-untyped-def]
-        return self.thread.app.state.ratchet
+class ApiServer(servers.ApiServer):
+    """The API on the tiny model (``tests/servers.py``), with a key and a client per
+    user; its ``clock`` (a ``ManualClock``) drives the rate caps."""
 
     def key(self, user_id: str) -> str:
         with psycopg.connect(self.database_url) as conn:
@@ -163,9 +145,6 @@ class ApiServer:
             headers={"Authorization": f"Bearer {self.key(user_id)}"},
             timeout=60,
         )
-
-    def stop(self) -> None:
-        self.thread.stop()
 
 
 def start_api(
@@ -182,9 +161,7 @@ def start_api(
     settings = serving_settings(database_url, bootstrap, home, model, backend=backend)
     settings = settings.model_copy(update={"rate_cap_per_minute": rate_cap})
     assert settings.message_id_secret == SECRET
-    clock = ManualClock()
-    thread = ServerThread(build_app(settings, clock=clock)).start()
-    return ApiServer(thread, settings, clock)
+    return servers.start_api(settings, clock=ManualClock(), kind=ApiServer)
 
 
 @pytest.fixture

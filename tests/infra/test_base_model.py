@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def bootstrapped(pg_cluster, template_db) -> tuple[Path, list[str]]:
     """Bootstrap twice into a cache dir kept across test runs (the second run reuses it)."""
-    from tests.serving.server import new_database
+    from tests.servers import new_database
 
     models = CACHE / "bootstrap-models"
     env = {

@@ -9,12 +9,10 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
-from serving.app import build_app
 from serving.auth import User
 from serving.deps import CurrentUser, require_role
 from tests.fixtures.clock import ManualClock
-from tests.serving.conftest import serving_settings
-from tests.serving.server import ServerThread, make_keys, new_database
+from tests.servers import new_database, running_api, serving_settings
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -74,14 +72,13 @@ def test_rate_limit_from_settings_gives_429_with_retry_after_and_refills(
         rate_limit_burst=2,
     )
     clock = ManualClock()
-    thread = ServerThread(build_app(settings, clock=clock)).start()
-    keys = make_keys(db)
-    models = thread.base_url + "/v1/models"
+    with running_api(settings, clock=clock) as server:
+        keys = server.keys
+        models = server.base_url + "/v1/models"
 
-    def status(key: str) -> httpx.Response:
-        return httpx.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        def status(key: str) -> httpx.Response:
+            return httpx.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
-    try:
         assert [status(keys.user).status_code for _ in range(2)] == [200, 200]
         r = status(keys.user)
         assert_error(r, 429, "rate_limit_error", "rate_limit_exceeded")
@@ -94,8 +91,6 @@ def test_rate_limit_from_settings_gives_429_with_retry_after_and_refills(
         assert [status(keys.user).status_code for _ in range(2)] == [200, 429]
         clock.advance(600)  # a long pause refills the bucket to the burst, not beyond
         assert [status(keys.user).status_code for _ in range(3)] == [200, 200, 429]
-    finally:
-        thread.stop()
 
 
 @pytest.mark.parametrize(

@@ -9,153 +9,36 @@ The feedback runs through the real broker and consumer into Postgres."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import psycopg
 import pytest
 
-from feedback.consumer import FeedbackConsumer
-from feedback.settings import FeedbackSettings
 from infra.local.tansu import Broker, free_port
-from serving.app import build_app
-from serving.settings import ServingSettings
 from tests.conftest import CACHE
 from tests.fixtures.tiny_model import greedy_reply
-from tests.serving.conftest import serving_settings
-from tests.serving.server import Keys, ServerThread, make_keys, new_database
+from tests.servers import ApiServer, registry_server, wait_until
 from training import registry
-from training.base_model import weights_digest
 from training.canary_report import canary_report
 
 ASK = [{"role": "user", "content": "How many days of paid leave do I get?"}]
 
 
-@dataclass
-class CanaryServer:
-    base_url: str
-    settings: ServingSettings
-    keys: Keys
-    thread: ServerThread
-    root: Path
-    tiny: Path
-
-    @property
-    def database_url(self) -> str:
-        return self.settings.database_url
-
-    @property
-    def models(self):  # type: ignore[no-untyped-def]
-        return self.thread.app.state.ratchet.models
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(
-            base_url=self.base_url + "/v1", api_key=self.keys.user, max_retries=0, timeout=120
-        )
-
-    def ab(self, **kw: Any) -> Any:
-        """One non-streaming A/B request as the ``openai`` client sends it."""
-        return self.client().chat.completions.create(
-            model="ratchet", messages=ASK, max_tokens=4, extra_body={"ab": True}, **kw
-        )
-
-    def registry(self, action: Callable[[psycopg.Connection], Any]) -> Any:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return action(conn)
-
-    def add_candidate(self, path: Path) -> str:
-        """A version as a training cycle registers it when its gates passed."""
-
-        def register(conn: psycopg.Connection) -> str:
-            digest = weights_digest(path) if any(path.glob("*.safetensors")) else "0" * 64
-            with conn.transaction():
-                version = registry.next_version_id(conn)
-                registry.register_version(
-                    conn,
-                    version_id=version,
-                    path=str(path),
-                    weights_sha256=digest,
-                    parent_id="v0001",
-                    training_run_id=None,
-                    metrics={},
-                    gate_report={"passed": True, "gates": {}},
-                    gates_passed=True,
-                    actor="test",
-                )
-            return version
-
-        return str(self.registry(register))
-
-    def versions(self, message_ids: list[str], timeout: float = 60) -> dict[str, str]:
-        """The ``model_version`` the store holds for each reply (once the consumer stored it)."""
-        deadline = time.monotonic() + timeout
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            while True:
-                rows = conn.execute(
-                    "SELECT id, model_version FROM messages WHERE id = ANY(%s)", (message_ids,)
-                ).fetchall()
-                if len(rows) == len(set(message_ids)):
-                    return dict(rows)
-                assert time.monotonic() < deadline, f"stored {len(rows)} of {len(message_ids)}"
-                time.sleep(0.2)
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.2)
+def ab(server: ApiServer, **kw: Any) -> Any:
+    """One non-streaming A/B request as the ``openai`` client sends it."""
+    return server.openai_client().chat.completions.create(
+        model="ratchet", messages=ASK, max_tokens=4, extra_body={"ab": True}, **kw
+    )
 
 
 def ids_of(resp: Any) -> list[str]:
     return [c.model_extra["message_id"] for c in resp.choices]
-
-
-@contextlib.contextmanager
-def canary_server(
-    pg_cluster,  # type: ignore[no-untyped-def]
-    template_db: str,
-    tiny_model_dir: Path,
-    root: Path,
-    bootstrap: str,
-    **settings: Any,
-) -> Iterator[CanaryServer]:
-    """The API (with ``settings``) on a fresh database whose production version is the
-    tiny model (v0001), and a feedback consumer storing what it logs."""
-    db = new_database(pg_cluster, template_db)
-    with psycopg.connect(db, autocommit=True) as conn:
-        registry.ensure_base(conn, str(tiny_model_dir), weights_digest(tiny_model_dir))
-    serving = serving_settings(db, bootstrap, root / "home", tiny_model_dir, **settings)
-    consumer = FeedbackConsumer(
-        FeedbackSettings(
-            database_url=db,
-            kafka_bootstrap_servers=bootstrap,
-            home=root / "consumer-home",
-            consumer_group=f"canary-tests-{uuid.uuid4().hex[:8]}",
-            message_id_secret=serving.message_id_secret,
-        )
-    )
-    consuming = threading.Thread(target=consumer.run, name="canary-consumer", daemon=True)
-    consuming.start()
-    thread = ServerThread(build_app(serving)).start()
-    try:
-        yield CanaryServer(
-            thread.base_url, serving, make_keys(db), thread, root, Path(tiny_model_dir)
-        )
-    finally:
-        thread.stop()
-        consumer.stop()
-        consuming.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +47,19 @@ def server(
     template_db,
     tiny_model_dir,
     tmp_path_factory,
-) -> Iterator[CanaryServer]:
+) -> Iterator[ApiServer]:
     root = tmp_path_factory.mktemp("canary")
     broker = Broker(CACHE / "bin", free_port(), root / "tansu.log")
     broker.start()
     try:
-        with canary_server(
-            pg_cluster, template_db, tiny_model_dir, root, broker.bootstrap, backend="transformers"
+        with registry_server(
+            pg_cluster,
+            template_db,
+            tiny_model_dir,
+            root,
+            broker.bootstrap,
+            consume=True,
+            backend="transformers",
         ) as running:
             yield running
     finally:
@@ -178,17 +67,17 @@ def server(
 
 
 @pytest.fixture(scope="module")
-def candidate(server: CanaryServer, tiny_model_b_dir: Path) -> str:
+def candidate(server: ApiServer, tiny_model_b_dir: Path) -> str:
     """v0002: the second tiny model (other weights) in a directory of its own, a candidate."""
     path = server.root / "v0002-weights"
     shutil.copytree(tiny_model_b_dir, path)
     return server.add_candidate(path)
 
 
-def greedy_by_version(server: CanaryServer, candidate: str, max_tokens: int) -> dict[str, str]:
+def greedy_by_version(server: ApiServer, candidate: str, max_tokens: int) -> dict[str, str]:
     """What each version's weights answer to ``ASK`` with ``temperature: 0``."""
     expected = {
-        "v0001": greedy_reply(server.tiny, ASK, max_tokens),
+        "v0001": greedy_reply(server.settings.model, ASK, max_tokens),
         candidate: greedy_reply(server.root / "v0002-weights", ASK, max_tokens),
     }
     assert len(set(expected.values())) == 2, "the two versions' weights must tell apart"
@@ -196,20 +85,20 @@ def greedy_by_version(server: CanaryServer, candidate: str, max_tokens: int) -> 
 
 
 def check_choices(
-    server: CanaryServer, ids: list[str], texts: list[str], expected: dict[str, str]
+    server: ApiServer, ids: list[str], texts: list[str], expected: dict[str, str]
 ) -> dict[str, str]:
     """Each choice's text is what the weights of the version it was logged under answer."""
-    versions = server.versions(ids)
+    versions = server.stored_versions(ids)
     for message_id, text in zip(ids, texts, strict=True):
         assert text == expected[versions[message_id]], (versions[message_id], text)
     return versions
 
 
 def test_without_a_canary_an_ab_request_gets_two_production_drafts(
-    server: CanaryServer, candidate: str
+    server: ApiServer, candidate: str
 ) -> None:
     assert server.models.canary_version is None
-    raw = server.client().chat.completions.with_raw_response.create(
+    raw = server.openai_client().chat.completions.with_raw_response.create(
         model="ratchet", messages=ASK, max_tokens=4, extra_body={"ab": True}
     )
     resp = raw.parse()
@@ -217,7 +106,7 @@ def test_without_a_canary_an_ab_request_gets_two_production_drafts(
     assert [c.index for c in resp.choices] == [0, 1]
     ids = ids_of(resp)
     assert len(set(ids)) == 2 and raw.headers["X-Ratchet-Message-Id"] == ids[0]
-    assert set(server.versions(ids).values()) == {"v0001"}
+    assert set(server.stored_versions(ids).values()) == {"v0001"}
     # An A/B request is two choices: any other n is refused before any output.
     bad = httpx.post(
         f"{server.base_url}/v1/chat/completions",
@@ -227,21 +116,23 @@ def test_without_a_canary_an_ab_request_gets_two_production_drafts(
     )
     assert bad.status_code == 400 and "A/B" in bad.json()["error"]["message"]
     # A plain request is unchanged: one choice, no "ab".
-    plain = server.client().chat.completions.create(model="ratchet", messages=ASK, max_tokens=4)
+    plain = server.openai_client().chat.completions.create(
+        model="ratchet", messages=ASK, max_tokens=4
+    )
     assert len(plain.choices) == 1 and plain.model_extra.get("ab") is None
 
 
 def test_with_a_canary_each_version_answers_one_choice_in_random_order(
-    server: CanaryServer, candidate: str
+    server: ApiServer, candidate: str
 ) -> None:
-    server.registry(lambda c: registry.set_canary(c, candidate, actor="olga", reason="A/B"))
+    server.in_database(lambda c: registry.set_canary(c, candidate, actor="olga", reason="A/B"))
     wait_until(lambda: server.models.canary_version == candidate, "the canary is loaded")
     assert server.models.version == "v0001"  # production did not move
     expected = greedy_by_version(server, candidate, 4)
     canary_at: list[int] = []
     all_ids: list[str] = []
     for _ in range(16):
-        resp = server.ab(temperature=0)
+        resp = ab(server, temperature=0)
         assert resp.model_extra["ab"] == "canary"
         # The response names production only: the canary's place is not given away.
         assert resp.model_extra["model_version"] == "v0001" == resp.model
@@ -249,7 +140,7 @@ def test_with_a_canary_each_version_answers_one_choice_in_random_order(
         assert all(c.finish_reason in ("stop", "length") for c in resp.choices)
         check_choices(server, ids_of(resp), [c.message.content for c in resp.choices], expected)
         all_ids.extend(ids_of(resp))
-    versions = server.versions(all_ids)
+    versions = server.stored_versions(all_ids)
     for i in range(0, len(all_ids), 2):
         pair = [versions[all_ids[i]], versions[all_ids[i + 1]]]
         assert sorted(pair) == ["v0001", candidate], pair
@@ -262,12 +153,10 @@ def test_with_a_canary_each_version_answers_one_choice_in_random_order(
     assert ready["canary_version"] == candidate and ready["model_version"] == "v0001"
 
 
-def test_a_streamed_ab_request_interleaves_both_versions(
-    server: CanaryServer, candidate: str
-) -> None:
+def test_a_streamed_ab_request_interleaves_both_versions(server: ApiServer, candidate: str) -> None:
     assert server.models.canary_version == candidate
     chunks = list(
-        server.client().chat.completions.create(
+        server.openai_client().chat.completions.create(
             model="ratchet",
             messages=ASK,
             max_tokens=6,
@@ -294,14 +183,14 @@ def test_a_streamed_ab_request_interleaves_both_versions(
 
 
 def test_the_users_picks_become_comparisons_and_the_canary_report_counts_them(
-    server: CanaryServer, candidate: str
+    server: ApiServer, candidate: str
 ) -> None:
     picks = ["canary", "canary", "canary", "production", "tie"]
     expected_ids: list[str] = []
     for pick in picks:
-        resp = server.ab()
+        resp = ab(server)
         ids = ids_of(resp)
-        versions = server.versions(ids)
+        versions = server.stored_versions(ids)
         canary_letter = "a" if versions[ids[0]] == candidate else "b"
         winner = {"canary": canary_letter, "tie": "tie"}.get(
             pick, "b" if canary_letter == "a" else "a"
@@ -332,20 +221,20 @@ def test_the_users_picks_become_comparisons_and_the_canary_report_counts_them(
 
 
 def test_a_canary_that_fails_to_load_leaves_production_serving(
-    server: CanaryServer, candidate: str
+    server: ApiServer, candidate: str
 ) -> None:
     broken = server.root / f"broken-{uuid.uuid4().hex[:6]}"
     broken.mkdir()
     (broken / "config.json").write_text("{}")  # no weights, no tokenizer
     version = server.add_candidate(broken)
-    server.registry(lambda c: registry.set_canary(c, version, actor="olga"))
+    server.in_database(lambda c: registry.set_canary(c, version, actor="olga"))
     wait_until(lambda: server.models.last_canary_error is not None, "the failure is reported")
     assert server.models.last_canary_error.version == version
     assert server.models.canary_version is None  # the previous canary was freed
     assert server.models.version == "v0001" and server.models.last_error is None
-    resp = server.ab()
+    resp = ab(server)
     assert resp.model_extra["ab"] == "drafts"
-    assert set(server.versions(ids_of(resp)).values()) == {"v0001"}
+    assert set(server.stored_versions(ids_of(resp)).values()) == {"v0001"}
     ready = httpx.get(f"{server.base_url}/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     assert ready.json()["last_canary_error"]["version"] == version
@@ -354,14 +243,14 @@ def test_a_canary_that_fails_to_load_leaves_production_serving(
     assert f'ratchet_canary_load_failures_total{{version="{version}"}} 1.0' in metrics
     assert "ratchet_model_swap_failures_total{" not in metrics
     # Marking a loadable canary again brings A/B back.
-    server.registry(lambda c: registry.set_canary(c, candidate, actor="olga"))
+    server.in_database(lambda c: registry.set_canary(c, candidate, actor="olga"))
     wait_until(lambda: server.models.canary_version == candidate, "the canary is back")
     assert server.models.last_canary_error is None
-    assert server.ab().model_extra["ab"] == "canary"
+    assert ab(server).model_extra["ab"] == "canary"
 
 
 def test_a_cleared_canary_is_freed_and_ab_falls_back_to_drafts(
-    server: CanaryServer, candidate: str
+    server: ApiServer, candidate: str
 ) -> None:
     assert server.models.canary_version == candidate
     # A client that hangs up mid-stream gives both leases back, and both replies are logged.
@@ -374,24 +263,24 @@ def test_a_cleared_canary_is_freed_and_ab_falls_back_to_drafts(
     ) as r:
         first = next(line for line in r.iter_lines() if line.startswith("data: "))
     hung_up = [c["message_id"] for c in json.loads(first[len("data: ") :])["choices"]]
-    assert sorted(server.versions(hung_up).values()) == ["v0001", candidate]
+    assert sorted(server.stored_versions(hung_up).values()) == ["v0001", candidate]
     freed_before = [v for v, _ in server.models.retired].count(candidate)
-    server.registry(lambda c: registry.clear_canary(c, actor="olga", reason="enough"))
+    server.in_database(lambda c: registry.clear_canary(c, actor="olga", reason="enough"))
     wait_until(lambda: server.models.canary_version is None, "the canary is unloaded")
     wait_until(  # well before swap_drain_seconds: no lease was left behind
         lambda: [v for v, _ in server.models.retired].count(candidate) > freed_before,
         "the canary backend is freed",
         timeout=60,
     )
-    resp = server.ab()
+    resp = ab(server)
     assert resp.model_extra["ab"] == "drafts"
-    assert set(server.versions(ids_of(resp)).values()) == {"v0001"}
+    assert set(server.stored_versions(ids_of(resp)).values()) == {"v0001"}
 
 
 def test_promoting_the_canary_serves_it_without_loading_it_again(
-    server: CanaryServer, candidate: str
+    server: ApiServer, candidate: str
 ) -> None:
-    server.registry(lambda c: registry.set_canary(c, candidate, actor="olga"))
+    server.in_database(lambda c: registry.set_canary(c, candidate, actor="olga"))
     wait_until(lambda: server.models.canary_version == candidate, "the canary is loaded")
 
     async def canary_backend():  # type: ignore[no-untyped-def]
@@ -399,10 +288,10 @@ def test_promoting_the_canary_serves_it_without_loading_it_again(
             return backend
 
     loaded = server.thread.call(canary_backend())
-    server.registry(lambda c: registry.promote(c, candidate, actor="olga", reason="won"))
+    server.in_database(lambda c: registry.promote(c, candidate, actor="olga", reason="won"))
     wait_until(lambda: server.models.version == candidate, "the canary is production")
     assert server.models.current is loaded
     assert server.models.canary_version is None
-    resp = server.ab()
+    resp = ab(server)
     assert resp.model_extra["ab"] == "drafts" and resp.model_extra["model_version"] == candidate
-    assert set(server.versions(ids_of(resp)).values()) == {candidate}
+    assert set(server.stored_versions(ids_of(resp)).values()) == {candidate}

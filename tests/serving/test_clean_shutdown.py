@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import REPO
-from tests.serving.server import new_database
+from tests.servers import new_database
 
 CYCLE = r"""
 import asyncio, logging, sys
@@ -24,9 +24,8 @@ from pathlib import Path
 import httpx
 import vllm  # noqa: F401 - vLLM configures its loggers on import: count after that
 
-from serving.app import build_app
 from serving.settings import ServingSettings
-from tests.serving.server import ServerThread, make_keys
+from tests.servers import start_api
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,8 +42,8 @@ settings = ServingSettings(
     model=Path(model), backend="vllm", max_model_len=512, default_max_tokens=8,
     message_id_secret="test-secret",
 )
-key = make_keys(database_url).user
-server = ServerThread(build_app(settings)).start()
+server = start_api(settings)
+key = server.keys.user
 try:
     resp = httpx.post(
         server.base_url + "/v1/chat/completions",

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.serving.test_canary import CanaryServer, canary_server
+from tests.servers import ApiServer, registry_server
 from training import registry, runs
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -67,11 +67,17 @@ def _run(conn: psycopg.Connection, root: Path) -> uuid.UUID:
 @pytest.fixture(scope="module")
 def console(
     pg_cluster, template_db, kafka_bootstrap, tiny_model_dir, tiny_model_b_dir, tmp_path_factory
-) -> Iterator[CanaryServer]:  # type: ignore[no-untyped-def]
+) -> Iterator[ApiServer]:  # type: ignore[no-untyped-def]
     """v0001 (production), v0002 (gates failed, same weights), v0003 (a candidate)."""
     root = tmp_path_factory.mktemp("console")
-    with canary_server(
-        pg_cluster, template_db, tiny_model_dir, root, kafka_bootstrap, backend="transformers"
+    with registry_server(
+        pg_cluster,
+        template_db,
+        tiny_model_dir,
+        root,
+        kafka_bootstrap,
+        consume=True,
+        backend="transformers",
     ) as server:
         b_path = root / "v0003-weights"
         shutil.copytree(tiny_model_b_dir, b_path)
@@ -100,29 +106,13 @@ def page(browser):  # type: ignore[no-untyped-def]
     context.close()
 
 
-def login(page, server: CanaryServer, key: str) -> None:  # type: ignore[no-untyped-def]
+def login(page, server: ApiServer, key: str) -> None:  # type: ignore[no-untyped-def]
     page.goto(server.base_url + "/console/login")
     page.fill("#api_key", key)
     page.click("button[type=submit]")
 
 
-def served(server: CanaryServer) -> str:
-    resp = httpx.get(
-        f"{server.base_url}/v1/models",
-        headers={"Authorization": f"Bearer {server.keys.user}"},
-        timeout=30,
-    )
-    return str(resp.json()["data"][0]["id"])
-
-
-def wait_served(server: CanaryServer, version: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while served(server) != version:
-        assert time.monotonic() < deadline, f"still serving {served(server)}, not {version}"
-        time.sleep(0.5)
-
-
-def act(page, server: CanaryServer, action: str, version: str = "", **fields: str):  # type: ignore[no-untyped-def]
+def act(page, server: ApiServer, action: str, version: str = "", **fields: str):  # type: ignore[no-untyped-def]
     """Open an action's confirmation page, fill it in, confirm; the result response."""
     page.goto(f"{server.base_url}/console/confirm/{action}?version={version}")
     for name, value in fields.items():
@@ -135,12 +125,12 @@ def act(page, server: CanaryServer, action: str, version: str = "", **fields: st
     return nav.value
 
 
-def production(server: CanaryServer) -> str:
-    found = server.registry(registry.get_production)
+def production(server: ApiServer) -> str:
+    found = server.in_database(registry.get_production)
     return str(found.id)
 
 
-def test_login_logout_and_a_user_key_gets_403(console: CanaryServer, page) -> None:  # type: ignore[no-untyped-def]
+def test_login_logout_and_a_user_key_gets_403(console: ApiServer, page) -> None:  # type: ignore[no-untyped-def]
     page.goto(console.base_url + "/console")
     assert page.url.endswith("/console/login")  # no session: the login form
     login(page, console, console.keys.user)
@@ -199,7 +189,7 @@ def test_a_forced_promotion_changes_the_served_version(console, page) -> None:  
         page.screenshot(path=str(Path(shot) / "console-version.png"), full_page=True)
     response = act(page, console, "promote", "v0002", reason="hotfix: ship it", force="yes")
     assert response.status == 200, page.inner_text("main")
-    wait_served(console, "v0002")
+    console.wait_until_serving("v0002", timeout=180)
     page.goto(console.base_url + "/console/audit")
     last = page.inner_text("#audit tbody tr:first-child")
     assert "force_promote" in last and "console:olga" in last and "hotfix: ship it" in last
@@ -211,7 +201,7 @@ def test_rollback(console, page) -> None:  # type: ignore[no-untyped-def]
     response = act(page, console, "rollback", reason="v0002 misbehaves")
     assert response.status == 200, page.inner_text("main")
     assert "v0001 is the production version again" in page.inner_text("#result")
-    wait_served(console, "v0001")
+    console.wait_until_serving("v0001", timeout=180)
 
 
 def test_setting_and_clearing_the_canary(console, page) -> None:  # type: ignore[no-untyped-def]
@@ -221,16 +211,16 @@ def test_setting_and_clearing_the_canary(console, page) -> None:  # type: ignore
     with page.expect_navigation():
         page.click("#confirm")
     assert "v0003 is now the canary" in page.inner_text("#result")
-    assert console.registry(registry.get_canary).id == "v0003"
+    assert console.in_database(registry.get_canary).id == "v0003"
     page.goto(console.base_url + "/console")
     assert page.inner_text("#canary-version") == "v0003"
 
     response = act(page, console, "canary-clear", reason="enough picks")
     assert response.status == 200
-    assert console.registry(registry.get_canary) is None
+    assert console.in_database(registry.get_canary) is None
     page.goto(console.base_url + "/console")
     assert page.inner_text("#canary-version") == "none"
-    entries = console.registry(lambda c: registry.audit_log(c, limit=2))
+    entries = console.in_database(lambda c: registry.audit_log(c, limit=2))
     assert [(e.action, e.actor) for e in entries] == [
         ("canary", "console:olga"),
         ("canary_clear", "console:olga"),
@@ -270,9 +260,9 @@ def _used_by_a_run(message_id: str):  # type: ignore[no-untyped-def]
     return apply
 
 
-def _rate(server: CanaryServer, comment: str) -> str:
+def _rate(server: ApiServer, comment: str) -> str:
     """Chat once and rate the reply through the API, as a user; the message id."""
-    resp = server.client().chat.completions.create(
+    resp = server.openai_client().chat.completions.create(
         model="ratchet", messages=[{"role": "user", "content": "Hi there"}], max_tokens=4
     )
     message_id = resp.model_extra["message_id"]
@@ -286,10 +276,10 @@ def _rate(server: CanaryServer, comment: str) -> str:
     return str(message_id)
 
 
-def _stored(server: CanaryServer, message_ids: list[str], timeout: float = 90) -> None:
+def _stored(server: ApiServer, message_ids: list[str], timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        n = server.registry(lambda c: c.execute(
+        n = server.in_database(lambda c: c.execute(
             "SELECT count(*) FROM ratings WHERE message_id = ANY(%s)", (message_ids,)
         ).fetchone()[0])  # fmt: skip
         if n == len(message_ids):
@@ -302,7 +292,7 @@ def test_the_feedback_explorer_shows_a_rating_escaped_and_redacted(console, page
     plain = _rate(console, "too short; mail me at ada@example.com")
     hostile = _rate(console, XSS)
     _stored(console, [plain, hostile])
-    run_id = console.registry(_used_by_a_run(plain))
+    run_id = console.in_database(_used_by_a_run(plain))
     login(page, console, console.keys.operator)
     page.goto(console.base_url + "/console/feedback")
     page.select_option("select[name=kind]", "rating")  # the form sends empty dates too

@@ -7,12 +7,12 @@ import httpx
 
 from feedback.message_ids import new_message_id
 from tests.feedback.test_operator_metrics import samples
-from tests.serving.conftest import LiveServer
+from tests.servers import ApiServer
 
 SECRET = "test-secret"
 
 
-def test_feedback_accepted_and_refused_by_reason(live_server: LiveServer) -> None:
+def test_feedback_accepted_and_refused_by_reason(live_server: ApiServer) -> None:
     url = live_server.base_url
     alice = {"Authorization": f"Bearer {live_server.keys.user}"}
     mine = new_message_id("alice", SECRET)

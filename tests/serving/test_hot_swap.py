@@ -14,82 +14,33 @@ from pathlib import Path
 
 import httpx
 import openai
-import psycopg
 import pytest
 
-from serving.app import build_app
 from tests.fixtures.tiny_model import greedy_reply
-from tests.serving.conftest import serving_settings
-from tests.serving.server import Keys, ServerThread, make_keys, new_database
+from tests.servers import ApiServer, registry_server
 from training import registry
-from training.base_model import weights_digest
 
 ASK = [{"role": "user", "content": "Tell me about the travel policy, in detail."}]
 TOKENS = 48
 REQUEST_S = 60  # per request: a stream stranded on a retired engine fails the test
 
 
-@dataclass
-class SwapServer:
-    base_url: str
-    database_url: str
-    keys: Keys
-    thread: ServerThread
-    root: Path
-
-    @property
-    def models(self):  # type: ignore[no-untyped-def]
-        return self.thread.app.state.ratchet.models
-
-    def served(self) -> str:
-        resp = httpx.get(
-            f"{self.base_url}/v1/models",
-            headers={"Authorization": f"Bearer {self.keys.user}"},
-            timeout=30,
+def promote_new(server: ApiServer, path: Path, *, gates_passed: bool = True) -> str:
+    """A trained version as the cycle registers it (candidate), then promoted."""
+    version = server.add_candidate(path, gates_passed=gates_passed)
+    server.in_database(
+        lambda conn: registry.promote(
+            conn, version, actor="test", reason="hot swap test", force=not gates_passed
         )
-        return str(resp.json()["data"][0]["id"])
-
-    def wait_for(self, version: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while self.served() != version:
-            assert time.monotonic() < deadline, f"still serving {self.served()}, not {version}"
-            time.sleep(0.5)
-
-    def register(self, path: Path, *, gates_passed: bool = True) -> str:
-        """A trained version as the cycle registers it (candidate), then promoted."""
-        digest = weights_digest(path) if any(path.glob("*.safetensors")) else "0" * 64
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            production = registry.get_production(conn)
-            with conn.transaction():
-                version = registry.next_version_id(conn)
-                registry.register_version(
-                    conn,
-                    version_id=version,
-                    path=str(path),
-                    weights_sha256=digest,
-                    parent_id=production.id if production else None,
-                    training_run_id=None,
-                    metrics={},
-                    gate_report={"passed": gates_passed, "gates": {}},
-                    gates_passed=gates_passed,
-                    actor="test",
-                )
-            registry.promote(
-                conn, version, actor="test", reason="hot swap test", force=not gates_passed
-            )
-        return version
+    )
+    return version
 
 
 @pytest.fixture(scope="module")
 def swap_server(pg_cluster, template_db, kafka_bootstrap, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("swap")
-    db = new_database(pg_cluster, template_db)
-    with psycopg.connect(db, autocommit=True) as conn:
-        registry.ensure_base(conn, str(tiny_model_dir), weights_digest(tiny_model_dir))
-    settings = serving_settings(db, kafka_bootstrap, root / "home", tiny_model_dir)
-    thread = ServerThread(build_app(settings)).start()
-    yield SwapServer(thread.base_url, db, make_keys(db), thread, root)
-    thread.stop()
+    with registry_server(pg_cluster, template_db, tiny_model_dir, root, kafka_bootstrap) as server:
+        yield server
 
 
 @dataclass
@@ -164,7 +115,7 @@ class Traffic:
         assert alive == 0, f"{alive} client thread(s) still waiting on a reply"
 
 
-def installed_at(server: SwapServer, version: str, timeout: float = 300) -> float:
+def installed_at(server: ApiServer, version: str, timeout: float = 300) -> float:
     """When the server switched new requests to ``version`` (its own record)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -184,9 +135,9 @@ def wait_for_count(traffic: Traffic, count: int, timeout: float = 120) -> None:
 
 
 def test_a_swap_under_streaming_traffic_loses_no_request(
-    swap_server: SwapServer, tiny_model_b_dir: Path
+    swap_server: ApiServer, tiny_model_b_dir: Path
 ) -> None:
-    assert swap_server.served() == "v0001"
+    assert swap_server.served_version() == "v0001"
     new_dir = swap_server.root / "v0002-weights"
     shutil.copytree(tiny_model_b_dir, new_dir)
     old_text = greedy_reply(swap_server.models.current.path, ASK, TOKENS)
@@ -194,7 +145,7 @@ def test_a_swap_under_streaming_traffic_loses_no_request(
     assert old_text != new_text  # the two weights tell apart
     with Traffic(swap_server.base_url, swap_server.keys.user) as traffic:
         wait_for_count(traffic, 8)  # traffic flowing on v0001
-        version = swap_server.register(new_dir)
+        version = promote_new(swap_server, new_dir)
         expected = {"v0001": old_text, version: new_text}
         swapped = installed_at(swap_server, version)
         wait_for_count(traffic, traffic.completed + 8)
@@ -226,19 +177,19 @@ def test_a_swap_under_streaming_traffic_loses_no_request(
 
 
 def test_a_version_that_fails_to_load_keeps_the_old_one_serving(
-    swap_server: SwapServer,
+    swap_server: ApiServer,
 ) -> None:
-    serving = swap_server.served()
+    serving = swap_server.served_version()
     broken = swap_server.root / f"broken-{uuid.uuid4().hex[:6]}"
     broken.mkdir()
     (broken / "config.json").write_text("{}")  # no weights, no tokenizer
-    version = swap_server.register(broken, gates_passed=False)
+    version = promote_new(swap_server, broken, gates_passed=False)
     deadline = time.monotonic() + 120
     while swap_server.models.last_error is None:
         assert time.monotonic() < deadline, "the failed load was never reported"
         time.sleep(0.5)
     assert swap_server.models.last_error.version == version
-    assert swap_server.served() == serving
+    assert swap_server.served_version() == serving
     ready = httpx.get(f"{swap_server.base_url}/readyz", timeout=30).json()
     assert ready["model_version"] == serving
     assert ready["last_swap_error"]["version"] == version

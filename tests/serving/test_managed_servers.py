@@ -20,7 +20,8 @@ import pytest
 from serving.backends.managed_vllm import group_running
 from serving.backends.vllm_server import pick_model
 from tests.fixtures.tiny_model import greedy_reply
-from tests.serving.test_canary import CanaryServer, check_choices, ids_of, wait_until
+from tests.servers import ApiServer, wait_until
+from tests.serving.test_canary import check_choices, ids_of
 from tests.serving.topology import (
     ASK,
     TOKENS,
@@ -38,7 +39,7 @@ def topology(
     tiny_model_dir,
     tiny_model_b_dir,
     tmp_path_factory,
-) -> Iterator[tuple[CanaryServer, str]]:
+) -> Iterator[tuple[ApiServer, str]]:
     root = tmp_path_factory.mktemp("managed")
     with managed_topology(
         pg_cluster, template_db, kafka_bootstrap, tiny_model_dir, tiny_model_b_dir, root
@@ -46,7 +47,7 @@ def topology(
         yield running
 
 
-def _readyz(server: CanaryServer) -> dict:  # type: ignore[type-arg]
+def _readyz(server: ApiServer) -> dict:  # type: ignore[type-arg]
     resp = httpx.get(f"{server.base_url}/readyz", timeout=30)
     body = resp.json()
     body["status_code"] = resp.status_code
@@ -54,7 +55,7 @@ def _readyz(server: CanaryServer) -> dict:  # type: ignore[type-arg]
 
 
 def _switch_under_traffic(
-    server: CanaryServer,
+    server: ApiServer,
     cli: tuple[str, ...],
     old: str,
     new: str,
@@ -107,7 +108,7 @@ def test_routing_takes_only_a_server_that_serves_the_version() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # four vLLM server starts, on shared cores
 def test_promotion_canary_and_rollback_reach_the_managed_servers(
-    topology: tuple[CanaryServer, str], tiny_model_dir: Path, tiny_model_b_dir: Path
+    topology: tuple[ApiServer, str], tiny_model_dir: Path, tiny_model_b_dir: Path
 ) -> None:
     server, candidate = topology
     expected = {
@@ -140,7 +141,7 @@ def test_promotion_canary_and_rollback_reach_the_managed_servers(
     _switch_under_traffic(server, rollback, candidate, "v0001", expected)
 
 
-def _mark_canary(server: CanaryServer, candidate: str, expected: dict[str, str]) -> int:
+def _mark_canary(server: ApiServer, candidate: str, expected: dict[str, str]) -> int:
     """Mark ``candidate`` the canary with the CLI; it answers A/B requests from a server
     of its own. Returns that server's pid."""
     production_pid = server.models.current.pid
@@ -149,7 +150,7 @@ def _mark_canary(server: CanaryServer, candidate: str, expected: dict[str, str])
     canary_pid = server.models._canary.backend.pid
     assert canary_pid is not None and canary_pid != production_pid
     assert group_running(canary_pid)
-    ab = server.client().chat.completions.create(
+    ab = server.openai_client().chat.completions.create(
         model="ratchet", messages=ASK, max_tokens=TOKENS, temperature=0, extra_body={"ab": True}
     )
     assert ab.model_extra.get("ab") != "drafts", ab.model_extra  # the canary answered

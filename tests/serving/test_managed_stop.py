@@ -20,7 +20,7 @@ from serving.backends.managed_vllm import (
     group_running,
     stop_process_group,
 )
-from tests.serving.conftest import serving_settings
+from tests.servers import serving_settings
 
 # A child that ignores SIGTERM and sleeps: an EngineCore stuck in its shutdown.
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"

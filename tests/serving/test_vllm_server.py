@@ -19,7 +19,8 @@ import pytest
 
 from infra.local.tansu import free_port
 from tests.fixtures.tiny_model import greedy_reply
-from tests.serving.test_canary import ASK, CanaryServer, canary_server, wait_until
+from tests.servers import ApiServer, registry_server, wait_until
+from tests.serving.test_canary import ASK
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +79,15 @@ def server(
     tiny_model_dir,
     tmp_path_factory,
     remote_vllm: str,
-) -> Iterator[CanaryServer]:
+) -> Iterator[ApiServer]:
     root = tmp_path_factory.mktemp("vllm-server")
-    with canary_server(
+    with registry_server(
         pg_cluster,
         template_db,
         tiny_model_dir,
         root,
         kafka_bootstrap,
+        consume=True,
         backend="vllm-server",
         backend_url=remote_vllm,
     ) as running:
@@ -94,10 +96,10 @@ def server(
 
 
 def test_plain_and_streamed_chat_come_from_the_remote_engine(
-    server: CanaryServer, tiny_model_dir: Path
+    server: ApiServer, tiny_model_dir: Path
 ) -> None:
     expected = greedy_reply(tiny_model_dir, ASK, 8)
-    client = server.client()
+    client = server.openai_client()
     resp = client.chat.completions.create(
         model="ratchet", messages=ASK, max_tokens=8, temperature=0
     )
@@ -122,7 +124,7 @@ def test_plain_and_streamed_chat_come_from_the_remote_engine(
 
 
 def test_a_prompt_the_remote_server_refuses_is_a_400_with_an_error_body(
-    server: CanaryServer,
+    server: ApiServer,
 ) -> None:
     resp = httpx.post(
         f"{server.base_url}/v1/chat/completions",
@@ -140,8 +142,8 @@ def test_a_prompt_the_remote_server_refuses_is_a_400_with_an_error_body(
     assert "Traceback" not in error["message"]
 
 
-def test_feedback_on_a_remote_reply_is_stored(server: CanaryServer) -> None:
-    resp = server.client().chat.completions.create(
+def test_feedback_on_a_remote_reply_is_stored(server: ApiServer) -> None:
+    resp = server.openai_client().chat.completions.create(
         model="ratchet", messages=ASK, max_tokens=6, temperature=0
     )
     message_id = resp.model_extra["message_id"]
@@ -152,7 +154,7 @@ def test_feedback_on_a_remote_reply_is_stored(server: CanaryServer) -> None:
         timeout=30,
     )
     assert posted.status_code == 202, posted.text
-    assert server.versions([message_id]) == {message_id: "v0001"}
+    assert server.stored_versions([message_id]) == {message_id: "v0001"}
     with psycopg.connect(server.database_url, autocommit=True) as conn:
         wait_until(
             lambda: (

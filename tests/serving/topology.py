@@ -19,7 +19,7 @@ from pathlib import Path
 
 import openai
 
-from tests.serving.test_canary import CanaryServer, canary_server
+from tests.servers import ApiServer, registry_server
 
 ASK = [{"role": "user", "content": "Tell me about the travel policy, in detail."}]
 TOKENS = 24
@@ -147,15 +147,16 @@ def managed_topology(
     tiny_model_dir: Path,
     tiny_model_b_dir: Path,
     root: Path,
-) -> Iterator[tuple[CanaryServer, str]]:
+) -> Iterator[tuple[ApiServer, str]]:
     """The API with managed vLLM servers serving v0001 (the tiny model), and the
     second tiny model registered as candidate v0002 (gates passed); yields both."""
-    with canary_server(
+    with registry_server(
         pg_cluster,
         template_db,
         tiny_model_dir,
         root,
         kafka_bootstrap,
+        consume=True,
         backend="vllm-server",
         managed=True,
         enforce_eager=True,

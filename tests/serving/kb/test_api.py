@@ -8,25 +8,18 @@ replies are noise, but the prompt, the citations and the wiring are real."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from openai import OpenAI
 
-from serving.app import build_app
 from serving.kb.retriever import KnowledgeBase
 from serving.settings import ServingSettings
-from tests.serving.server import Keys, ServerThread, make_keys
+from tests.servers import ApiServer, running_api
 
 
-@dataclass
-class KBServer:
-    base_url: str
-    keys: Keys
-    thread: ServerThread
-
+class KBServer(ApiServer):
     def get(self, path: str, key: str | None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.get(self.base_url + path, headers=headers, timeout=60)
@@ -57,10 +50,8 @@ def kb_server(
         retrieval_k=2,
         message_id_secret="test-secret",
     )
-    keys = make_keys(sample_kb_url)
-    thread = ServerThread(build_app(settings)).start()
-    yield KBServer(thread.base_url, keys, thread)
-    thread.stop()
+    with running_api(settings, kind=KBServer) as server:
+        yield server
 
 
 def test_lifespan_opens_the_knowledge_base(kb_server: KBServer) -> None:

@@ -4,21 +4,17 @@ which the acceptance tests post signed Slack requests."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from infra.local.tansu import Broker, free_port
-from serving.app import build_app
 from serving.settings import ServingSettings
 from tests.conftest import CACHE
-from tests.serving.conftest import serving_settings
-from tests.serving.server import ServerThread, new_database
+from tests.servers import ApiServer, consumer_running, new_database, running_api, serving_settings
 from tests.serving.slack.fake_slack import BOT_TOKEN, FakeSlack
 from tests.serving.slack.payloads import SIGNING_SECRET, sign
 
@@ -30,13 +26,10 @@ def fake_slack() -> Iterator[FakeSlack]:
     server.stop()
 
 
-@dataclass
-class SlackServer:
-    base_url: str
-    settings: ServingSettings
-    database_url: str
-    bootstrap: str
-    thread: ServerThread
+class SlackServer(ApiServer):
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap_servers
 
     def post(
         self,
@@ -95,9 +88,8 @@ def slack_server(
         tiny_model_dir,
         fake_slack.base_url,
     )
-    thread = ServerThread(build_app(settings)).start()
-    yield SlackServer(thread.base_url, settings, db, slack_broker.bootstrap, thread)
-    thread.stop()
+    with running_api(settings, kind=SlackServer) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +97,6 @@ def feedback_consumer(
     slack_server: SlackServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
     """The real feedback consumer (``ratchet consume``) storing the Slack tests' events."""
-    from feedback.consumer import FeedbackConsumer
     from feedback.settings import FeedbackSettings
 
     settings = FeedbackSettings(
@@ -115,9 +106,5 @@ def feedback_consumer(
         consumer_group=f"slack-tests-{uuid.uuid4().hex[:8]}",
         message_id_secret=slack_server.settings.message_id_secret,
     )
-    consumer = FeedbackConsumer(settings)
-    thread = threading.Thread(target=consumer.run, name="slack-test-consumer", daemon=True)
-    thread.start()
-    yield
-    consumer.stop()
-    thread.join(30)
+    with consumer_running(settings, "slack-test-consumer"):
+        yield

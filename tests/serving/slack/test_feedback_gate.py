@@ -18,11 +18,10 @@ import pytest
 
 from feedback.events import TOPIC_RATINGS
 from feedback.message_ids import new_message_id
-from serving.app import build_app
 from serving.slack import blocks
 from tests.feedback.conftest import read_topic
 from tests.fixtures.clock import ManualClock
-from tests.serving.server import ServerThread
+from tests.servers import running_api
 from tests.serving.slack.conftest import SlackServer, slack_settings
 from tests.serving.slack.fake_slack import TEAM_ID, FakeSlack
 from tests.serving.slack.feedback_store import wait_for_row
@@ -48,11 +47,8 @@ def capped(
     )
     settings = settings.model_copy(update={"rate_cap_per_minute": CAP})
     # A manual clock: the cap's 60 s window never slides under a slow test.
-    thread = ServerThread(build_app(settings, clock=ManualClock())).start()
-    yield SlackServer(
-        thread.base_url, settings, slack_server.database_url, slack_server.bootstrap, thread
-    )
-    thread.stop()
+    with running_api(settings, clock=ManualClock(), kind=SlackServer) as server:
+        yield server
 
 
 def ratchet_user(slack_user: str) -> str:

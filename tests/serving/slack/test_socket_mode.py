@@ -15,7 +15,7 @@ from infra.local.tansu import Broker
 from serving.cli import main
 from serving.slack import blocks
 from serving.slack.socket_mode import run_socket_mode
-from tests.serving.server import new_database
+from tests.servers import new_database
 from tests.serving.slack.conftest import slack_settings
 from tests.serving.slack.fake_slack import APP_TOKEN, FakeSlack
 from tests.serving.slack.payloads import direct_message, event_callback
