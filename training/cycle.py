@@ -110,6 +110,7 @@ def _lead(
                     )
                 production = registry.ensure_base(conn, str(base.resolve()), weights_digest(base))
             last = runs.last_watermark(conn)
+            t0 = time.monotonic()
             snapshot = build_snapshot(
                 source,
                 conn,
@@ -133,8 +134,9 @@ def _lead(
                 )
                 logger.info(msg)
                 return CycleResult(status="skipped", metrics=snapshot.stats, message=msg)
+            snapshot_s = time.monotonic() - t0
             distributed.broadcast((snapshot, production))  # the followers' plan
-            return _train(settings, conn, config, algo, snapshot, production, progress)
+            return _train(settings, conn, config, algo, snapshot, production, progress, snapshot_s)
 
 
 def _follow(
@@ -156,6 +158,7 @@ def _train(
     snapshot: Snapshot,
     production: registry.ModelVersion,
     progress: bool,
+    snapshot_s: float = 0.0,
 ) -> CycleResult:
     run_id = uuid.uuid4()
     run_dir = (settings.home / "runs" / str(run_id)).resolve()
@@ -177,7 +180,10 @@ def _train(
     tmp_dir = models_dir / f".tmp-{run_id}"
     try:
         paths = RunPaths(run_id, run_dir, tmp_dir)
-        result = _stages(settings, conn, config, algo, snapshot, production, paths, progress)
+        result = _stages(
+            settings, conn, config, algo, snapshot, production, paths, progress,
+            timings={"snapshot_s": snapshot_s},
+        )  # fmt: skip
         if result.status == "candidate" and result.candidate_version:
             from training.cycle_stages import to_canary
 
@@ -232,6 +238,7 @@ def _stages(
     production: registry.ModelVersion,
     paths: RunPaths | None,
     progress: bool,
+    timings: dict[str, float] | None = None,  # seconds per stage, so far
 ) -> CycleResult:
     import torch
 
@@ -248,7 +255,7 @@ def _stages(
     placement = Placement.resolve(settings.train_device, settings.train_precision)
     thresholds = load_thresholds(settings.gates_config)
     plan = stages.plan(config, algo)
-    timings: dict[str, float] = {}
+    timings = dict(timings or {})
     metrics: dict[str, Any] = {
         "algo": algo,
         "stages": [s.name for s in plan],
@@ -297,6 +304,8 @@ def _stages(
 
     t0 = time.monotonic()
     cast_weights(out_dir, settings.save_dtype)  # the gates judge the weights that are served
+    timings["cast_s"] = time.monotonic() - t0
+    t0 = time.monotonic()
     report = gate_stage(
         settings, conn, rms, out_dir, parent_dir, snapshot, config, thresholds, progress, placement
     )
