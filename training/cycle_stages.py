@@ -49,6 +49,7 @@ def train_reward_models(
     prompts that neither the policy's reward model nor PPO ever sees); both report
     their accuracy on the held-out slice."""
     from training.reward import RewardScorer, train_reward_model
+    from training.source_weights import weighted
 
     out: dict[str, Any] = {}
     for name, pairs, cfg, seed in (
@@ -58,7 +59,7 @@ def train_reward_models(
         t0 = time.monotonic()
         rm = train_reward_model(
             parent_dir,
-            pairs,
+            weighted(pairs, cfg.source_weights, seed=seed),
             snapshot.heldout_pairs,
             run_dir / name,
             cfg,
