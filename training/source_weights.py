@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Literal, Protocol, TypeVar
+from typing import Annotated, Literal, Protocol, TypeVar, cast
 
 from pydantic import Field
 
@@ -33,14 +33,14 @@ class _Traced(Protocol):
 T = TypeVar("T", bound=_Traced)
 
 
-def weighted(records: Sequence[T], weights: Mapping[str, float], *, seed: int = 0) -> list[T]:
+def weighted(records: Sequence[T], weights: Mapping[Source, float], *, seed: int = 0) -> list[T]:
     """``records`` with each source repeated by its weight (order kept; seeded)."""
     if not weights:
         return list(records)
     rng = random.Random(seed)
     out: list[T] = []
     for record in records:
-        w = weights.get(record.provenance.source, 1.0)
+        w = weights.get(cast(Source, record.provenance.source), 1.0)
         whole = math.floor(w)
         copies = whole + (1 if rng.random() < w - whole else 0)
         out.extend([record] * copies)
