@@ -13,14 +13,14 @@ in the run's ``timings`` (real Postgres, real TRL):
 
 The ``tiny`` preset runs on the tiny test model with synthetic feedback (200
 pairs, their chosen replies as corrections, their replies as thumbs), once with
-``--algo ppo`` and once with ``--algo kto``. The ``demo`` preset (SmolLM2-135M,
+``--algo ppo`` and once with ``--algo kto`` (one test each, each in a fresh
+database). The ``demo`` preset (SmolLM2-135M,
 ``models/base``) takes longer than a few minutes on two CPU cores, so it runs only
 with ``RATCHET_BENCH_DEMO_CYCLE=1``; otherwise the test says so and skips."""
 
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ import psycopg
 import pytest
 import yaml
 
-from infra.local.postgres import PrivateCluster
 from tests.bench.conftest import REPO, print_table, save_json
 from tests.training.isolated import make_settings
 from tests.training.synthetic import ListSource, make_pairs, make_thumbs
@@ -85,24 +84,12 @@ def report(name: str, cycles: list[dict[str, Any]]) -> None:
 
 
 @pytest.mark.timeout(3600)
+@pytest.mark.parametrize("algo", ["ppo", "kto"])
 def test_tiny_cycle_time_per_stage(
-    pg_cluster: PrivateCluster, template_db: str, tmp_path: Path, tiny_model_dir: Path
+    algo: str, database_url: str, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    cycles = []
-    for algo in ("ppo", "kto"):
-        root = tmp_path / algo
-        root.mkdir()
-        # Each algorithm in a database of its own, so that both see the same new feedback.
-        name = f"bench_{algo}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(pg_cluster.url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        try:
-            url = pg_cluster.url_for(name)
-            cycles.append(one_cycle(url, root, tiny_model_dir, "tiny", algo))
-        finally:
-            with psycopg.connect(pg_cluster.url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    report("cycle_stages_tiny", cycles)
+    cycle = one_cycle(database_url, tmp_path, tiny_model_dir, "tiny", algo)
+    report(f"cycle_stages_tiny_{algo}", [cycle])
 
 
 @pytest.mark.timeout(3600)
