@@ -40,11 +40,13 @@ def test_compare_pairs_by_question() -> None:
 
 
 def test_the_summary_and_report_show_intervals_and_the_p_value() -> None:
-    from infra.demo.report import DemoResult, headline, plots
+    from infra.demo.plots import plots
+    from infra.demo.report import headline
+    from infra.demo.results import CycleRun, DemoResult
 
     result = DemoResult(
         before=evaluation("v1", [(False, False)] * 10),
-        after=evaluation("v2", [(True, True)] * 9 + [(False, False)]),
+        runs=[CycleRun(after=evaluation("v2", [(True, True)] * 9 + [(False, False)]))],
     )
     rows = dict(headline(result))
     line = rows["held-out exact figure: before -> after (95% Wilson)"]
@@ -52,3 +54,33 @@ def test_the_summary_and_report_show_intervals_and_the_p_value() -> None:
     assert "p = 0.00391" in line  # 2 / 2^9
     titles = [title for title, _ in plots(result)]
     assert "Held-out questions, before and after (95% Wilson)" in titles
+
+
+def test_a_second_cycle_is_compared_with_the_first_and_plotted_across_versions() -> None:
+    from infra.demo.plots import plots
+    from infra.demo.report import headline, regressions
+    from infra.demo.results import CycleRun, DemoResult
+
+    base = evaluation("v0001", [(False, False)] * 10)
+    first = evaluation("v0002", [(True, True)] * 6 + [(False, False)] * 4)
+    held = evaluation("v0003", [(True, True)] * 7 + [(False, False)] * 3)
+    fell = evaluation("v0003", [(True, True)] * 5 + [(False, True)] + [(False, False)] * 4)
+    kept = DemoResult(before=base, runs=[CycleRun(after=first), CycleRun(after=held)])
+    [(number, line, regressed)] = regressions(kept)
+    assert (number, regressed) == (2, False)
+    assert line.startswith("v0002 -> v0003: no regression; exact figure 6/10")
+    assert [label for label, _ in kept.yardstick()] == ["base", "cycle 1", "cycle 2"]
+    titles = [title for title, _ in plots(kept)]
+    assert "Held-out yardstick across versions (95% Wilson)" in titles
+    assert dict(headline(kept))["cycle 2: held-out yardstick"] == line
+
+    worse = DemoResult(before=base, runs=[CycleRun(after=first), CycleRun(after=fell)])
+    [(_, line, regressed)] = regressions(worse)
+    assert regressed and "REGRESSED" in line and "-1" in line  # one question lost its figure
+    # A cycle that promoted nothing is compared with nothing: the served version is unchanged.
+    idle = DemoResult(before=base, runs=[CycleRun(after=first), CycleRun()])
+    assert regressions(idle) == [(2, "promoted nothing: the served version is unchanged", False)]
+    # A first cycle that promoted nothing: the second is compared with the base.
+    late = DemoResult(before=base, runs=[CycleRun(), CycleRun(after=held)])
+    assert regressions(late)[0][1].startswith("v0001 -> v0003: no regression")
+    assert [label for label, _ in late.yardstick()] == ["base", "cycle 2"]

@@ -22,7 +22,7 @@ import psycopg
 
 from feedback.db import migrate
 from training import distributed, registry, runs
-from training.base_model import weights_digest
+from training.base_model import cast_weights, weights_digest
 from training.cycle_config import TrainCycleConfig
 from training.errors import TrainingError
 from training.settings import TrainingSettings, default_actor  # noqa: F401 - re-exported
@@ -111,6 +111,7 @@ def _lead(
                     )
                 production = registry.ensure_base(conn, str(base.resolve()), weights_digest(base))
             last = runs.last_watermark(conn)
+            t0 = time.monotonic()
             snapshot = build_snapshot(
                 source,
                 conn,
@@ -134,8 +135,9 @@ def _lead(
                 )
                 logger.info(msg)
                 return CycleResult(status="skipped", metrics=snapshot.stats, message=msg)
+            snapshot_s = time.monotonic() - t0
             distributed.broadcast((snapshot, production))  # the followers' plan
-            return _train(settings, conn, config, algo, snapshot, production, progress)
+            return _train(settings, conn, config, algo, snapshot, production, progress, snapshot_s)
 
 
 def _follow(
@@ -157,6 +159,7 @@ def _train(
     snapshot: Snapshot,
     production: registry.ModelVersion,
     progress: bool,
+    snapshot_s: float = 0.0,
 ) -> CycleResult:
     run_id = uuid.uuid4()
     run_dir = (settings.home / "runs" / str(run_id)).resolve()
@@ -178,7 +181,10 @@ def _train(
     tmp_dir = models_dir / f".tmp-{run_id}"
     try:
         paths = RunPaths(run_id, run_dir, tmp_dir)
-        result = _stages(settings, conn, config, algo, snapshot, production, paths, progress)
+        result = _stages(
+            settings, conn, config, algo, snapshot, production, paths, progress,
+            timings={"snapshot_s": snapshot_s},
+        )  # fmt: skip
         if result.status == "candidate" and result.candidate_version:
             from training.cycle_stages import to_canary
 
@@ -233,6 +239,7 @@ def _stages(
     production: registry.ModelVersion,
     paths: RunPaths | None,
     progress: bool,
+    timings: dict[str, float] | None = None,  # seconds per stage, so far
 ) -> CycleResult:
     import torch
 
@@ -248,7 +255,7 @@ def _stages(
     placement = Placement.resolve(settings.train_device, settings.train_precision)
     thresholds = load_thresholds(settings.gates_config)
     plan = stages.plan(config, algo)
-    timings: dict[str, float] = {}
+    timings = dict(timings or {})
     metrics = _run_metrics(algo, plan, snapshot, production, paths)
     parent_dir = Path(production.path)
 
@@ -270,6 +277,9 @@ def _stages(
         if not distributed.is_main():
             return CycleResult(status="follower", run_id=paths.run_id, metrics=metrics)
     assert conn is not None
+    t0 = time.monotonic()
+    cast_weights(out_dir, settings.save_dtype)  # the gates judge the weights that are served
+    timings["cast_s"] = time.monotonic() - t0
     t0 = time.monotonic()
     report = cycle_stages.gate_candidate(
         settings, conn, ctx, reward_models, out_dir, parent_dir, thresholds

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from training import distributed, registry
-from training.base_model import cast_weights
 from training.cycle_config import TrainCycleConfig
 from training.gates import GateInputs, GateThresholds, load_thresholds, run_gates
 from training.promotion import promote_if_ready
@@ -54,6 +53,7 @@ def train_reward_models(
     prompts that neither the policy's reward model nor PPO ever sees); both report
     their accuracy on the held-out slice."""
     from training.reward import RewardScorer, train_reward_model
+    from training.source_weights import weighted
 
     trained: dict[str, Any] = {}
     for name, pairs, cfg, seed in (
@@ -63,7 +63,7 @@ def train_reward_models(
         t0 = time.monotonic()
         result = train_reward_model(
             parent_dir,
-            pairs,
+            weighted(pairs, cfg.source_weights, seed=seed),
             snapshot.heldout_pairs,
             run_dir / name,
             cfg,
@@ -196,8 +196,7 @@ def gate_candidate(
     parent_dir: Path,
     thresholds: GateThresholds,
 ) -> dict[str, Any]:
-    """Cast the candidate to the served dtype, then run the offline gates on it."""
-    cast_weights(out_dir, settings.save_dtype)  # the gates judge the weights that are served
+    """The offline gates on the candidate (already cast to the served dtype)."""
     return gate_stage(
         settings,
         conn,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from training.source_weights import SourceWeights
+
 
 class RewardStageConfig(BaseModel):
     epochs: float = Field(default=1.0, gt=0, description="Passes over the training pairs.")
@@ -19,3 +21,9 @@ class RewardStageConfig(BaseModel):
         "bounded as feedback accumulates; None trains on all.",
     )
     score_batch_size: int = Field(default=16, ge=1, description="Batch size when scoring replies.")
+    source_weights: SourceWeights = Field(
+        default_factory=dict,
+        description="Weight of each feedback source's training pairs (comparison, correction,"
+        " rating; applied by repetition, 0 leaves a source out; unnamed sources count 1). See"
+        " training/source_weights.py.",
+    )

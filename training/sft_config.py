@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from training.source_weights import SourceWeights
+
 
 class SftStageConfig(BaseModel):
     min_examples: int = Field(default=20, ge=1, description="Skip SFT below this many examples.")
@@ -11,3 +13,9 @@ class SftStageConfig(BaseModel):
     learning_rate: float = Field(default=2e-5, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(default=4, ge=1, description="Examples per optimizer step.")
     max_length: int = Field(default=512, ge=16, description="Longer examples are truncated.")
+    source_weights: SourceWeights = Field(
+        default_factory=dict,
+        description="Weight of each feedback source's SFT examples (comparison, correction, rating;"
+        " applied by repetition, 0 leaves a source out; unnamed sources count 1). See"
+        " training/source_weights.py.",
+    )

@@ -99,14 +99,17 @@ def plan(config: TrainCycleConfig, algo: str) -> list[Stage]:
 
 @register("sft")
 def _sft(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
+    from training.source_weights import weighted
+
     cfg = ctx.config.sft
-    if len(ctx.snapshot.sft_examples) < cfg.min_examples:
+    examples = weighted(ctx.snapshot.sft_examples, cfg.source_weights, seed=ctx.config.seed)
+    if len(examples) < cfg.min_examples:
         return StageOutcome(None, {"sft_examples": 0})
     from training.sft import train_sft
 
     metrics = train_sft(
         policy_dir,
-        ctx.snapshot.sft_examples,
+        examples,
         out_dir,
         cfg,
         seed=ctx.config.seed,
@@ -151,12 +154,14 @@ def _ppo(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
 @register("dpo", final=True)
 def _dpo(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
     from training.dpo import train_dpo
+    from training.source_weights import weighted
 
+    cfg = ctx.config.dpo
     history = train_dpo(
         policy_dir,
-        ctx.snapshot.train_pairs,
+        weighted(ctx.snapshot.train_pairs, cfg.source_weights, seed=ctx.config.seed),
         out_dir,
-        ctx.config.dpo,
+        cfg,
         seed=ctx.config.seed,
         progress=ctx.progress,
         placement=ctx.placement,

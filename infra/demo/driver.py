@@ -14,39 +14,38 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from feedback.settings import FeedbackSettings
-from infra.demo import report
-from infra.demo.canary_stage import canary_evidence, canary_picks, wait_for_canary, wait_for_picks
-from infra.demo.employees import Employee, Evaluation, evaluate, simulate
+from infra.demo import report, results
+from infra.demo.employees import Employee, evaluate
+from infra.demo.loop import (
+    EMPLOYEE_NAMES,
+    OPERATOR,
+    STEPS_PER_CYCLE,
+    CycleSteps,
+    _eval_note,
+)
 from infra.demo.questions import PREFERENCE, load_questions, split
-from infra.demo.report import DemoResult
+from infra.demo.results import CycleRun, DemoResult
 from infra.demo.services import Background, api_ready, ratchet_cmd, wait_alive, wait_ready
 from infra.demo.settings import DemoSettings
 from infra.demo.steps import Steps
 from infra.demo.training_step import (
-    promote,
-    run_training_cycle,
     served_version,
-    wait_for_version,
 )
 from ratchet.db import connect
 from serving.auth import create_key
-from training.errors import RegistryError
 
 logger = logging.getLogger(__name__)
 
-EMPLOYEE_NAMES = ["ana", "bruno", "carla", "diogo", "eva", "filipe", "gita", "hugo"]
-OPERATOR = "you"
-STEPS = 13
+STEPS = 13  # with one cycle
 
 
-class Demo:
+class Demo(CycleSteps):
     def __init__(self, settings: DemoSettings | None = None, console: Console | None = None):
         self.s = settings or DemoSettings()
         self.console = console or Console()
-        self.steps = Steps(self.console, STEPS)
+        self.steps = Steps(self.console, STEPS + STEPS_PER_CYCLE * (self.s.cycles - 1))
         self.database_url = FeedbackSettings().database_url
         self.api = Background("api", self.s.run_dir, self.s.log_dir)
         self.consumer = Background("consumer", self.s.run_dir, self.s.log_dir)
@@ -55,6 +54,7 @@ class Demo:
         if self.state_file.exists() and not self.s.fresh:
             self.state = json.loads(self.state_file.read_text())
         self.result = DemoResult()
+        self.number = 1  # the cycle under way (RATCHET_DEMO_CYCLES)
         self._feedback_started = datetime.now(UTC)
 
     # -- helpers -------------------------------------------------------------
@@ -94,19 +94,25 @@ class Demo:
         self.create_keys()
         questions = load_questions(self.s.kb_dir)
         asked, held_out = split(questions, asked=self.s.n_asked(), held_out=self.s.n_held_out())
+        later = self.state.get("later", [])[: self.s.cycles - 1]
         done = self.state.get("cycle", {}).get("version") and "after" in self.state
-        if done and served_version(self.s.base_url, self.result.keys[OPERATOR]) == self.state.get(
-            "served"
-        ):
+        done = done and len(later) == self.s.cycles - 1 and all("after" in c for c in later)
+        served = served_version(self.s.base_url, self.result.keys[OPERATOR])
+        if done and served == (later[-1] if later else self.state).get("served"):
             self._reuse_finished_run()
         else:
+            self.state["later"] = []
             self.ask_before(held_out)
-            self.employees_give_feedback(asked)
-            self.wait_until_stored()
-            self.train()
-            self.canary_stage(asked)
-            self.promote_and_swap()
-            self.ask_after(held_out)
+            for number in range(1, self.s.cycles + 1):
+                self.number = number
+                if number > 1:
+                    self.result.runs.append(CycleRun())
+                self.employees_give_feedback(asked)
+                self.wait_until_stored()
+                self.train()
+                self.canary_stage(asked)
+                self.promote_and_swap()
+                self.ask_after(held_out)
         self.result.timings = dict(self.steps.timings, total=time.monotonic() - started)
         report.summarize(self.console, self.result, self.s)
         path = report.write_html(self.result, self.s)
@@ -226,223 +232,29 @@ class Demo:
             self._save()
             step.note = f"version {self.result.before.version}: " + _eval_note(self.result.before)
 
-    def employees_give_feedback(self, asked: list) -> None:
-        n = self.s.n_employees()
-        title = f"{n} employees ask {len(asked)} questions x{self.s.n_rounds()} and give feedback"
-        with self.steps.step(title) as step:
-            self._feedback_started = datetime.now(UTC)
-            employees = [self._employee(name) for name in EMPLOYEE_NAMES[:n]]
-            total = len(asked) * self.s.n_rounds()
-            with Progress(
-                TextColumn("  questions"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=True,
-                disable=not self.console.is_terminal,
-            ) as bar:
-                task = bar.add_task("feedback", total=total)
-                tally = simulate(
-                    employees,
-                    asked,
-                    rounds=self.s.n_rounds(),
-                    correct_every=self.s.n_correct_every(),
-                    on_progress=lambda done, _: bar.update(task, completed=done),
-                )
-            for e in employees:
-                e.close()
-            self.result.tally = tally
-            self.state["feedback"] = tally.as_dict()
-            self._save()
-            step.note = (
-                f"{tally.chats} chats, {tally.ratings} ratings, {tally.comparisons} A/B picks, "
-                f"{tally.corrections} corrections"
-                + (f", rejected {dict(tally.rejected)}" if tally.rejected else "")
-            )
-
-    def wait_until_stored(self) -> None:
-        tally = self.result.tally
-        assert tally is not None
-        with self.steps.step("ratings reach Postgres through Kafka", log=self.consumer.log) as step:
-            users = list(tally.ratings_by_user)
-            deadline = time.monotonic() + self.s.settle_timeout_s
-            stored = 0
-            while time.monotonic() < deadline:
-                stored = stored_ratings(self.database_url, users, self._feedback_started)
-                step.update(f"{stored}/{tally.ratings} stored")
-                if stored >= tally.ratings:
-                    break
-                if self.consumer.pid() is None:
-                    raise RuntimeError("the consumer exited")
-                time.sleep(1.0)
-            self.result.stored_ratings = stored
-            self.state["stored_ratings"] = stored
-            self._save()
-            if stored != tally.ratings:
-                raise RuntimeError(f"{stored} ratings stored, {tally.ratings} given")
-            step.note = f"{stored} of {tally.ratings} ratings stored"
-
-    def train(self) -> None:
-        log = self._log("train")
-        with self.steps.step("training cycle (reward model, PPO, gates)", log=log) as step:
-            handler = logging.FileHandler(log)
-            handler.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-            )
-            root = logging.getLogger()
-            root.addHandler(handler)
-            root.setLevel(logging.INFO)
-            try:
-                step.update(f"log: {log}")
-                outcome = run_training_cycle(
-                    size="tiny" if self.s.tiny else "demo", database_url=self.database_url
-                )
-            finally:
-                root.removeHandler(handler)
-                handler.close()
-            self.result.cycle = outcome
-            self.state["cycle"] = outcome.as_dict()
-            self._save()
-            if outcome.version is None:
-                raise RuntimeError(f"no candidate: {outcome.skipped_reason or 'see the log'}")
-            verdict = "gates passed" if outcome.gates_passed else "gates FAILED"
-            step.note = f"{outcome.version}: {verdict}, {outcome.pairs} pairs"
-
-    def canary_stage(self, asked: list) -> None:
-        """Offline gates passed: the candidate is the canary; employees' A/B picks decide."""
-        cycle = self.result.cycle
-        assert cycle is not None and cycle.version is not None
-        if not cycle.gates_passed:
-            self.steps.skip("canary stage", f"{cycle.version} failed its offline gates")
-            return
-        picks = self.s.n_canary_picks()
-        with self.steps.step(
-            f"canary stage: employees pick between {cycle.version} and production"
-        ) as step:
-            step.update(f"waiting for the API to load the canary {cycle.version}")
-            wait_for_canary(self.s.base_url, cycle.version, timeout=self.s.swap_timeout_s)
-            employees = [self._employee(name) for name in EMPLOYEE_NAMES[: self.s.n_employees()]]
-            try:
-                canary_picks(
-                    employees, asked, picks, on_progress=lambda d, n: step.update(f"{d}/{n} picks")
-                )
-            finally:
-                for e in employees:
-                    e.close()
-            wait_for_picks(self.database_url, cycle.version, picks, timeout=self.s.settle_timeout_s)
-            self.result.canary = canary_evidence(self.database_url, cycle.version)
-            self.state["canary"] = self.result.canary
-            self._save()
-            c = self.result.canary
-            low, high = c["interval"]
-            step.note = (
-                f"{c['total']} picks: canary won {c['wins']}, lost {c['losses']}, tied {c['ties']};"
-                f" Wilson [{low:.2f}, {high:.2f}] (needs >= {c['lower_min']} with {c['min_picks']})"
-            )
-
-    def promote_and_swap(self) -> None:
-        cycle = self.result.cycle
-        assert cycle is not None and cycle.version is not None
-        if not cycle.gates_passed and not self.s.force_promote:
-            self._not_promoted(f"{cycle.version} failed its gates; production unchanged")
-            return
-        with self.steps.step(f"promote {cycle.version} and hot-swap the API") as step:
-            try:
-                self.result.promotion = promote(
-                    self.database_url, cycle.version, force=False, reason="demo: gates and canary"
-                )
-            except RegistryError as exc:
-                self.result.refusal = str(exc)
-                self.state["refusal"] = self.result.refusal
-                if not self.s.force_promote:
-                    step.note = f"refused: {exc}"
-                    self._not_promoted(None)
-                    return
-                self.result.promotion = promote(
-                    self.database_url,
-                    cycle.version,
-                    force=True,
-                    reason="demo: forced (RATCHET_DEMO_FORCE_PROMOTE) over a refusal",
-                )
-            self.result.swap_seconds = wait_for_version(
-                self.s.base_url,
-                self.result.keys[OPERATOR],
-                cycle.version,
-                timeout=self.s.swap_timeout_s,
-                on_progress=step.update,
-            )
-            self.result.served = cycle.version
-            self.state.update(
-                promotion=self.result.promotion,
-                served=cycle.version,
-                swap_seconds=self.result.swap_seconds,
-            )
-            self._save()
-            took = self.result.swap_seconds
-            step.note = f"{self.result.promotion}; serving {cycle.version} after {took:.0f} s"
-
-    def _not_promoted(self, skip_note: str | None) -> None:
-        if skip_note:
-            self.steps.skip("promotion", skip_note)
-        self.result.served = served_version(self.s.base_url, self.result.keys[OPERATOR])
-        self.state["served"] = self.result.served
-        self._save()
-
-    def ask_after(self, held_out: list) -> None:
-        if self.result.promotion is None:
-            self.steps.skip("held-out questions after training", "nothing was promoted")
-            self.state["after"] = None
-            self._save()
-            return
-        with self.steps.step("held-out questions after training") as step:
-            asker = self._employee(OPERATOR)
-            self.result.after = evaluate(asker, held_out)
-            asker.close()
-            self.state["after"] = self.result.after.as_dict()
-            self._save()
-            step.note = f"version {self.result.after.version}: " + _eval_note(self.result.after)
-
     def _reuse_finished_run(self) -> None:
         """A second `make demo`: the loop already ran and its version is served."""
-        for title in (
-            "held-out questions before",
-            "employees' feedback",
-            "ratings stored",
-            "training cycle",
-            "canary stage",
-            "promotion and swap",
-            "held-out questions after",
-        ):
+        titles = ["held-out questions before"] + [
+            f"cycle {n}: {title}" if self.s.cycles > 1 else title
+            for n in range(1, self.s.cycles + 1)
+            for title in (
+                "employees' feedback",
+                "ratings stored",
+                "training cycle",
+                "canary stage",
+                "promotion and swap",
+                "held-out questions after",
+            )
+        ]
+        for title in titles:
             self.steps.skip(title, "done by an earlier run (RATCHET_DEMO_FRESH=1 runs it again)")
         self.result.reused.append("loop")
-        self.result.before = report.evaluation_from(self.state.get("before"))
-        self.result.after = report.evaluation_from(self.state.get("after"))
-        self.result.tally = report.tally_from(self.state.get("feedback"))
-        self.result.stored_ratings = int(self.state.get("stored_ratings", 0))
-        self.result.cycle = report.cycle_from(self.state.get("cycle"))
-        self.result.promotion = self.state.get("promotion")
-        self.result.canary = self.state.get("canary")
-        self.result.refusal = self.state.get("refusal")
-        self.result.served = self.state.get("served")
-        self.result.swap_seconds = self.state.get("swap_seconds")
-
-
-def stored_ratings(database_url: str, users: list[str], since: datetime) -> int:
-    """Ratings by ``users`` given from ``since`` on (an earlier run's stay out of the count)."""
-    with connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM ratings WHERE user_id = ANY(%s) AND occurred_at >= %s",
-            (users, since),
-        ).fetchone()
-    return int(row[0]) if row else 0
+        self.result.before = results.evaluation_from(self.state.get("before"))
+        later = self.state.get("later", [])[: self.s.cycles - 1]
+        self.result.runs = [results.run_from(c) for c in [self.state, *later]]
 
 
 def _port_taken(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-def _eval_note(ev: Evaluation) -> str:
-    return f"exact figure in {ev.fact_rate:.0%}, cites the handbook in {ev.cite_rate:.0%}"

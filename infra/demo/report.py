@@ -3,41 +3,17 @@ plots embedded as base64 PNGs, and the instructions printed at the end."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from infra.demo.employees import Evaluation, Reply, Tally
-from infra.demo.questions import Judgement, Question
+from infra.demo.plots import plots
+from infra.demo.results import DemoResult
 from infra.demo.settings import DemoSettings
 from infra.demo.training_step import CycleOutcome
-
-
-@dataclass
-class DemoResult:
-    """What the demo did, for the summary, the report and the e2e test."""
-
-    model_dir: str = ""
-    tally: Tally | None = None
-    stored_ratings: int = 0
-    before: Evaluation | None = None
-    after: Evaluation | None = None
-    cycle: CycleOutcome | None = None
-    promotion: str | None = None  # "promote", "force_promote", or None (not promoted)
-    canary: dict[str, Any] | None = None  # users' A/B picks of the canary (training.promotion)
-    refusal: str | None = None  # why the promotion policy refused, if it did
-    swap_seconds: float | None = None
-    served: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    keys: dict[str, str] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)
 
 
 def _fmt(value: Any) -> str:
@@ -140,7 +116,48 @@ def headline(result: DemoResult) -> list[tuple[str, str]]:
             rows.append(
                 (f"held-out {change.criterion}: before -> after (95% Wilson)", change.line())
             )
+    for number, run in enumerate(result.runs[1:], 2):
+        cycle = run.cycle
+        rows.append(
+            (
+                f"cycle {number}: candidate, promotion",
+                (
+                    f"{cycle.version} ({'gates passed' if cycle.gates_passed else 'gates failed'})"
+                    if cycle and cycle.version
+                    else "—"
+                )
+                + f", {run.promotion or 'not promoted'}",
+            )
+        )
+    rows += [(f"cycle {n}: held-out yardstick", line) for n, line, _ in regressions(result)]
     return rows
+
+
+def regressions(result: DemoResult) -> list[tuple[int, str, bool]]:
+    """Each cycle after the first against the version served before it, on the held-out
+    yardstick: (cycle, line, regressed). A cycle regressed when a rate fell (the exact
+    McNemar p-value says how surely); one that promoted nothing changed nothing."""
+    from infra.demo.yardstick import compare
+
+    out: list[tuple[int, str, bool]] = []
+    previous = result.runs[0].after or result.before
+    for number, run in enumerate(result.runs[1:], 2):
+        if run.after is None or previous is None:
+            out.append((number, "promoted nothing: the served version is unchanged", False))
+            continue
+        changes = compare(previous, run.after)
+        regressed = any(c.after < c.before for c in changes)
+        verdict = "REGRESSED" if regressed else "no regression"
+        out.append(
+            (
+                number,
+                f"{previous.version} -> {run.after.version}: {verdict}; "
+                + "; ".join(f"{c.criterion} {c.line()}" for c in changes),
+                regressed,
+            )
+        )
+        previous = run.after
+    return out
 
 
 def summarize(console: Console, result: DemoResult, settings: DemoSettings) -> None:
@@ -159,6 +176,9 @@ def summarize(console: Console, result: DemoResult, settings: DemoSettings) -> N
         )
     if gate_rows(result.cycle):
         console.print(gates)
+    for number, line, regressed in regressions(result):
+        colour = "red" if regressed else "green"
+        console.print(f"[{colour}]cycle {number} on the held-out yardstick:[/] {line}")
     if result.cycle and not result.cycle.gates_passed and result.promotion is None:
         failed = [n for n, ok, *_ in gate_rows(result.cycle) if not ok]
         console.print(
@@ -167,94 +187,6 @@ def summarize(console: Console, result: DemoResult, settings: DemoSettings) -> N
             f"{result.cycle.version}`; an operator may still `ratchet models promote "
             f"{result.cycle.version} --force --reason ...` (audited)."
         )
-
-
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def plots(result: DemoResult) -> list[tuple[str, str]]:
-    """(title, base64 PNG) for each plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: list[tuple[str, str]] = []
-    tally = result.tally
-    if tally is not None:
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3))
-        axes[0].bar(
-            ["up", "down"],
-            [tally.thumbs.get("up", 0), tally.thumbs.get("down", 0)],
-            color=["#3a3", "#c33"],
-        )
-        axes[0].set_title("thumbs")
-        axes[1].bar([str(s) for s in range(1, 6)], [tally.stars.get(s, 0) for s in range(1, 6)])
-        axes[1].set_title("stars")
-        axes[2].bar(["a", "b", "tie"], [tally.winners.get(k, 0) for k in ("a", "b", "tie")])
-        axes[2].set_title("A/B picks")
-        out.append(("Feedback the employees gave", _png(fig)))
-    if result.before is not None:
-        out.append(("Held-out questions, before and after (95% Wilson)", _heldout_plot(result)))
-    gates = (result.cycle.gate_report if result.cycle else {}).get("gates", {})
-    win = gates.get("win_rate")
-    if win and (win.get("detail") or {}).get("win_rate") is not None and win.get("interval"):
-        fig, ax = plt.subplots(figsize=(6, 1.8))
-        (lo, hi), mid = win["interval"], win["detail"]["win_rate"]
-        ax.errorbar([mid], [0], xerr=[[mid - lo], [hi - mid]], fmt="o", capsize=6)
-        threshold = (result.cycle.gate_report.get("thresholds") or {}).get(
-            "win_rate_lower_min", 0.5
-        )
-        ax.axvline(threshold, color="#c33", linestyle="--", label=f"gate: lower >= {threshold}")
-        ax.set_xlim(0, 1)
-        ax.set_yticks([])
-        ax.set_xlabel("candidate win rate vs production (independent judge)")
-        ax.legend(loc="upper left")
-        out.append(("Win rate with confidence interval", _png(fig)))
-    for path in result.cycle.plots if result.cycle else []:
-        if Path(path).exists():
-            out.append(
-                (
-                    f"Training run: {Path(path).name}",
-                    base64.b64encode(Path(path).read_bytes()).decode(),
-                )
-            )
-    return out
-
-
-def _heldout_plot(result: DemoResult) -> str:
-    """The yardstick's rates with Wilson intervals, and the paired test's p-values."""
-    import matplotlib.pyplot as plt
-
-    from infra.demo.yardstick import compare
-    from training.stats import wilson_interval
-
-    assert result.before is not None
-    evals = [("before", result.before)] + ([("after", result.after)] if result.after else [])
-    pvalues = compare(result.before, result.after) if result.after is not None else []
-    fig, ax = plt.subplots(figsize=(6, 3))
-    width = 0.35
-    for i, (label, ev) in enumerate(evals):
-        n = len(ev.rows)
-        rates = [ev.fact_rate, ev.cite_rate]
-        cis = [wilson_interval(round(r * n), n) for r in rates]
-        xs = [j + i * width for j in range(2)]
-        err = [[max(0.0, r - lo) for r, (lo, _) in zip(rates, cis, strict=True)],
-               [max(0.0, hi - r) for r, (_, hi) in zip(rates, cis, strict=True)]]  # fmt: skip
-        ax.bar(xs, rates, width, yerr=err, capsize=4, label=f"{label} ({ev.version}, n={n})")
-    names = ["exact figure", "cites"]
-    if pvalues:
-        names = [f"{c.criterion}\nMcNemar p={c.p_value:.3g}" for c in pvalues]
-    ax.set_xticks([j + width / 2 for j in range(2)], names)
-    ax.set_ylim(0, 1)
-    ax.legend()
-    return _png(fig)
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
@@ -276,9 +208,7 @@ def write_html(result: DemoResult, settings: DemoSettings) -> Path:
         for title, data in plots(result)
     )
     answers = ""
-    for label, ev in (("before", result.before), ("after", result.after)):
-        if ev is None:
-            continue
+    for label, ev in result.yardstick():
         answers += f"<h3>{label} ({esc(ev.version)})</h3><table>"
         answers += "<tr><th>question</th><th>reply</th><th>score</th></tr>"
         answers += "".join(
@@ -328,51 +258,4 @@ def instructions(console: Console, settings: DemoSettings, key: str) -> None:
 
 Logs: {settings.log_dir}/ (api.log, consumer.log, demo-*.log)
 Stop everything: [bold]make stack-down[/]"""
-    )
-
-
-# -- rebuilding results from state.json (a second `make demo`) ----------------
-def evaluation_from(data: dict[str, Any] | None) -> Evaluation | None:
-    if not data:
-        return None
-    rows = []
-    for a in data.get("answers", []):
-        score = int(a["score"])
-        judgement = Judgement(states_fact=score >= 2, cites=score % 2 == 1)
-        rows.append(
-            (Question(a["question"], "", ()), Reply(a["reply"], "", data["version"], judgement))
-        )
-    return Evaluation(version=data["version"], rows=rows)
-
-
-def tally_from(data: dict[str, Any] | None) -> Tally | None:
-    if not data:
-        return None
-    tally = Tally(
-        chats=data["chats"],
-        ratings=data["ratings"],
-        comparisons=data["comparisons"],
-        corrections=data["corrections"],
-    )
-    tally.rejected = Counter(data.get("rejected", {}))
-    tally.thumbs = Counter(data.get("thumbs", {}))
-    tally.stars = Counter({int(k): v for k, v in data.get("stars", {}).items()})
-    tally.winners = Counter(data.get("winners", {}))
-    tally.ratings_by_user = Counter(data.get("ratings_by_user", {}))
-    tally.scores = list(data.get("scores", []))
-    return tally
-
-
-def cycle_from(data: dict[str, Any] | None) -> CycleOutcome | None:
-    if not data:
-        return None
-    return CycleOutcome(
-        run_id=data.get("run_id"),
-        version=data.get("version"),
-        gates_passed=bool(data.get("gates_passed")),
-        gate_report=data.get("gate_report") or {},
-        metrics=data.get("metrics") or {},
-        pairs=int(data.get("pairs") or 0),
-        skipped_reason=data.get("skipped_reason"),
-        plots=[Path(p) for p in data.get("plots", [])],
     )

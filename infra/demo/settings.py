@@ -59,6 +59,13 @@ class DemoSettings(RatchetSettings):
         description="A/B picks the employees give in the canary stage (default: the promotion"
         " policy's minimum, canary_min_picks in gates.yaml).",
     )
+    cycles: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Training cycles in a row (2: a second round of feedback on the version the"
+        " first promoted, then training, gates, canary stage and promotion on top of it).",
+    )
     force_promote: bool = Field(
         default=False,
         description="Promote the candidate even if its gates or its canary stage refuse it"

@@ -2,7 +2,12 @@
 engine) and consumer processes, real broker and Postgres, a real training
 cycle, the offline gates, the canary stage, and promotion only where the
 promotion policy allows it: no ``force_promote``. The test accepts the
-outcome the gates give and checks that each outcome is carried through."""
+outcome the gates give and checks that each outcome is carried through.
+
+It runs two cycles (``RATCHET_DEMO_CYCLES=2``): the second on new feedback given
+to whatever the first left serving. The tests of the first cycle read
+``result.runs[0]``; the last test checks the second and the report's comparison
+of the two on the held-out yardstick."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import pytest
 from rich.console import Console
 
 from infra.demo.driver import OPERATOR, Demo, DemoResult
+from infra.demo.report import regressions
 from infra.demo.settings import DemoSettings
 from infra.local.tansu import Broker, free_port
 from tests.conftest import CACHE
@@ -52,7 +58,7 @@ def demo_run(
         mp.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap)
         mp.setenv("RATCHET_HOME", str(home))
         mp.setenv("RATCHET_MODELS_DIR", str(home / "models"))
-        settings = DemoSettings(size="tiny", port=free_port(), fresh=True)
+        settings = DemoSettings(size="tiny", port=free_port(), fresh=True, cycles=2)
         demo = Demo(settings, Console(width=120))
         try:
             yield demo.run(), database_url, home, settings.base_url
@@ -64,13 +70,17 @@ def demo_run(
 
 def test_every_rating_given_is_stored(demo_run) -> None:
     result, database_url, _, _ = demo_run
-    assert result.tally is not None and result.tally.ratings > 0
-    assert not result.tally.rejected
+    tallies = [run.tally for run in result.runs]
+    assert len(tallies) == 2 and all(t is not None and t.ratings > 0 for t in tallies)
+    assert not any(t.rejected for t in tallies)  # type: ignore[union-attr]
     with psycopg.connect(database_url) as conn:
         stored = conn.execute("SELECT count(*) FROM ratings").fetchone()[0]  # type: ignore[index]
-        comparisons = conn.execute("SELECT count(*) FROM comparisons").fetchone()[0]  # type: ignore[index]
-    assert stored == result.tally.ratings == result.stored_ratings
-    assert comparisons == result.tally.comparisons
+        picks = conn.execute("SELECT count(*) FROM comparisons").fetchone()[0]  # type: ignore[index]
+    assert [run.stored_ratings for run in result.runs] == [t.ratings for t in tallies]  # type: ignore[union-attr]
+    assert stored == sum(t.ratings for t in tallies)  # type: ignore[union-attr]
+    # The A/B picks of the feedback phases, and of each canary stage that ran.
+    canary = sum(run.canary["total"] for run in result.runs if run.canary)
+    assert picks == sum(t.comparisons for t in tallies) + canary  # type: ignore[union-attr]
 
 
 def test_a_candidate_is_registered_with_a_full_gate_report(demo_run) -> None:
@@ -123,6 +133,8 @@ def test_the_promotion_policy_decides_what_is_served(demo_run) -> None:
         ).fetchone()
     assert forced == (0,)
     assert (_served(base_url, result.keys[OPERATOR]),) == production  # the API agrees
+    assert result.served == production[0]  # type: ignore[index]
+    first = result.runs[0]
     page = (home / "demo" / "report.html").read_text()
     assert "independent judge" in page and "human win rate" in page
     for gate in GATES:
@@ -130,15 +142,41 @@ def test_the_promotion_policy_decides_what_is_served(demo_run) -> None:
     if not cycle.gates_passed:
         # Refused offline: no canary stage, nothing promoted, production unchanged.
         assert result.canary is None and result.promotion is None
-        assert production == parent
+        assert first.served == parent[0]  # type: ignore[index]
         assert "not promoted" in page
         return
     # Offline gates passed: employees picked between canary and production.
     assert result.canary is not None and result.canary["total"] >= result.canary["min_picks"]
     if result.canary["ready"]:
         assert result.promotion == "promote"
-        assert result.served == cycle.version and production == (cycle.version,)
+        assert first.served == cycle.version
         assert result.after is not None and result.after.version == cycle.version
     else:
         assert result.promotion is None and result.refusal is not None
-        assert "A/B picks" in result.refusal and production == parent
+        assert "A/B picks" in result.refusal and first.served == parent[0]  # type: ignore[index]
+
+
+def test_a_second_cycle_trains_on_what_the_first_left_serving(demo_run) -> None:
+    result, database_url, home, _ = demo_run
+    first, second = result.runs
+    assert first.cycle is not None and second.cycle is not None
+    assert second.cycle.version is not None and second.cycle.version != first.cycle.version
+    with psycopg.connect(database_url) as conn:
+        (parent,) = conn.execute(
+            "SELECT parent_id FROM model_versions WHERE id = %s", (second.cycle.version,)
+        ).fetchone()  # type: ignore[misc]
+    assert parent == first.served  # on top of the version the first cycle left serving
+    # The second cycle trained on new feedback (its watermark is after the first's).
+    assert second.cycle.metrics["snapshot"]["pairs_new"] > 0
+    if second.promotion is not None:
+        assert second.after is not None and second.after.version == second.cycle.version
+        assert result.served == second.cycle.version
+    else:
+        assert second.after is None and result.served == first.served
+    # The report compares the second cycle with what was served before it.
+    [(number, line, regressed)] = regressions(result)
+    assert number == 2 and ("REGRESSED" in line) == regressed
+    labels = [label for label, _ in result.yardstick()]
+    assert labels[0] == "base" and ("cycle 2" in labels) == (second.after is not None)
+    page = (home / "demo" / "report.html").read_text()
+    assert "Held-out yardstick across versions" in page and "cycle 2: held-out yardstick" in page

@@ -1,0 +1,59 @@
+"""``RATCHET_DEMO_CYCLES``: the demo's step count, where each cycle's state is saved,
+and a second ``make demo`` rebuilding every cycle's results from state.json (no
+services: the driver is built but not run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from infra.demo.driver import STEPS, Demo
+from infra.demo.loop import STEPS_PER_CYCLE
+from infra.demo.settings import DemoSettings
+
+
+def answers(version: str, score: int) -> dict:
+    return {"version": version, "answers": [{"question": "q", "reply": "r", "score": score}]}
+
+
+def test_two_cycles_save_apart_and_are_rebuilt_from_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RATCHET_HOME", str(tmp_path))
+    monkeypatch.setenv("RATCHET_DEMO_CYCLES", "2")
+    console = Console(width=160, record=True)
+    demo = Demo(DemoSettings(size="tiny", fresh=True), console)
+    assert demo.s.cycles == 2 and demo.steps.total == STEPS + STEPS_PER_CYCLE
+    demo.cstate["served"] = "v0002"  # the first cycle's state stays at the top level
+    demo.number = 2
+    demo.cstate["served"] = "v0003"
+    assert demo.state["served"] == "v0002" and demo.state["later"] == [{"served": "v0003"}]
+
+    demo.state = {
+        "before": answers("v0001", 0),
+        "cycle": {"version": "v0002", "gates_passed": True},
+        "promotion": "promote",
+        "after": answers("v0002", 3),
+        "served": "v0002",
+        "later": [
+            {
+                "cycle": {"version": "v0003", "gates_passed": True},
+                "promotion": "promote",
+                "after": answers("v0003", 2),  # keeps the figure, stops citing
+                "served": "v0003",
+            }
+        ],
+    }
+    demo._reuse_finished_run()
+    first, second = demo.result.runs
+    assert (first.served, second.served, demo.result.served) == ("v0002", "v0003", "v0003")
+    assert second.after is not None and second.after.cite_rate == 0.0
+    from infra.demo.report import summarize
+
+    summarize(console, demo.result, demo.s)
+    text = console.export_text()
+    assert "cycle 2 on the held-out yardstick: v0002 -> v0003: REGRESSED" in text
+    with pytest.raises(ValueError):
+        DemoSettings(cycles=0)
