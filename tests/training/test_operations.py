@@ -69,6 +69,8 @@ def test_starting_a_cycle_runs_ratchet_train_in_the_background(
     # No base model and no pairs here: the child starts, takes the lock, and says why
     # it stops; the call itself returns at once with the child's pid and log.
     monkeypatch.setenv("RATCHET_HOME", str(tmp_path / "home"))
+    # Not the checkout's models/ (a `make demo` leaves a base model there).
+    monkeypatch.setenv("RATCHET_MODELS_DIR", str(tmp_path / "models"))
     started = operations.start_cycle(database_url, actor="olga", log_dir=tmp_path)
     assert started.command[:3] == [sys.executable, "-m", "ratchet.cli"]
     deadline = time.monotonic() + 120
