@@ -22,6 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 from feedback.consumer import FeedbackConsumer
 from feedback.events import ChatMessage, MessageLogged, RatingGiven
 from feedback.message_ids import new_message_id
+from feedback.producer import EventProducer
 from feedback.settings import FeedbackSettings
 from infra.local.postgres import PrivateCluster
 from infra.local.tansu import Broker, free_port
@@ -76,6 +77,14 @@ def thumbs(m: MessageLogged, up: bool = True, **kw: object) -> RatingGiven:
     return RatingGiven(
         user_id=m.user_id, message_id=m.message_id, thumbs="up" if up else "down", **kw
     )  # type: ignore[arg-type]
+
+
+def publish_thumbs(producer: EventProducer, user: str, n: int) -> set[str]:
+    """``n`` thumbs-up of ``user`` published through ``producer``; their event ids."""
+    events = [thumbs(message(user)) for _ in range(n)]
+    for e in events:
+        producer.publish(e)
+    return {str(e.event_id) for e in events}
 
 
 def count(url: str, table: str, where: str = "TRUE") -> int:

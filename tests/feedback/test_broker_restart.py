@@ -30,19 +30,11 @@ from infra.local.tansu import Broker
 from tests.feedback.conftest import (
     ConsumerThread,
     make_settings,
-    message,
+    publish_thumbs,
     rating_ids,
     read_topic,
-    thumbs,
     wait_for,
 )
-
-
-def _publish(producer: EventProducer, user: str, n: int) -> set[str]:
-    events = [thumbs(message(user)) for _ in range(n)]
-    for e in events:
-        producer.publish(e)
-    return {str(e.event_id) for e in events}
 
 
 def test_sends_buffered_across_a_broker_restart_are_all_stored(
@@ -58,19 +50,19 @@ def test_sends_buffered_across_a_broker_restart_are_all_stored(
     )
     producer = EventProducer(settings)
     try:
-        before = _publish(producer, user, 20)
+        before = publish_thumbs(producer, user, 20)
         assert producer.flush(30)
         consumer = run_consumer(settings)
         wait_for(lambda: rating_ids(database_url, user) == before, 60, "the first 20 stored")
         consumer.stop()  # tansu forgets offsets and groups: the consumer restarts with it
 
         fresh_broker.stop()
-        during = _publish(producer, user, 300)  # the producer still believes in the broker
+        during = publish_thumbs(producer, user, 300)  # the producer still believes in the broker
         time.sleep(1)
         fresh_broker.start()
         after: set[str] = set()
         for _ in range(6):
-            after |= _publish(producer, user, 50)
+            after |= publish_thumbs(producer, user, 50)
             time.sleep(0.3)
         wait_for(
             lambda: producer.pending() == 0 and producer.backlog() == 0,

@@ -18,17 +18,11 @@ from tests.feedback.conftest import (
     ConsumerThread,
     make_settings,
     message,
+    publish_thumbs,
     rating_ids,
     thumbs,
     wait_for,
 )
-
-
-def _publish(producer: EventProducer, user: str, n: int) -> set[str]:
-    events = [thumbs(message(user)) for _ in range(n)]
-    for e in events:
-        producer.publish(e)
-    return {str(e.event_id) for e in events}
 
 
 def test_consumer_reads_the_new_log_after_a_broker_restart(
@@ -42,7 +36,7 @@ def test_consumer_reads_the_new_log_after_a_broker_restart(
     producer = EventProducer(settings)
     consumer = run_consumer(settings)
     try:
-        before = _publish(producer, user, 300)
+        before = publish_thumbs(producer, user, 300)
         wait_for(lambda: rating_ids(database_url, user) == before, 90, "the first 300 stored")
 
         fresh_broker.stop()
