@@ -62,11 +62,12 @@ def test_every_fact_is_in_its_source_document(q: Question) -> None:
     assert verdict.states_fact and verdict.cites, ideal_answer(KB, q)
 
 
-def test_the_full_demo_holds_out_at_least_40_and_asks_about_as_many_as_before() -> None:
+def test_the_full_demo_holds_out_at_least_40_and_asks_enough_for_the_gates() -> None:
+    """40 asked: about 1.5x the 24 that gave 20 held-out pairs, below the gates' minimum of 30."""
     s = DemoSettings(size="full")
     asked, held = split(QUESTIONS, asked=s.n_asked(), held_out=s.n_held_out())
     assert len(held) >= 40
-    assert len(asked) == s.n_asked() == 24
+    assert len(asked) == s.n_asked() == 40
     assert not {q.question for q in asked} & {q.question for q in held}
     # Both sets cover the whole handbook, so the yardstick is not one document's.
     documents = {q.source for q in QUESTIONS}

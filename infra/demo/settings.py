@@ -34,7 +34,7 @@ class DemoSettings(RatchetSettings):
     asked: int | None = Field(
         default=None,
         ge=1,
-        description="Questions the employees ask (default 24, tiny 15), spread over those not"
+        description="Questions the employees ask (default 40, tiny 15), spread over those not"
         " held out; caps the feedback phase's length.",
     )
     held_out: int | None = Field(
@@ -99,7 +99,7 @@ class DemoSettings(RatchetSettings):
         return f"http://{self.host}:{self.port}"
 
     def n_asked(self) -> int:
-        return self.asked or (15 if self.tiny else 24)
+        return self.asked or (15 if self.tiny else 40)
 
     def n_held_out(self) -> int:
         return self.held_out or (3 if self.tiny else 40)
