@@ -17,6 +17,7 @@ from training.device import Placement, trl_arguments
 from training.errors import TrainingError
 from training.reward_config import RewardStageConfig
 from training.snapshot import Messages, Pair
+from training.truncation import fit_messages, prompt_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +81,26 @@ class RewardScorer:
 def encode(
     tokenizer: Any, prompt: Messages, reply: str, max_length: int | None = None
 ) -> list[int]:
-    """The token ids the reward model reads for ``prompt`` and ``reply``: the chat
-    template's text, cut from the left to ``max_length`` so the reply (at the end) is
-    always kept. Training and scoring both read pairs this way, so a long grounded
-    prompt loses its oldest context (the start of its sources), never the pair."""
+    """The token ids the reward model reads for ``prompt`` and ``reply``, at most
+    ``max_length``. A long prompt is cut by whole messages first
+    (``training.truncation.fit_messages``: older turns, then the least relevant
+    sources), so the system header, the question, the best sources and the reply
+    stay; only a prompt that still does not fit is cut from the left. Training and
+    scoring both read pairs this way."""
+    ids = _conversation_ids(tokenizer, prompt, reply)
+    if max_length is None or len(ids) <= max_length:
+        return ids
+    reply_cost = len(ids) - prompt_tokens(tokenizer, prompt)
+    fitted = fit_messages(tokenizer, prompt, max(max_length - reply_cost, 1))
+    return _conversation_ids(tokenizer, fitted, reply)[-max_length:]
+
+
+def _conversation_ids(tokenizer: Any, prompt: Messages, reply: str) -> list[int]:
     text = tokenizer.apply_chat_template(
         [*prompt, {"role": "assistant", "content": reply}], tokenize=False
     )
     ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids if max_length is None else ids[-max_length:]
+    return ids
 
 
 def train_reward_model(
@@ -165,21 +177,27 @@ def _sample_pairs(pairs: Sequence[Pair], limit: int | None, seed: int) -> Sequen
 
 def _token_rows(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> list[dict[str, Any]]:
     """RewardTrainer's rows (``chosen_ids``, ``rejected_ids``), each cut to ``max_length``
-    from the left (see ``encode``)."""
-    encoded = [
-        (encode(tokenizer, p.prompt, p.chosen), encode(tokenizer, p.prompt, p.rejected))
-        for p in pairs
-    ]
-    too_long = sum(1 for c, r in encoded if max(len(c), len(r)) > max_length)
-    if too_long:
+    (see ``encode``)."""
+    rows, cut = [], 0
+    for p in pairs:
+        chosen, rejected = (
+            _conversation_ids(tokenizer, p.prompt, p.chosen),
+            _conversation_ids(tokenizer, p.prompt, p.rejected),
+        )
+        if max(len(chosen), len(rejected)) > max_length:
+            cut += 1
+            chosen = encode(tokenizer, p.prompt, p.chosen, max_length)
+            rejected = encode(tokenizer, p.prompt, p.rejected, max_length)
+        rows.append({"chosen_ids": chosen, "rejected_ids": rejected})
+    if cut:
         logger.info(
             "reward model: %d of %d pairs are longer than %d tokens; their prompts are cut"
-            " from the left (the replies are kept)",
-            too_long,
-            len(encoded),
+            " by whole messages (least relevant sources first; the replies are kept)",
+            cut,
+            len(pairs),
             max_length,
         )
-    return [{"chosen_ids": c[-max_length:], "rejected_ids": r[-max_length:]} for c, r in encoded]
+    return rows
 
 
 def _fit(

@@ -1,6 +1,6 @@
 """Examples longer than a stage's max_length: SFT leaves them out and says so; the
-reward model reads them cut from the left (as its scorer does), and trains on at
-most `max_train_pairs`."""
+reward model reads them cut (whole sources first, then from the left, as its scorer
+does), and trains on at most `max_train_pairs`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def test_only_pairs_that_fit_are_kept(tiny_model_dir: Path) -> None:
 
 
 def test_reward_model_cuts_long_pairs_from_the_left(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A prompt with no sources or older turns to drop is cut from the left (grounded
+    prompts lose whole sources first: test_ppo_details)."""
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     pair = make_pairs(1)[0]
     full = encode(tok, pair.prompt, pair.chosen)

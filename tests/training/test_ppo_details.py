@@ -18,7 +18,7 @@ from training.device import Placement
 from training.ppo import PpoTrainer, load_models, sample_replies
 from training.ppo_config import PpoStageConfig
 from training.ppo_shaping import RunningMoments, ended_with_eos, rollout_generation_config
-from training.reward import RewardScorer
+from training.reward import RewardScorer, encode
 from training.snapshot import Snapshot
 from training.truncation import fit_messages, prompt_tokens
 
@@ -183,6 +183,24 @@ def test_prompts_are_cut_by_whole_messages_keeping_header_and_question(
     tight = fit_messages(tokenizer, messages, 8)
     assert tight[0]["content"].startswith(GROUNDING_INSTRUCTIONS)
     assert tight[-1]["content"] == "How many days of leave do I get?"
+
+
+def test_the_reward_model_reads_long_prompts_cut_by_whole_sources(tiny_model_dir: Path) -> None:
+    """Cut from the left, a grounded prompt would lose its header and its best sources
+    first; the reward model's reader drops the least relevant sources instead."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = grounded("How many days of leave do I get?", n_sources=3, turns=0)
+    reply = "25 days, says the handbook [1]."
+    full = encode(tokenizer, messages, reply)
+    read = encode(tokenizer, messages, reply, len(full) - 20)
+    text = tokenizer.decode(read)
+    assert len(read) <= len(full) - 20
+    assert GROUNDING_INSTRUCTIONS[:40] in text and "How many days of leave" in text
+    assert "[1] Doc 1" in text and "[3] Doc 3" not in text
+    assert reply in text
+    assert encode(tokenizer, messages, reply, len(full)) == full  # fits: read whole
 
 
 def test_ppo_reference_is_the_model_ppo_starts_from(
