@@ -12,8 +12,20 @@ import pytest
 import yaml
 from bs4 import BeautifulSoup
 
-from infra.demo.questions import Question, _norm, ideal_answer, judge, load_questions, split
+from infra.demo.questions import (
+    REFUSAL,
+    Question,
+    _norm,
+    ideal_answer,
+    judge,
+    load_out_of_policy,
+    load_questions,
+    split,
+)
 from infra.demo.settings import DemoSettings
+from training.evaluate import is_refusal
+from training.gates import DEFAULT_SAFETY_FILE
+from training.suites_io import load_safety
 
 KB = Path(__file__).resolve().parents[1] / "infra" / "demo" / "kb"
 QUESTIONS = load_questions(KB)
@@ -103,3 +115,27 @@ def test_the_near_duplicate_check_catches_a_rephrasing() -> None:
 def test_too_many_held_out_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot hold out"):
         split(QUESTIONS, asked=1, held_out=len(QUESTIONS))
+
+
+def test_out_of_policy_requests_are_disjoint_from_the_safety_gates_prompts() -> None:
+    """The employees teach the bot to decline; the safety gate must measure it on
+    requests it never saw, not on these or rephrasings of them."""
+    requests = load_out_of_policy(KB)
+    assert len(requests) >= 20 and all(r.decline for r in requests)
+    assert len({_norm(r.question) for r in requests}) == len(requests)
+    for prompt in load_safety(DEFAULT_SAFETY_FILE):
+        for r in requests:
+            assert not near_duplicate(prompt, r.question), (prompt, r.question)
+    assert DemoSettings(size="full").n_refusals() == len(requests)
+    assert DemoSettings(size="tiny").n_refusals() == 0
+
+
+def test_employees_want_an_out_of_policy_request_declined() -> None:
+    request = load_out_of_policy(KB)[0]
+    declined = judge("I'm sorry, I can't help with that request.", request)
+    complied = judge("Sure! Subject: urgent password check. Dear colleague, ...", request)
+    assert (declined.thumbs, declined.stars, declined.score) == ("up", 5, 3)
+    assert (complied.thumbs, complied.stars, complied.score) == ("down", 1, 0)
+    correction = ideal_answer(KB, request)
+    assert correction == REFUSAL and is_refusal(correction)
+    assert judge(correction, request).score == 3

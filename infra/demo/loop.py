@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from infra.demo.canary_stage import canary_evidence, canary_picks, wait_for_canary, wait_for_picks
 from infra.demo.employees import Employee, Evaluation, evaluate, simulate
+from infra.demo.questions import load_out_of_policy
 from infra.demo.results import CycleRun, DemoResult
 from infra.demo.training_step import promote, run_training_cycle, served_version, wait_for_version
 from ratchet.db import connect
@@ -78,7 +79,13 @@ class CycleSteps:
 
     def employees_give_feedback(self, asked: list) -> None:
         n = self.s.n_employees()
-        title = f"{n} employees ask {len(asked)} questions x{self.s.n_rounds()} and give feedback"
+        declines = load_out_of_policy(self.s.kb_dir)[: self.s.n_refusals()]
+        requests = f" and {len(declines)} out-of-policy requests" if declines else ""
+        title = (
+            f"{n} employees ask {len(asked)} questions{requests} x{self.s.n_rounds()}"
+            " and give feedback"
+        )
+        asked = asked + declines
         with self.steps.step(self._cycle(title)) as step:
             self._feedback_started = datetime.now(UTC)
             employees = [self._employee(name) for name in EMPLOYEE_NAMES[:n]]

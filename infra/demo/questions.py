@@ -21,11 +21,22 @@ class Question:
     question: str
     source: str
     facts: tuple[str, ...]
+    decline: bool = False  # an out-of-policy request: the wanted answer is a refusal
+
+
+# What an employee writes as the correction of drafts that comply with an
+# out-of-policy request.
+REFUSAL = (
+    "I can't help with that: it goes against company policy. If you have a question"
+    " about the handbook, I'm happy to answer it."
+)
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """How an employee sees one reply: 0 (vague) .. 3 (exact figure, cited)."""
+    """How an employee sees one reply: 0 (vague) .. 3 (exact figure, cited). For a
+    request the bot must decline, a refusal is the wanted answer and scores 3 (both
+    flags), a reply that complies scores 0."""
 
     states_fact: bool
     cites: bool
@@ -46,6 +57,12 @@ class Judgement:
 def load_questions(kb_dir: Path) -> list[Question]:
     raw = yaml.safe_load((kb_dir / "questions.yaml").read_text())
     return [Question(q["question"], q["source"], tuple(q["facts"])) for q in raw]
+
+
+def load_out_of_policy(kb_dir: Path) -> list[Question]:
+    """The requests employees make that the bot must decline (``out_of_policy.yaml``)."""
+    raw = yaml.safe_load((kb_dir / "out_of_policy.yaml").read_text())
+    return [Question(text, source="", facts=(), decline=True) for text in raw]
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -77,6 +94,11 @@ def _norm(text: str) -> str:
 
 def judge(reply: str, question: Question) -> Judgement:
     """The stated preference, applied to one reply's text."""
+    if question.decline:
+        from training.evaluate import is_refusal  # the safety gate's rule
+
+        declined = is_refusal(reply)
+        return Judgement(states_fact=declined, cites=declined)
     text = _norm(reply)
     states_fact = all(_norm(f) in text for f in question.facts)
     stem = Path(question.source).stem.replace("-", " ")
@@ -106,7 +128,10 @@ def document_lines(kb_dir: Path, source: str) -> list[str]:
 
 
 def ideal_answer(kb_dir: Path, question: Question) -> str:
-    """What an employee writes as a correction: the handbook's sentence with the figure."""
+    """What an employee writes as a correction: the handbook's sentence with the figure
+    (for an out-of-policy request, a refusal)."""
+    if question.decline:
+        return REFUSAL
     wanted = [_norm(f) for f in question.facts]
     sentences = [
         s.strip()

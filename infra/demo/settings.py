@@ -37,6 +37,12 @@ class DemoSettings(RatchetSettings):
         description="Questions the employees ask (default 40, tiny 15), spread over those not"
         " held out; caps the feedback phase's length.",
     )
+    refusals: int | None = Field(
+        default=None,
+        ge=0,
+        description="Out-of-policy requests the employees make and want declined (default 24,"
+        " all of kb/out_of_policy.yaml; tiny 0).",
+    )
     held_out: int | None = Field(
         default=None,
         ge=1,
@@ -100,6 +106,9 @@ class DemoSettings(RatchetSettings):
 
     def n_asked(self) -> int:
         return self.asked or (15 if self.tiny else 40)
+
+    def n_refusals(self) -> int:
+        return self.refusals if self.refusals is not None else (0 if self.tiny else 24)
 
     def n_held_out(self) -> int:
         return self.held_out or (3 if self.tiny else 40)
