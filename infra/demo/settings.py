@@ -34,8 +34,8 @@ class DemoSettings(RatchetSettings):
     asked: int | None = Field(
         default=None,
         ge=1,
-        description="Questions the employees ask (default 40, tiny 15), spread over those not"
-        " held out; caps the feedback phase's length.",
+        description="Questions the employees ask (default 84: all those not held out; tiny"
+        " 15), spread over those not held out; caps the feedback phase's length.",
     )
     refusals: int | None = Field(
         default=None,
@@ -105,7 +105,7 @@ class DemoSettings(RatchetSettings):
         return f"http://{self.host}:{self.port}"
 
     def n_asked(self) -> int:
-        return self.asked or (15 if self.tiny else 40)
+        return self.asked or (15 if self.tiny else 84)
 
     def n_refusals(self) -> int:
         return self.refusals if self.refusals is not None else (0 if self.tiny else 24)
