@@ -63,6 +63,15 @@ class ServingSettings(FeedbackSettings):
         " turns on them; nobind lets the kernel place each server's threads. A core list"
         " (0-7) binds every managed server to those cores.",
     )
+    engine_cpu_bind: str = Field(
+        default="all",
+        pattern=r"^(all|auto|nobind|[0-9,|-]+)$",
+        description="vLLM CPU builds only (GPU builds ignore it): VLLM_CPU_OMP_THREADS_BIND"
+        " for the in-process engine, unless the environment sets it. all binds its worker's"
+        " threads to every core this process may use; vLLM's auto keeps one core for the"
+        " API (on 2 cores the engine then decodes on one: 27.5 against 32.8 tokens/s at"
+        " batch 1, 272 against 418 at batch 16, models/base in bf16).",
+    )
     max_model_len: int = Field(default=2048, ge=16, description="Context window (tokens).")
     gpu_memory_utilization: float = Field(
         default=0.1, gt=0, le=1, description="vLLM memory fraction (KV cache); 0.1 suits CPU."

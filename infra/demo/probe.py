@@ -27,7 +27,7 @@ from infra.demo.questions import Question, judge, load_questions, split
 from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
 from ratchet.db import connect
-from serving.backends.machine import machine_dtype
+from serving.backends.machine import bind_engine_threads, machine_dtype
 from training.kb_reader import kb_grounder
 from training.settings import TrainingSettings
 from training.sft import train_sft
@@ -45,6 +45,7 @@ def held_out_evaluation(
     from vLLM's engine (as the API serves) in its own process, gone when this returns."""
     from vllm import LLM, SamplingParams
 
+    bind_engine_threads("all")  # as the API's engine decodes
     llm = LLM(
         model=str(model_dir),
         dtype=machine_dtype(),

@@ -21,7 +21,12 @@ from serving.backends.base import (
     render_chat,
     resolve_max_tokens,
 )
-from serving.backends.machine import engine_dtype, engine_eager, use_compile_cache
+from serving.backends.machine import (
+    bind_engine_threads,
+    engine_dtype,
+    engine_eager,
+    use_compile_cache,
+)
 from serving.errors import InvalidRequest
 from serving.settings import ServingSettings
 
@@ -59,6 +64,7 @@ class VLLMEngineBackend(Backend):
         eager = engine_eager(self._settings.enforce_eager)
         if not eager:
             use_compile_cache(self._settings.home)
+        bind_engine_threads(self._settings.engine_cpu_bind)
         args = AsyncEngineArgs(
             model=self.path,
             kv_cache_memory_bytes=_kv_cache_bytes(self._settings.kv_cache_gib),

@@ -1,6 +1,7 @@
 """A clean stop: the API on the vLLM engine starts, answers a request and stops,
 then a bare engine (as hot swap retires one) does the same, with no ERROR log
-record and no "Exception ignored" at interpreter exit.
+record and no "Exception ignored" at interpreter exit. The bare engine's worker is
+bound to every core (``engine_cpu_bind``, default ``all``).
 
 Operators alert on ERROR lines. Before the fix, every engine shutdown logged
 ``ERROR ... AsyncLLM output_handler failed ... EngineDeadError`` and every
@@ -64,6 +65,10 @@ async def bare_cycle():
 
     backend = VLLMEngineBackend(settings, path=Path(model), version="retired")
     await backend.start()
+    import psutil  # the engine's worker process: the CPU binding it was started with
+
+    binds = {p.environ().get("VLLM_CPU_OMP_THREADS_BIND") for p in psutil.Process().children()}
+    print("BIND", *sorted(b for b in binds if b), flush=True)  # not the resource tracker
     try:
         gen = await backend.generate([{"role": "user", "content": "hi"}],
                                      SamplingOptions(max_tokens=8, temperature=0.0), "bare-1")
@@ -104,6 +109,10 @@ def test_start_request_stop_logs_no_error(
     assert status[1] == "200" and int(status[2]) > 0, out
     bare = next(line.split() for line in out.splitlines() if line.startswith("BARE"))
     assert int(bare[1]) > 0, out
+    # The engine's worker decodes on every core (vLLM's auto would keep one for the API).
+    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    bind = next(line.split() for line in out.splitlines() if line.startswith("BIND"))
+    assert bind[1:] == [os.environ.get("VLLM_CPU_OMP_THREADS_BIND", cores)], out
     # Our records, and vLLM's own logger (its own handler and format) alike.
     assert "ERROR_RECORDS 0" in out, out[-3000:]
     # vLLM's own handler writes to stdout; the root logger to stderr.
