@@ -25,6 +25,7 @@ from serving.chat.service import ChatService
 from serving.console import mount_console
 from serving.deps import declare_bearer_auth
 from serving.errors import error_responses, register_exception_handlers
+from serving.feedback.fast_path import install as install_rating_fast_path
 from serving.feedback.routes import router as feedback_router
 from serving.feedback.service import FeedbackService
 from serving.kb.routes import router as kb_router
@@ -86,6 +87,7 @@ def build_app(
 
         slack = mount_slack(app, settings)
     _feedback_routes_first(app)
+    install_rating_fast_path(app)
     return app
 
 

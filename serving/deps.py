@@ -27,20 +27,27 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated["AppState", Depends(get_state)]
 
 
+async def authenticate(state: AppState, authorization: str | None) -> User:
+    """The caller, from the ``Authorization: Bearer <key>`` header's value; 401
+    without a valid key, 429 (with Retry-After) past the key's rate limit. In
+    --no-auth mode: user ``dev``, admin. Shared by :func:`get_current_user` and the
+    single-rating fast path (``serving.feedback.fast_path``)."""
+    if not state.settings.auth:
+        return DEV_USER
+    user = await state.keys.authenticate_async(bearer_token(authorization))
+    state.rate_limiter.check(user.key_id)
+    return user
+
+
 async def get_current_user(request: Request) -> User:
-    """The caller, from ``Authorization: Bearer <key>``; 401 without a valid key,
-    429 (with Retry-After) past the key's rate limit. In --no-auth mode: user ``dev``, admin.
+    """:func:`authenticate` as a dependency.
 
     The header is read here rather than declared as a parameter or a ``Security``
     dependency (one fewer dependency to solve on every request);
     :func:`declare_bearer_auth` puts the scheme in the OpenAPI document."""
-    state: AppState = request.app.state.ratchet
-    if not state.settings.auth:
-        return DEV_USER
-    key = bearer_token(request.headers.get("authorization"))
-    user = await state.keys.authenticate_async(key)
-    state.rate_limiter.check(user.key_id)
-    request.state.user = user
+    user = await authenticate(request.app.state.ratchet, request.headers.get("authorization"))
+    if user is not DEV_USER:
+        request.state.user = user
     return user
 
 

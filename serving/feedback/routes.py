@@ -7,6 +7,10 @@ event was accepted and will be stored; its ``event_id`` is the idempotency key.
 The routes answer with the JSON the service's model writes (pydantic-core), not
 through FastAPI's response-model pass, which validates and encodes the same
 object a second time; ``response_model`` still documents the body.
+
+``POST /ratings`` is answered first by :mod:`serving.feedback.fast_path` (same
+model, authentication and service, without FastAPI's per-request work); this
+route answers what the fast path hands on (and documents the operation).
 """
 
 from __future__ import annotations
