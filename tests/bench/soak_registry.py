@@ -173,8 +173,9 @@ def kill_trainer_mid_cycle(system: dict, home: Path) -> Window:
     logs = Path(_runs(db)[run_id][2] or "")
     facts = window.facts
     facts["killed after s"] = round(time.monotonic() - window.start, 1)
-    facts["last log line at the kill"] = (
-        (logs.read_text().strip().splitlines() or ["-"])[-1][-120:] if logs.exists() else "-"
+    lines = logs.read_text().strip().splitlines() if logs.exists() else []
+    facts["run log at the kill"] = f"{len(lines)} lines" + (
+        f", last: {lines[-1][-100:]}" if lines else ""
     )
     facts["run after the kill"] = _runs(db)[run_id][0]
     facts["versions after the kill"] = _versions(db)
@@ -183,7 +184,7 @@ def kill_trainer_mid_cycle(system: dict, home: Path) -> Window:
         [*TRAIN, "--pairs-file", str(pairs), "--min-new-pairs", "1000000", "--wait"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    facts["next cycle"] = f"exit {nxt.returncode}: {(nxt.stdout + nxt.stderr).strip()[-160:]}"
+    facts["next cycle"] = f"exit {nxt.returncode}: {(nxt.stdout.strip().splitlines() or ['-'])[-1]}"
     status, error, _ = _runs(db)[run_id]
     facts["run after the next cycle"] = f"{status}: {error}"
     facts["leftovers"] = sorted(p.name for p in (home / "models").glob("*"))

@@ -345,7 +345,7 @@ def _start_workers(
 def test_soak_under_faults(system: dict) -> None:
     tally, stop, paused = Tally(), threading.Event(), threading.Event()  # paused: feedback only
     api_pid = system["api"].proc.pid
-    rss_start, t0 = _rss(api_pid), time.monotonic()
+    rss_start, load_start, t0 = _rss(api_pid), os.getloadavg()[0], time.monotonic()
     workers = _start_workers(system, tally, stop, paused)
     events: list[str] = []
     try:
@@ -373,6 +373,7 @@ def test_soak_under_faults(system: dict) -> None:
         ["registry problems", "; ".join(problems) or "none"],
         ["API RSS start / end (MiB)", f"{rss_start:.0f} / {rss_end:.0f}"],
         ["RSS slope (MiB/min)", f"{(rss_end - rss_start) / minutes:.1f}"],
+        ["load average (1 min) start / end", f"{load_start:.1f} / {os.getloadavg()[0]:.1f}"],
     ]
     tables = report(SECONDS, tally, windows, summary, events)
     if lost:
