@@ -61,7 +61,7 @@ bootstrap: install
 bench: install
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider
 
-## soak: chat and feedback under faults (consumer kill -9, broker and Postgres restarts), with counts
+## soak: chat and feedback under faults (consumer kill -9, broker and Postgres restarts, canary set/cleared, hot swap, trainer kill -9 mid-cycle), with counts
 soak: install
 	$(PY) -m pytest tests/bench/test_soak.py -m bench -s -p no:cacheprovider
 

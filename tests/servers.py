@@ -138,6 +138,29 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> No
         time.sleep(0.2)
 
 
+def add_candidate(database_url: str, path: Path, *, gates_passed: bool = True) -> str:
+    """``path`` registered as a training cycle registers a version (a candidate,
+    child of production); its id."""
+    digest = weights_digest(path) if any(path.glob("*.safetensors")) else "0" * 64
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        production = registry.get_production(conn)
+        with conn.transaction():
+            version = registry.next_version_id(conn)
+            registry.register_version(
+                conn,
+                version_id=version,
+                path=str(path),
+                weights_sha256=digest,
+                parent_id=production.id if production else None,
+                training_run_id=None,
+                metrics={},
+                gate_report={"passed": gates_passed, "gates": {}},
+                gates_passed=gates_passed,
+                actor="test",
+            )
+    return str(version)
+
+
 @dataclass
 class ApiServer:
     """A running API server: its thread, its settings and what tests reach it with."""
@@ -197,27 +220,7 @@ class ApiServer:
 
     def add_candidate(self, path: Path, *, gates_passed: bool = True) -> str:
         """A version as a training cycle registers it (child of production); its id."""
-
-        def register(conn: psycopg.Connection) -> str:
-            digest = weights_digest(path) if any(path.glob("*.safetensors")) else "0" * 64
-            production = registry.get_production(conn)
-            with conn.transaction():
-                version = registry.next_version_id(conn)
-                registry.register_version(
-                    conn,
-                    version_id=version,
-                    path=str(path),
-                    weights_sha256=digest,
-                    parent_id=production.id if production else None,
-                    training_run_id=None,
-                    metrics={},
-                    gate_report={"passed": gates_passed, "gates": {}},
-                    gates_passed=gates_passed,
-                    actor="test",
-                )
-            return version
-
-        return str(self.in_database(register))
+        return add_candidate(self.database_url, path, gates_passed=gates_passed)
 
     def stored_versions(self, message_ids: list[str], timeout: float = 60) -> dict[str, str]:
         """The ``model_version`` the store holds for each reply (once the consumer stored it)."""

@@ -1,25 +1,37 @@
 """A soak under faults, with counts (issue 17; `make soak`): chat (streaming,
-non-streaming, and clients that hang up) and feedback (single and batch) run
-against the real API process (vLLM engine, tiny model) while the consumer is
-killed with -9, the broker is restarted, and Postgres is restarted. Bounded in
-time (``RATCHET_SOAK_SECONDS``, default 60) and loopback only.
+non-streaming, A/B, and clients that hang up) and feedback (single and batch)
+run against the real API process (vLLM engine, tiny model) while the consumer is
+killed with -9, the broker is restarted, Postgres is restarted, and the registry
+changes under the API as an operator changes it (``tests/bench/soak_registry.py``):
+a canary marked and cleared (``ratchet models canary``), a hot swap to another
+version (``ratchet models promote``), and a training cycle (``ratchet train
+--size tiny``) killed with -9 mid-cycle, then the next cycle. Bounded in time
+(``RATCHET_SOAK_SECONDS``, default 60, plus what the faults take) and loopback only.
 
-It prints requests sent, answered and failed by class; ratings accepted, stored
-and lost; unexpected rows; p50/p99 latencies; the API's RSS (with its engine
-process) at start and end, and the slope. Lost ratings fail the run.
+It prints requests sent, answered and failed by class; the same for the requests
+that overlapped each registry change; which version answered, and whether any
+request sent after the swap still got the old one; the trainer's aftermath;
+ratings accepted, stored and lost; unexpected rows; p50/p99 latencies; the API's
+RSS (with its engine processes) at start and end, and the slope. The run fails on
+lost or unexpected ratings, on any failed request (hang-ups aside) overlapping the
+canary change or the swap, on an old-version answer after the swap, and on an
+inconsistent registry (a half-registered version, a run left ``running``).
 
-Not covered yet: a hot swap and a canary change during the run, and the trainer
-killed mid-cycle."""
+The killed cycle is killed early (5 s after its run is recorded ``running``, in
+its first stages): a whole tiny cycle beside the soak is minutes on 2 cores. The
+next cycle is one with nothing new to train on: it recovers the dead run and
+skips, which is what a scheduled cycle after a crash does first."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,8 +42,19 @@ import pytest
 
 from feedback.message_ids import new_message_id
 from infra.local.tansu import Broker, free_port
-from tests.bench.conftest import percentile, print_table, save_json
+from tests.bench.soak_counts import CHAT, Tally, report
+from tests.bench.soak_registry import (
+    CANDIDATE,
+    Window,
+    canary_change,
+    hot_swap,
+    kill_trainer_mid_cycle,
+    registry_problems,
+)
 from tests.conftest import CACHE
+from tests.servers import add_candidate, new_database
+from training import registry
+from training.base_model import weights_digest
 
 pytestmark = pytest.mark.bench
 
@@ -65,36 +88,28 @@ class Proc:
                 self.proc.wait(10)
 
 
-class Tally:
-    """Outcomes and latencies by request class, and the accepted ratings' event ids."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.latencies: dict[str, list[float]] = defaultdict(list)
-        self.accepted: set[str] = set()
-        self.accepted_at: dict[str, float] = {}  # event id -> monotonic time of its 202
-
-    def record(self, cls: str, outcome: str, seconds: float, event_ids: list[str] = ()) -> None:  # type: ignore[assignment]
-        with self.lock:
-            self.outcomes[cls][outcome] += 1
-            if outcome == "answered":
-                self.latencies[cls].append(seconds)
-            self.accepted.update(event_ids)
-            now = time.monotonic()
-            for e in event_ids:
-                self.accepted_at[e] = now
+def _registry_database(pg_cluster, template_db, model, model_b, home) -> str:  # type: ignore[no-untyped-def]
+    """A database of the soak's own whose registry has ``model`` as production
+    (v0001) and a copy of ``model_b`` as a candidate (v0002), the swap's target."""
+    db = new_database(pg_cluster, template_db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        registry.ensure_base(conn, str(model), weights_digest(model))
+    weights = home / "v0002-weights"
+    shutil.copytree(model_b, weights)
+    assert add_candidate(db, weights) == CANDIDATE
+    return db
 
 
 @pytest.fixture(scope="module")
-def system(pg_cluster, template_db, tiny_model_dir, tmp_path_factory) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+def system(
+    pg_cluster, template_db, tiny_model_dir, tiny_model_b_dir, tmp_path_factory
+) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     from serving.auth import create_key
-    from tests.servers import new_database
 
     home = tmp_path_factory.mktemp("soak")
     broker = Broker(CACHE / "bin", free_port(), home / "tansu.log")
     broker.start()
-    db = new_database(pg_cluster, template_db)
+    db = _registry_database(pg_cluster, template_db, tiny_model_dir, tiny_model_b_dir, home)
     port = free_port()
     env = {
         **os.environ,
@@ -109,6 +124,7 @@ def system(pg_cluster, template_db, tiny_model_dir, tmp_path_factory) -> Iterato
         "RATCHET_RATE_LIMIT_BURST": "100000",
         "RATCHET_CONSUMER_GROUP": "soak",
         "RATCHET_CONSUMER_METRICS_PORT": "0",
+        "RATCHET_REGISTRY_POLL_SECONDS": "1",
     }
     with psycopg.connect(db) as conn:
         keys = {u: create_key(conn, user_id=u, role="user") for u in USERS}
@@ -129,35 +145,58 @@ def system(pg_cluster, template_db, tiny_model_dir, tmp_path_factory) -> Iterato
         time.sleep(1)
     try:
         yield {"url": url, "keys": keys, "db": db, "broker": broker, "api": api,
-               "consumer": consumer, "pg": pg_cluster}  # fmt: skip
+               "consumer": consumer, "pg": pg_cluster, "home": home,
+               "base_model": tiny_model_dir}  # fmt: skip
     finally:
         api.stop()
         consumer.stop()
         broker.stop()
 
 
+def _version(resp: httpx.Response) -> str | None:
+    """Which version answered (and the A/B mode: ``canary`` or ``drafts``)."""
+    if resp.status_code != 200:
+        return None
+    body = resp.json()
+    return body["model_version"] + (f" ab={body['ab']}" if body.get("ab") else "")
+
+
+def _stream_version(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith("data: {"):
+            return str(json.loads(line[len("data: ") :])["model_version"])
+    return None
+
+
+def _ask(client: httpx.Client, kind: str, i: int) -> tuple[bool, str | None]:
+    """One chat request of ``kind``: (answered, the version that answered)."""
+    body: dict = {"model": "ratchet", "messages": [{"role": "user", "content": f"q{i}"}]}
+    if kind == "chat-stream":
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            text = "".join(r.iter_text())
+        ok = r.status_code == 200 and "[DONE]" in text and '"error"' not in text
+        return ok, _stream_version(text) if ok else None
+    if kind == "chat-hangup":
+        body["max_tokens"] = 200
+        r = client.post("/v1/chat/completions", json=body, timeout=0.2)
+        return True, _version(r)  # it answered before the client gave up: fine too
+    if kind == "chat-ab":
+        body["ab"] = True
+    r = client.post("/v1/chat/completions", json=body)
+    return r.status_code == 200, _version(r)
+
+
 def _chat(client: httpx.Client, tally: Tally, i: int) -> None:
-    body = {"model": "ratchet", "messages": [{"role": "user", "content": f"q{i}"}]}
-    kind = ("chat", "chat-stream", "chat-hangup")[i % 3]
+    kind = CHAT[i % len(CHAT)]
     started = time.monotonic()
     try:
-        if kind == "chat-stream":
-            with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
-                text = "".join(r.iter_text())
-                ok = r.status_code == 200 and "[DONE]" in text and '"error"' not in text
-        elif kind == "chat-hangup":
-            body["max_tokens"] = 200
-            client.post("/v1/chat/completions", json=body, timeout=0.2)
-            ok = True  # it answered before the client gave up: fine too
-        else:
-            ok = client.post("/v1/chat/completions", json=body).status_code == 200
+        ok, version = _ask(client, kind, i)
     except httpx.TimeoutException:
-        outcome = "hung up" if kind == "chat-hangup" else "failed"
-        tally.record(kind, outcome, time.monotonic() - started)
+        tally.record(kind, "hung up" if kind == "chat-hangup" else "failed", started)
         return
     except httpx.HTTPError:
-        ok = False
-    tally.record(kind, "answered" if ok else "failed", time.monotonic() - started)
+        ok, version = False, None
+    tally.record(kind, "answered" if ok else "failed", started, version=version)
 
 
 def _feedback(client: httpx.Client, tally: Tally, user: str, i: int) -> None:
@@ -174,9 +213,9 @@ def _feedback(client: httpx.Client, tally: Tally, user: str, i: int) -> None:
             r = client.post("/v1/feedback/ratings", json=ratings[0])
             events = [r.json()["event_id"]] if r.status_code == 202 else []
     except httpx.HTTPError:
-        tally.record(cls, "failed", time.monotonic() - started)
+        tally.record(cls, "failed", started)
         return
-    tally.record(cls, "answered" if events else "failed", time.monotonic() - started, events)
+    tally.record(cls, "answered" if events else "failed", started, events)
 
 
 def _loop(
@@ -215,20 +254,21 @@ def _drain(system: dict, tally: Tally, timeout: float = 180) -> None:
         time.sleep(1)
 
 
-def _faults(
-    system: dict, tally: Tally, paused: threading.Event, log: Callable[[str], None]
-) -> None:
-    """The fault schedule, spread over the run. tansu keeps its log in memory only,
-    so a broker restart loses what the consumer has not read yet (a real Kafka
-    keeps it): feedback pauses until the store has caught up, then the broker
-    goes down while feedback resumes, which the API must spool and replay."""
-    step = SECONDS / 4
-    time.sleep(step)
+Log = Callable[[str], None]
+
+
+def _consumer_kill(system: dict, log: Log) -> None:
     log("consumer: kill -9, restart after 3 s")
     system["consumer"].kill9()
     time.sleep(3)
     system["consumer"].start()
-    time.sleep(step)
+
+
+def _broker_restart(system: dict, tally: Tally, paused: threading.Event, log: Log) -> None:
+    """tansu keeps its log in memory only, so a broker restart loses what the
+    consumer has not read yet (a real Kafka keeps it): feedback pauses until the
+    store has caught up, then the broker goes down while feedback resumes, which
+    the API must spool and replay."""
     log("feedback paused until the store has caught up (tansu is memory-only)")
     paused.set()
     _drain(system, tally)
@@ -241,21 +281,51 @@ def _faults(
     system["consumer"].stop()
     log("consumer: stopped; starting it")
     system["consumer"].start()
-    time.sleep(step)
+
+
+def _pg_restart(system: dict, log: Log) -> None:
     log("postgres: restart (fast shutdown)")
     system["pg"].stop(mode="fast")
     time.sleep(2)
     system["pg"].start()
 
 
-def test_soak_under_faults(system: dict) -> None:
-    tally = Tally()
-    stop = threading.Event()
+def _registry_change(change: Callable[[], Window], log: Log) -> Window:
+    log("registry: begins")
+    window = change()
+    log(
+        f"registry: {window.name}: "
+        + ", ".join(f"{k} {v}" for k, v in window.facts.items() if k != "switched")
+    )
+    return window
+
+
+def _faults(system: dict, tally: Tally, paused: threading.Event, log: Log) -> list[Window]:
+    """The fault schedule, spread over the run (each waits for what it changed)."""
+    steps: list[Callable[[], Window | None]] = [
+        lambda: _consumer_kill(system, log),
+        lambda: _registry_change(lambda: canary_change(system), log),
+        lambda: _broker_restart(system, tally, paused, log),
+        lambda: _registry_change(lambda: hot_swap(system), log),
+        lambda: _registry_change(lambda: kill_trainer_mid_cycle(system, system["home"]), log),
+        lambda: _pg_restart(system, log),
+    ]
+    windows = []
+    for step in steps:
+        time.sleep(SECONDS / (len(steps) + 1))
+        window = step()
+        if window is not None:
+            windows.append(window)
+    return windows
+
+
+def _start_workers(
+    system: dict, tally: Tally, stop: threading.Event, paused: threading.Event
+) -> list[threading.Thread]:
+    """Two chat clients (ann) and two feedback clients (ben, cat), feedback pausable."""
     clients = {u: httpx.Client(base_url=system["url"], timeout=60,
                                headers={"Authorization": f"Bearer {k}"})
                for u, k in system["keys"].items()}  # fmt: skip
-    api_pid = system["api"].proc.pid
-    rss_start, t0 = _rss(api_pid), time.monotonic()
 
     def chat_worker(offset: int) -> Callable[[int], None]:
         return lambda i: _chat(clients["ann"], tally, i + offset)
@@ -263,53 +333,58 @@ def test_soak_under_faults(system: dict) -> None:
     def feedback_worker(user: str) -> Callable[[int], None]:
         return lambda i: _feedback(clients[user], tally, user, i)
 
-    paused = threading.Event()  # feedback only
+    jobs: list[tuple[Callable[[int], None], threading.Event | None]]
     jobs = [(chat_worker(0), None), (chat_worker(1), None)]
     jobs += [(feedback_worker("ben"), paused), (feedback_worker("cat"), paused)]
     workers = [threading.Thread(target=_loop, args=(stop, job, p)) for job, p in jobs]
     for w in workers:
         w.start()
+    return workers
+
+
+def test_soak_under_faults(system: dict) -> None:
+    tally, stop, paused = Tally(), threading.Event(), threading.Event()  # paused: feedback only
+    api_pid = system["api"].proc.pid
+    rss_start, load_start, t0 = _rss(api_pid), os.getloadavg()[0], time.monotonic()
+    workers = _start_workers(system, tally, stop, paused)
     events: list[str] = []
-    _faults(
-        system, tally, paused, lambda msg: events.append(f"{time.monotonic() - t0:5.1f} s  {msg}")
-    )
-    time.sleep(max(0.0, SECONDS - (time.monotonic() - t0)))
-    stop.set()
-    for w in workers:
-        w.join(120)
+    try:
+        windows = _faults(
+            system, tally, paused, lambda m: events.append(f"{time.monotonic() - t0:6.1f} s  {m}")
+        )
+        time.sleep(max(0.0, SECONDS - (time.monotonic() - t0)))
+    finally:  # a fault that failed stops the traffic too
+        stop.set()
+        for w in workers:
+            w.join(120)
+        print("\n".join(events))
     rss_end, minutes = _rss(api_pid), (time.monotonic() - t0) / 60
-    for line in events:
-        print(line)
 
     accepted = tally.accepted
     _drain(system, tally)
     stored = _stored(system["db"])
     lost, unexpected = accepted - stored, stored - accepted
-
-    rows = []
-    for cls in sorted(tally.outcomes):
-        counts, lat = tally.outcomes[cls], tally.latencies[cls]
-        rows.append([cls, sum(counts.values()), counts["answered"], counts["failed"],
-                     counts["hung up"], f"{percentile(lat, 50) * 1000:.0f}",
-                     f"{percentile(lat, 99) * 1000:.0f}"])  # fmt: skip
-    print_table(
-        f"soak: {SECONDS:.0f} s under faults",
-        ["class", "sent", "answered", "failed", "hung up", "p50 ms", "p99 ms"],
-        rows,
-    )
-    summary = [
+    problems = registry_problems(system["db"])
+    summary: list[list] = [
         ["ratings accepted", len(accepted)],
         ["ratings stored", len(accepted & stored)],
         ["ratings lost", len(lost)],
         ["unexpected rows", len(unexpected)],
+        ["registry problems", "; ".join(problems) or "none"],
         ["API RSS start / end (MiB)", f"{rss_start:.0f} / {rss_end:.0f}"],
         ["RSS slope (MiB/min)", f"{(rss_end - rss_start) / minutes:.1f}"],
+        ["load average (1 min) start / end", f"{load_start:.1f} / {os.getloadavg()[0]:.1f}"],
     ]
-    print_table("soak: feedback and memory", ["", "value"], summary)
-    save_json("soak", {"classes": rows, "summary": summary, "faults": events})
+    tables = report(SECONDS, tally, windows, summary, events)
     if lost:
         when = sorted(tally.accepted_at[e] - t0 for e in lost)
         print(f"lost: {len(lost)} accepted between {when[0]:.2f} s and {when[-1]:.2f} s")
         print("lost sample:", sorted(lost)[:5])
     assert not lost, f"{len(lost)} accepted ratings never stored"
     assert not unexpected
+    assert not problems, problems
+    swaps = [r for r in tables["registry changes"] if not r[0].startswith("trainer")]
+    failed = [r for r in swaps if r[1] != "chat-hangup" and r[4]]
+    assert not failed, f"requests failed across a canary change or the swap: {failed}"
+    assert all(r[3] == 0 for r in tables["versions"]), tables["versions"]
+    assert next(w for w in windows if w.name.startswith("trainer")).facts["consistent"]

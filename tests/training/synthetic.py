@@ -9,8 +9,10 @@ policy's reward model to like a token (``HACK``) that the true preference
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from training.snapshot import Pair, prompt_slice
 
@@ -38,6 +40,21 @@ def make_pairs(
             chosen, rejected = bad, good
         pairs.append(Pair(prompt, chosen, rejected, f"conv-{i % 40}", t0 + timedelta(minutes=i)))
     return pairs
+
+
+def write_pairs(path: Path, n: int) -> Path:
+    """The pairs as ``training.snapshot.JsonlSource`` reads them (one JSON object a line)."""
+    with open(path, "w") as fh:
+        for p in make_pairs(n):
+            row = {
+                "prompt": p.prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "conversation_id": p.conversation_id,
+                "created_at": p.created_at.isoformat() if p.created_at else None,
+            }
+            fh.write(json.dumps(row) + "\n")
+    return path
 
 
 def good_words(text: str) -> int:

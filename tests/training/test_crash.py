@@ -3,7 +3,6 @@ registry consistent, and a second cycle never runs beside the first."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from serving.cli import main
 from tests.training.isolated import REPO, cli_env, env_for, make_settings
-from tests.training.synthetic import ListSource, make_pairs
+from tests.training.synthetic import ListSource, make_pairs, write_pairs
 from training import registry, runs
 from training.cycle import run_cycle
 from training.errors import LockBusy
@@ -28,21 +27,6 @@ from training.settings import TrainingSettings
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, tiny_model_dir: Path) -> TrainingSettings:
     return make_settings(database_url, tmp_path, tiny_model_dir)
-
-
-def write_pairs(path: Path, n: int) -> Path:
-    """The pairs as ``training.snapshot.JsonlSource`` reads them (one JSON object a line)."""
-    with open(path, "w") as fh:
-        for p in make_pairs(n):
-            row = {
-                "prompt": p.prompt,
-                "chosen": p.chosen,
-                "rejected": p.rejected,
-                "conversation_id": p.conversation_id,
-                "created_at": p.created_at.isoformat() if p.created_at else None,
-            }
-            fh.write(json.dumps(row) + "\n")
-    return path
 
 
 def run_status(conn: psycopg.Connection) -> list[tuple[object, str]]:
