@@ -36,7 +36,7 @@ from training.snapshot import (
 
 if TYPE_CHECKING:
     from training import stages
-    from training.cycle_stages import RewardModels
+    from training.cycle_stages import RewardInit, RewardModels
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,10 @@ def _train(
     models_dir = settings.models_dir.resolve()
     tmp_dir = models_dir / f".tmp-{run_id}"
     try:
-        paths = RunPaths(run_id, run_dir, tmp_dir)
+        from training.cycle_stages import reward_inits
+
+        inits = reward_inits(conn, config, Path(production.path))
+        paths = RunPaths(run_id, run_dir, tmp_dir, inits)
         result = _stages(
             settings, conn, config, algo, snapshot, production, paths, progress,
             timings={"snapshot_s": snapshot_s},
@@ -211,11 +214,13 @@ def _train(
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where a run writes: its id, its directory, and the candidate's temporary home."""
+    """Where a run writes: its id, its directory, and the candidate's temporary home;
+    and where its reward models start (decided by rank 0, which reads the runs)."""
 
     run_id: uuid.UUID
     run_dir: Path
     tmp_dir: Path
+    reward_inits: dict[str, RewardInit]
 
 
 @dataclass
@@ -261,8 +266,9 @@ def _stages(
 
     def rewards() -> RewardModels:  # trained once, when first needed (before PPO, after SFT)
         return cycle_stages.train_reward_models(
-            parent_dir, snapshot, paths.run_dir, config, metrics, timings, progress, placement
-        )
+            parent_dir, snapshot, paths.run_dir, config, metrics, timings, progress, placement,
+            paths.reward_inits,
+        )  # fmt: skip
 
     ctx = stages.StageContext(snapshot, config, placement, paths.run_dir, progress)
     out_dir = paths.tmp_dir / "policy"

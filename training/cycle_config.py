@@ -129,6 +129,8 @@ SIZES: dict[str, dict] = {
             "batch_size": 4,
             "max_length": 384,
         },
+        # The reward model and the judge start from the parent policy (`init` left at
+        # "parent"): starting from the previous cycle's (`init: previous`) is not measured.
         "reward": {
             "epochs": 1,
             "learning_rate": 2e-5,

@@ -1,5 +1,7 @@
 """Steps of a training cycle that :mod:`training.cycle` composes: the policy's
-reward model and the independent judge, the registered stages run in order
+reward model and the independent judge (and where each starts: the parent policy,
+or the reward model of its kind that the latest succeeded run trained), the
+registered stages run in order
 (``train_policy``), what each rank of a distributed run did, the gates, and the
 hand-over of a candidate to the canary stage."""
 
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from training import distributed, registry
+from training import distributed, registry, runs
 from training.cycle_config import TrainCycleConfig
 from training.gates import GateInputs, GateThresholds, load_thresholds, run_gates
 from training.promotion import promote_if_ready
@@ -29,6 +31,90 @@ if TYPE_CHECKING:
     from training.reward import RewardResult, RewardScorer
 
 logger = logging.getLogger(__name__)
+
+
+REWARD_KINDS = ("reward", "judge")  # the policy's reward model, the independent judge
+
+
+@dataclass(frozen=True)
+class RewardInit:
+    """Where a reward model starts: ``origin`` "parent" (the parent policy under a new
+    score head) or "previous" (the reward model of its kind that the latest succeeded
+    run trained), from ``model_dir``; ``fallback`` says why a requested "previous"
+    started from the parent instead."""
+
+    origin: str
+    model_dir: Path
+    fallback: str = ""
+
+    def as_metrics(self) -> dict[str, str]:
+        out = {"init": self.origin, "init_dir": str(self.model_dir)}
+        if self.fallback:
+            out["init_fallback"] = self.fallback
+        return out
+
+
+def reward_inits(
+    conn: psycopg.Connection, config: TrainCycleConfig, parent_dir: Path
+) -> dict[str, RewardInit]:
+    """Where the policy's reward model and the judge start (their configs' ``init``).
+    A judge only ever starts from a judge, a policy RM from a policy RM, so the judge
+    stays independent of the policy's prompts."""
+    wanted = any(getattr(config, kind).init == "previous" for kind in REWARD_KINDS)
+    last = runs.last_succeeded(conn) if wanted else None
+    return {kind: _reward_init(kind, config, last, parent_dir) for kind in REWARD_KINDS}
+
+
+def _reward_init(
+    kind: str, config: TrainCycleConfig, last: dict[str, Any] | None, parent_dir: Path
+) -> RewardInit:
+    if getattr(config, kind).init == "parent":
+        logger.info("%s model: starts from the parent policy %s (init: parent)", kind, parent_dir)
+        return RewardInit("parent", parent_dir)
+    previous, why = _previous_model(kind, config, last, parent_dir)
+    if previous is None:
+        logger.warning(
+            "%s model: init 'previous', but %s; it starts from the parent policy %s instead",
+            kind,
+            why,
+            parent_dir,
+        )
+        return RewardInit("parent", parent_dir, why)
+    assert last is not None
+    logger.info(
+        "%s model: starts from the previous cycle's %s (run %s; init: previous)",
+        kind,
+        previous,
+        last["id"],
+    )
+    return RewardInit("previous", previous)
+
+
+def _previous_model(
+    kind: str, config: TrainCycleConfig, last: dict[str, Any] | None, parent_dir: Path
+) -> tuple[Path | None, str]:
+    """The latest succeeded run's ``kind`` model, if a new one may start from it; else
+    None and why not."""
+    from training.reward import base_mismatch
+
+    if last is None:
+        return None, "no earlier run succeeded"
+    recorded = ((last["metrics"] or {}).get(kind) or {}).get("model_dir")
+    if not recorded or not (Path(recorded) / "config.json").exists():
+        return None, f"run {last['id']} left no {kind} model ({recorded or 'none recorded'})"
+    slicing = ("heldout_fraction", "judge_fraction")
+    theirs = {k: (last["config"] or {}).get(k) for k in slicing}
+    if theirs != {k: getattr(config, k) for k in slicing}:
+        # Its training slice may hold prompts that are held out now: the accuracy gates
+        # would read an inflated held-out accuracy.
+        return None, f"run {last['id']} sliced the prompts otherwise ({theirs})"
+    try:
+        mismatch = base_mismatch(Path(recorded), parent_dir)
+    except (OSError, ValueError) as exc:  # transformers' errors for an unreadable checkpoint
+        mismatch = f"unreadable ({exc})"
+    if mismatch is not None:
+        return None, f"{recorded}: {mismatch}"
+    return Path(recorded), ""
 
 
 @dataclass
@@ -48,10 +134,12 @@ def train_reward_models(
     timings: dict[str, float],
     progress: bool,
     placement: Placement,
+    inits: dict[str, RewardInit],
 ) -> RewardModels:
     """The policy's reward model (policy slice) and the independent judge (judge slice:
-    prompts that neither the policy's reward model nor PPO ever sees); both report
-    their accuracy on the held-out slice."""
+    prompts that neither the policy's reward model nor PPO ever sees), each started
+    where ``inits`` says (:func:`reward_inits`); both report their accuracy on the
+    held-out slice, and the run's metrics say where each started."""
     from training.reward import RewardScorer, train_reward_model
     from training.source_weights import weighted
 
@@ -60,6 +148,7 @@ def train_reward_models(
         ("reward", snapshot.train_pairs, config.reward, config.seed),
         ("judge", snapshot.judge_pairs, config.judge, config.seed + 1),
     ):
+        init = inits[name]
         t0 = time.monotonic()
         result = train_reward_model(
             parent_dir,
@@ -70,9 +159,10 @@ def train_reward_models(
             seed=seed,
             progress=progress,
             placement=placement,
+            init_dir=init.model_dir if init.origin == "previous" else None,
         )
         timings[f"{name}_s"] = time.monotonic() - t0
-        metrics[name] = rm_metrics(result)
+        metrics[name] = {**rm_metrics(result), **init.as_metrics()}
         scorer = RewardScorer(
             result.model_dir,
             batch_size=cfg.score_batch_size,

@@ -2,16 +2,22 @@
 
 TRL's trainers silently drop (reward, DPO) or fully mask (SFT) examples longer
 than ``max_length``; knowledge-bot prompts carry their sources and are long.
-SFT filters first, so it can say how many examples it kept and skip clearly
-when too few fit, instead of training on nothing. (The reward stage keeps every
-pair and cuts long ones from the left instead: ``training.reward.encode``.)"""
+SFT cuts the prompts of long examples by whole messages first (:func:`cut_to_fit`:
+the least relevant sources go, the system header and the question stay) and
+leaves out only what still does not fit, so it can say how many examples it cut
+and dropped, and skip clearly when too few are left. KTO filters
+(:func:`fitting`). (The reward stage keeps every pair and cuts long ones from
+the left instead: ``training.reward.encode``.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from feedback.events import Messages
+from training.truncation import cut_messages, prompt_tokens
 
 
 def conversation_tokens(tokenizer: Any, prompt: Messages, reply: str) -> int:
@@ -37,3 +43,35 @@ def fitting(
             for reply in replies(item)
         )
     ]
+
+
+@dataclass
+class Fitted:
+    """Examples that fit ``max_length``: ``kept`` (those cut carry their cut prompt),
+    how many of them were cut, and how many were left out."""
+
+    kept: list[Any]
+    truncated: int
+    too_long: int
+
+
+def cut_to_fit(tokenizer: Any, items: Sequence[Any], max_length: int) -> Fitted:
+    """``items`` (a ``prompt`` and a ``completion`` each) fitted to ``max_length``: an
+    item that is too long gets its prompt cut by whole messages
+    (:func:`training.truncation.cut_messages`) to what the completion leaves (its
+    tokens and the template's around it); one that still does not fit is left out."""
+    kept: list[Any] = []
+    truncated = 0
+    for item in items:
+        total = conversation_tokens(tokenizer, item.prompt, item.completion)
+        if total <= max_length:
+            kept.append(item)
+            continue
+        reply = total - prompt_tokens(tokenizer, item.prompt)  # the completion and its markup
+        if max_length - reply <= 0:
+            continue
+        cut, fits = cut_messages(tokenizer, item.prompt, max_length - reply)
+        if fits and conversation_tokens(tokenizer, cut, item.completion) <= max_length:
+            kept.append(dataclasses.replace(item, prompt=cut))
+            truncated += 1
+    return Fitted(kept, truncated, len(items) - len(kept))

@@ -129,9 +129,10 @@ def _models_show(args: argparse.Namespace) -> int:
     for key, label in (("reward", "reward model"), ("judge", "judge (independent)")):
         rm = version.metrics.get(key, {})
         if rm:
+            start = f"; init {rm['init']}: {rm.get('init_dir')}" if "init" in rm else ""
             print(
                 f"{label} held-out accuracy: {_fmt(rm.get('heldout_accuracy'))}"
-                f" on {rm.get('heldout_pairs')} pairs"
+                f" on {rm.get('heldout_pairs')} pairs{start}"
             )
     print_gates(version.gate_report)
     if canary_line:

@@ -113,10 +113,14 @@ def train_reward_model(
     seed: int = 0,
     progress: bool = True,
     placement: Placement | None = None,
+    init_dir: Path | None = None,
 ) -> RewardResult:
     """Train a reward model on ``train_pairs``; report pairwise accuracy on ``heldout_pairs``.
 
-    Under ``accelerate launch`` every rank trains (data parallel); rank 0 saves."""
+    It reads with ``base_dir``'s tokenizer and starts from ``init_dir``'s weights (a
+    reward model over the same base, :func:`base_mismatch`) or, by default, from
+    ``base_dir``'s under a new score head. Under ``accelerate launch`` every rank
+    trains (data parallel); rank 0 saves."""
     from transformers import AutoTokenizer
 
     placement = placement or Placement.resolve()
@@ -127,7 +131,7 @@ def train_reward_model(
     rows = _token_rows(tokenizer, train_pairs, config.max_length)
     model_dir = out_dir / "model"
     trainer, training_loss = _fit(
-        base_dir,
+        init_dir or base_dir,
         tokenizer,
         rows,
         out_dir,
@@ -160,6 +164,34 @@ def train_reward_model(
             "loss_curve": [h["loss"] for h in history],
         },
     )
+
+
+_SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def base_mismatch(model_dir: Path, parent_dir: Path) -> str | None:
+    """Why the reward model in ``model_dir`` cannot start a reward model over the policy
+    in ``parent_dir`` (None: it can): not a one-label reward model, another architecture
+    or shape, or another tokenizer (vocabulary or chat template)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    rm, parent = AutoConfig.from_pretrained(model_dir), AutoConfig.from_pretrained(parent_dir)
+    if rm.num_labels != 1 or not any(
+        a.endswith("ForSequenceClassification") for a in rm.architectures or []
+    ):
+        return f"{model_dir} is not a one-label reward model"
+    shape = [k for k in _SHAPE if getattr(rm, k, None) != getattr(parent, k, None)]
+    if shape:
+        return f"its base differs from the parent's ({', '.join(shape)})"
+    rm_tok, parent_tok = (
+        AutoTokenizer.from_pretrained(model_dir),
+        AutoTokenizer.from_pretrained(parent_dir),
+    )
+    if rm_tok.get_vocab() != parent_tok.get_vocab():
+        return "its tokenizer's vocabulary differs from the parent's"
+    if rm_tok.chat_template != parent_tok.chat_template:
+        return "its chat template differs from the parent's"
+    return None
 
 
 def _sample_pairs(pairs: Sequence[Pair], limit: int | None, seed: int) -> Sequence[Pair]:
@@ -201,7 +233,7 @@ def _token_rows(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> list[
 
 
 def _fit(
-    base_dir: Path,
+    init_dir: Path,
     tokenizer: Any,
     rows: list[dict[str, Any]],
     out_dir: Path,
@@ -211,14 +243,15 @@ def _fit(
     progress: bool,
     placement: Placement,
 ) -> tuple[Any, float]:
-    """TRL's RewardTrainer on a one-label head over ``base_dir``: the trainer (its
-    model and log history) and the training loss."""
+    """TRL's RewardTrainer on a one-label head over ``init_dir`` (a new head on a
+    policy, or a reward model's own): the trainer (its model and log history) and the
+    training loss."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        base_dir, num_labels=1, dtype=placement.train_dtype
+        init_dir, num_labels=1, dtype=placement.train_dtype
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     args = trl_arguments(

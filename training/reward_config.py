@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from training.source_weights import SourceWeights
 
 
 class RewardStageConfig(BaseModel):
+    init: Literal["parent", "previous"] = Field(
+        default="parent",
+        description="Weights to start from: the parent policy's, under a new score head"
+        " ('parent'), or the reward model of the same kind (policy RM or judge) that the"
+        " latest succeeded run trained ('previous'). 'previous' falls back to the parent,"
+        " with a warning and the reason in the run's metrics, when there is none, when its"
+        " run sliced the prompts otherwise (heldout_fraction, judge_fraction), or when its"
+        " base or tokenizer differ from the parent's. See training/cycle_stages.py.",
+    )
     epochs: float = Field(default=1.0, gt=0, description="Passes over the training pairs.")
     learning_rate: float = Field(default=1e-5, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step.")

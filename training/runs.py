@@ -133,6 +133,16 @@ def last_watermark(conn: psycopg.Connection) -> datetime | None:
     return row[0] if row else None
 
 
+def last_succeeded(conn: psycopg.Connection) -> dict[str, Any] | None:
+    """The latest succeeded run's ``id``, ``config`` and ``metrics`` (None: none has)."""
+    cur = conn.execute(
+        "SELECT id, config, metrics FROM training_runs WHERE status = 'succeeded'"
+        " ORDER BY finished_at DESC LIMIT 1"
+    )
+    row = cur.fetchone()
+    return None if row is None else {"id": row[0], "config": row[1], "metrics": row[2]}
+
+
 def get_run(conn: psycopg.Connection, run_id: Any) -> dict[str, Any] | None:
     cur = conn.execute("SELECT * FROM training_runs WHERE id = %s", (run_id,))
     row = cur.fetchone()

@@ -9,7 +9,7 @@ from typing import Any
 
 from training import distributed
 from training.device import Placement, trl_arguments
-from training.lengths import fitting
+from training.lengths import cut_to_fit
 from training.sft_config import SftStageConfig
 from training.snapshot import SftExample
 
@@ -28,24 +28,37 @@ def train_sft(
 ) -> dict[str, Any]:
     """Fine-tune ``policy_dir`` on ``examples`` (loss on the reply only); save to ``out_dir``.
 
-    Examples longer than ``max_length`` are left out; with fewer than ``min_examples``
-    left the stage is skipped (``sft_examples`` is 0 and nothing is saved)."""
+    An example longer than ``max_length`` has its prompt cut by whole messages (the
+    least relevant sources first; the system header and the question stay) and is
+    left out only if it still does not fit; with fewer than ``min_examples`` left the
+    stage is skipped (``sft_examples`` is 0 and nothing is saved). ``sft_truncated``
+    and ``sft_too_long`` count the examples cut and left out."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    kept = fitting(tokenizer, examples, config.max_length, lambda e: [e.completion])
-    if len(kept) < config.min_examples:
+    fitted = cut_to_fit(tokenizer, examples, config.max_length)
+    counts = {"sft_truncated": fitted.truncated, "sft_too_long": fitted.too_long}
+    logger.info(
+        "SFT: %d of %d examples fit max_length %d, %d of them with their prompts cut"
+        " (older turns, then the least relevant sources, dropped); %d left out, too long even so",
+        len(fitted.kept),
+        len(examples),
+        config.max_length,
+        fitted.truncated,
+        fitted.too_long,
+    )
+    if len(fitted.kept) < config.min_examples:
         logger.warning(
             "SFT skipped: %d of %d examples fit max_length %d (need %d)",
-            len(kept),
+            len(fitted.kept),
             len(examples),
             config.max_length,
             config.min_examples,
         )
-        return {"sft_examples": 0, "sft_too_long": len(examples) - len(kept)}
-    examples = kept
+        return {"sft_examples": 0, **counts}
+    examples = fitted.kept
     placement = placement or Placement.resolve()
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=placement.train_dtype)
     rows = [
@@ -72,4 +85,4 @@ def train_sft(
         tokenizer.save_pretrained(out_dir)
     distributed.barrier()
     logger.info("SFT on %d examples: loss %.4f", len(rows), result.training_loss)
-    return {"sft_examples": len(rows), "sft_loss": result.training_loss}
+    return {"sft_examples": len(rows), **counts, "sft_loss": result.training_loss}

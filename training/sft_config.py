@@ -12,7 +12,12 @@ class SftStageConfig(BaseModel):
     epochs: float = Field(default=1.0, gt=0, description="Passes over the SFT examples.")
     learning_rate: float = Field(default=2e-5, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(default=4, ge=1, description="Examples per optimizer step.")
-    max_length: int = Field(default=512, ge=16, description="Longer examples are truncated.")
+    max_length: int = Field(
+        default=512,
+        ge=16,
+        description="Tokens of an example; longer ones have their prompts cut by whole messages"
+        " (older turns, then the least relevant sources) and are left out if still too long.",
+    )
     source_weights: SourceWeights = Field(
         default_factory=dict,
         description="Weight of each feedback source's SFT examples (comparison, correction, rating;"

@@ -57,8 +57,10 @@ def drop_last_source(content: str) -> str | None:
     return head + _SOURCES_HEADER + "\n\n".join(rest)
 
 
-def fit_messages(tokenizer: Any, messages: Messages, max_tokens: int) -> Messages:
-    """``messages`` cut by whole turns and sources to at most ``max_tokens`` templated tokens."""
+def cut_messages(tokenizer: Any, messages: Messages, max_tokens: int) -> tuple[Messages, bool]:
+    """``messages`` cut by whole turns and sources towards at most ``max_tokens``
+    templated tokens, and whether they fit; when they do not, what is left is the
+    system header (without sources) and the question."""
     out = [dict(m) for m in messages]
     while prompt_tokens(tokenizer, out) > max_tokens:
         head, last = _head(out), _last_user(out)
@@ -71,11 +73,20 @@ def fit_messages(tokenizer: Any, messages: Messages, max_tokens: int) -> Message
                 out[i]["content"] = smaller
                 break
         else:
-            logger.warning(
-                "a prompt of %d tokens exceeds max_prompt_length %d with only its system"
-                " header and question left; kept whole",
-                prompt_tokens(tokenizer, out),
-                max_tokens,
-            )
-            break
+            return out, False
+    return out, True
+
+
+def fit_messages(tokenizer: Any, messages: Messages, max_tokens: int) -> Messages:
+    """``messages`` cut by whole turns and sources to at most ``max_tokens`` templated
+    tokens (:func:`cut_messages`); when that is not enough, the system header and the
+    question, kept whole, with a warning."""
+    out, fits = cut_messages(tokenizer, messages, max_tokens)
+    if not fits:
+        logger.warning(
+            "a prompt of %d tokens exceeds max_prompt_length %d with only its system"
+            " header and question left; kept whole",
+            prompt_tokens(tokenizer, out),
+            max_tokens,
+        )
     return out

@@ -14,6 +14,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from feedback.prompting import GROUNDING_INSTRUCTIONS
 from training.snapshot import Pair, prompt_slice
 
 GOOD = "yes keyword thanks please answer policy handbook".split()
@@ -85,6 +86,23 @@ def make_hacking_pairs(
             rejected = " ".join(words(BAD) + extra)
         pairs.append(Pair(prompt, chosen, rejected, f"hack-{i % 40}", start + timedelta(minutes=i)))
     return pairs
+
+
+def grounded(question: str, n_sources: int, turns: int) -> list[dict[str, str]]:
+    """A knowledge-mode prompt: the grounding system message with ``n_sources`` numbered
+    sources (most relevant first), ``turns`` earlier exchanges, then ``question``."""
+    sources = "\n\n".join(
+        f"[{i}] Doc {i} (kb/doc{i}.md)\n" + " ".join(f"fact{i}-{j}" for j in range(30))
+        for i in range(1, n_sources + 1)
+    )
+    history = []
+    for t in range(turns):
+        history += [
+            {"role": "user", "content": f"old question {t} " + "filler " * 20},
+            {"role": "assistant", "content": f"old answer {t} " + "filler " * 20},
+        ]
+    system = f"{GROUNDING_INSTRUCTIONS}\n\nSources:\n{sources}"
+    return [{"role": "system", "content": system}, *history, {"role": "user", "content": question}]
 
 
 class ListSource:

@@ -1,6 +1,8 @@
-"""Examples longer than a stage's max_length: SFT leaves them out and says so; the
-reward model reads them cut (whole sources first, then from the left, as its scorer
-does), and trains on at most `max_train_pairs`."""
+"""Examples longer than a stage's max_length: SFT cuts their prompts by whole
+messages (the least relevant sources go, the system header and the question stay)
+and leaves out only what still does not fit, and says so; the reward model reads
+them cut the same way (then from the left, as its scorer does), and trains on at
+most `max_train_pairs`."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from tests.training.synthetic import make_pairs
-from training.lengths import conversation_tokens, fitting
+from feedback.prompting import GROUNDING_INSTRUCTIONS
+from tests.training.synthetic import grounded, make_pairs
+from training.lengths import conversation_tokens, cut_to_fit, fitting
 from training.reward import encode, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.sft import train_sft
@@ -54,7 +57,7 @@ def test_sft_is_skipped_when_too_few_examples_fit(tiny_model_dir: Path, tmp_path
     ]
     config = SftStageConfig(max_length=16, min_examples=2)
     result = train_sft(tiny_model_dir, examples, tmp_path / "sft", config)
-    assert result == {"sft_examples": 0, "sft_too_long": 8}
+    assert result == {"sft_examples": 0, "sft_truncated": 0, "sft_too_long": 8}
     assert not (tmp_path / "sft").exists()
 
 
@@ -67,3 +70,44 @@ def test_reward_model_trains_on_at_most_max_train_pairs(
     )
     assert result.train_metrics["train_pairs"] == 6
     assert len(result.train_metrics["loss_curve"]) == 3  # 6 pairs, 2 per step, one epoch
+
+
+def test_sft_cuts_the_least_relevant_sources_of_a_long_correction(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A correction whose grounded prompt is too long keeps its system header, its
+    question and its first sources; its last source goes. Only an example whose
+    header and question alone are too long is left out."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    question = "How many days of leave do I get?"
+    answer = "According to the handbook [1]: 25 days of paid leave per year."
+    long_prompt = grounded(question, n_sources=4, turns=0)
+    # The budget: the same prompt with three sources and the answer, exactly.
+    max_length = conversation_tokens(tok, grounded(question, n_sources=3, turns=0), answer)
+    assert conversation_tokens(tok, long_prompt, answer) > max_length
+    short = [
+        SftExample([{"role": "user", "content": f"question {i}"}], answer, f"conv-{i}")
+        for i in range(3)
+    ]
+    hopeless = SftExample(
+        [{"role": "user", "content": "leave " * max_length}], answer, "conv-hopeless"
+    )
+    examples = [*short, SftExample(long_prompt, answer, "conv-long"), hopeless]
+
+    fitted = cut_to_fit(tok, examples, max_length)
+    assert (len(fitted.kept), fitted.truncated, fitted.too_long) == (4, 1, 1)
+    assert fitted.kept[:3] == short  # examples that fit are untouched
+    cut = fitted.kept[3]
+    assert cut.conversation_id == "conv-long" and cut.completion == answer
+    assert [m["role"] for m in cut.prompt] == ["system", "user"]
+    assert cut.prompt[-1]["content"] == question
+    system = cut.prompt[0]["content"]
+    assert system.startswith(GROUNDING_INSTRUCTIONS)
+    assert "[1] Doc 1" in system and "[3] Doc 3" in system
+    assert "[4] Doc 4" not in system  # the least relevant source went, and only it
+    assert conversation_tokens(tok, cut.prompt, answer) <= max_length
+
+    config = SftStageConfig(max_length=max_length, min_examples=4, batch_size=4, epochs=1)
+    result = train_sft(tiny_model_dir, examples, tmp_path / "sft", config, progress=False)
+    assert (result["sft_examples"], result["sft_truncated"], result["sft_too_long"]) == (4, 1, 1)
+    assert (tmp_path / "sft" / "config.json").exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from feedback.prompting import GROUNDING_INSTRUCTIONS
-from tests.training.synthetic import make_pairs
+from tests.training.synthetic import grounded, make_pairs
 from training import stages
 from training.cycle_config import TrainCycleConfig
 from training.device import Placement
@@ -143,21 +143,6 @@ def test_rollouts_ignore_the_checkpoints_sampling_settings(
     assert with_checkpoint != plain  # and they would have changed the replies
     config = rollout_generation_config(tokenizer, max_new_tokens=4)
     assert (config.repetition_penalty, config.top_k, config.top_p) == (1.0, 0, 1.0)
-
-
-def grounded(question: str, n_sources: int, turns: int) -> list[dict[str, str]]:
-    sources = "\n\n".join(
-        f"[{i}] Doc {i} (kb/doc{i}.md)\n" + " ".join(f"fact{i}-{j}" for j in range(30))
-        for i in range(1, n_sources + 1)
-    )
-    history = []
-    for t in range(turns):
-        history += [
-            {"role": "user", "content": f"old question {t} " + "filler " * 20},
-            {"role": "assistant", "content": f"old answer {t} " + "filler " * 20},
-        ]
-    system = f"{GROUNDING_INSTRUCTIONS}\n\nSources:\n{sources}"
-    return [{"role": "system", "content": system}, *history, {"role": "user", "content": question}]
 
 
 def test_prompts_are_cut_by_whole_messages_keeping_header_and_question(
