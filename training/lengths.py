@@ -6,8 +6,8 @@ SFT cuts the prompts of long examples by whole messages first (:func:`cut_to_fit
 the least relevant sources go, the system header and the question stay) and
 leaves out only what still does not fit, so it can say how many examples it cut
 and dropped, and skip clearly when too few are left. KTO filters
-(:func:`fitting`). (The reward stage keeps every pair and cuts long ones from
-the left instead: ``training.reward.encode``.)"""
+(:func:`fitting`). (The reward stage keeps every pair: ``training.reward.encode``
+cuts a long one by whole messages too, then from the left if still needed.)"""
 
 from __future__ import annotations
 

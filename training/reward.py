@@ -17,7 +17,7 @@ from training.device import Placement, trl_arguments
 from training.errors import TrainingError
 from training.reward_config import RewardStageConfig
 from training.snapshot import Messages, Pair
-from training.truncation import fit_messages, prompt_tokens
+from training.truncation import cut_messages, prompt_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def encode(
     if max_length is None or len(ids) <= max_length:
         return ids
     reply_cost = len(ids) - prompt_tokens(tokenizer, prompt)
-    fitted = fit_messages(tokenizer, prompt, max(max_length - reply_cost, 1))
-    return _conversation_ids(tokenizer, fitted, reply)[-max_length:]
+    cut, _ = cut_messages(tokenizer, prompt, max(max_length - reply_cost, 1))
+    return _conversation_ids(tokenizer, cut, reply)[-max_length:]  # left cut if still long
 
 
 def _conversation_ids(tokenizer: Any, prompt: Messages, reply: str) -> list[int]:
