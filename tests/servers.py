@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -28,7 +29,6 @@ from fastapi import FastAPI
 
 from feedback.consumer import FeedbackConsumer
 from feedback.settings import FeedbackSettings
-from infra.local.tansu import free_port
 from serving.app import build_app
 from serving.settings import ServingSettings
 from training import registry
@@ -36,11 +36,17 @@ from training.base_model import weights_digest
 
 
 class ServerThread:
-    """Runs ``app`` on 127.0.0.1 in a thread with its own event loop."""
+    """Runs ``app`` on 127.0.0.1 in a thread with its own event loop.
+
+    The listening socket is bound here, before the app's startup loads an engine,
+    so nothing that starts meanwhile can take the port."""
 
     def __init__(self, app: FastAPI, *, port: int | None = None) -> None:
         self.app = app
-        self.port = port or free_port()
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", port or 0))
+        self.port = int(self.socket.getsockname()[1])
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
         )
@@ -58,7 +64,7 @@ class ServerThread:
         self.loop = loop
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self.server.serve())
+            loop.run_until_complete(self.server.serve(sockets=[self.socket]))
         except BaseException as exc:  # reported by start()
             self.error = exc
         finally:
@@ -81,6 +87,7 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=120)
+        self.socket.close()
 
 
 @dataclass

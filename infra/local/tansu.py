@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -56,8 +57,36 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port on 127.0.0.1 that is free now and outside the kernel's ephemeral range.
+
+    A server given this port binds it later (a broker, Postgres, an API server after
+    its engine loads). Meanwhile every socket that asks the kernel for a port (an
+    outgoing connection, vLLM's and torch's ``bind(0)``) gets an ephemeral one, so
+    only an explicit choice like this one could take it; ports already handed out in
+    this process are not handed out again."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10000, low) if p not in _handed_out] if low > 11000 else []
+    for port in random.sample(candidates, min(len(candidates), 200)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # no range below the ephemeral one: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
