@@ -4,7 +4,8 @@
 model on the SFT examples a finished feedback phase left in Postgres (corrections
 and top-rated replies), then asks the held-out questions of the base and of the
 tuned model, greedily, and prints the employees' yardstick (exact figure, cites)
-before and after with Wilson intervals and the exact McNemar test.
+before and after with Wilson intervals and the exact McNemar test, and the KL of
+the tuned model to the base as the KL gate measures it (``--kl``).
 
 It is how the demo preset's SFT settings were chosen (training/RECIPES.md): one
 probe takes minutes, a whole `make demo` twenty. Its prompts are grounded by
@@ -28,6 +29,9 @@ from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
 from ratchet.db import connect
 from serving.backends.machine import bind_engine_threads, machine_dtype
+from training.cycle_config import TrainCycleConfig
+from training.evaluate import Policy, mean_kl, unique_prompts
+from training.gates import load_thresholds
 from training.kb_reader import kb_grounder
 from training.settings import TrainingSettings
 from training.sft import train_sft
@@ -68,12 +72,31 @@ def held_out_evaluation(
     return Evaluation(version=model_dir.name, rows=rows)
 
 
+def gate_kl(base: Path, tuned: Path, prompts: list[list[dict[str, str]]]) -> float:
+    """Mean KL(tuned || base) per reply, measured as the demo preset's KL gate does
+    (training/gates.py): sampled replies of the tuned model, the preset's counts."""
+    cfg = TrainCycleConfig.for_size("demo").eval
+    repeated = [
+        p for p in unique_prompts(prompts, cfg.prompts) for _ in range(cfg.samples_per_prompt)
+    ]
+    candidate = Policy(tuned)
+    _, batches = candidate.generate(
+        repeated,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=True,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    return mean_kl(candidate, Policy(base), batches)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.demo.probe", description=__doc__)
     parser.add_argument("--sft-epochs", type=float, default=3.0)
     parser.add_argument("--sft-lr", type=float, default=1e-4)
     parser.add_argument("--sft-batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=None, help="reply length (the demo's)")
+    parser.add_argument("--kl", action="store_true", help="also measure the KL gate's figure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     console = Console()
@@ -110,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics = train_sft(base, snapshot.sft_examples, out, config)
         console.print(f"SFT: {metrics}")
         after = held_out_evaluation(out, prompts, held_out, tokens)
+        if args.kl:
+            kl = gate_kl(base, out, prompts)
+            limit = load_thresholds().kl_max
+            console.print(f"KL(tuned || base) per reply: {kl:.1f} nats (the gate allows {limit})")
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")
     for (q, b), (_, a) in list(zip(before.rows, after.rows, strict=True))[:3]:
