@@ -140,29 +140,25 @@ def train_reward_models(
     prompts that neither the policy's reward model nor PPO ever sees), each started
     where ``inits`` says (:func:`reward_inits`); both report their accuracy on the
     held-out slice, and the run's metrics say where each started."""
-    from training.reward import RewardScorer, train_reward_model
-    from training.source_weights import weighted
+    from training.reward import RewardScorer
 
     trained: dict[str, Any] = {}
-    for name, pairs, cfg, seed in (
-        ("reward", snapshot.train_pairs, config.reward, config.seed),
-        ("judge", snapshot.judge_pairs, config.judge, config.seed + 1),
-    ):
+    for name in REWARD_KINDS:
         init = inits[name]
         t0 = time.monotonic()
-        result = train_reward_model(
+        result = train_reward_kind(
+            name,
             parent_dir,
-            weighted(pairs, cfg.source_weights, seed=seed),
-            snapshot.heldout_pairs,
-            run_dir / name,
-            cfg,
-            seed=seed,
+            snapshot,
+            run_dir,
+            config,
             progress=progress,
             placement=placement,
             init_dir=init.model_dir if init.origin == "previous" else None,
         )
         timings[f"{name}_s"] = time.monotonic() - t0
         metrics[name] = {**rm_metrics(result), **init.as_metrics()}
+        cfg = getattr(config, name)
         scorer = RewardScorer(
             result.model_dir,
             batch_size=cfg.score_batch_size,
@@ -171,6 +167,41 @@ def train_reward_models(
         )
         trained[name] = (result, scorer)
     return RewardModels(*trained["reward"], *trained["judge"])
+
+
+def train_reward_kind(
+    kind: str,
+    parent_dir: Path,
+    snapshot: Snapshot,
+    run_dir: Path,
+    config: TrainCycleConfig,
+    *,
+    progress: bool,
+    placement: Placement,
+    init_dir: Path | None = None,
+) -> RewardResult:
+    """Train the policy's reward model (``kind`` "reward": the policy slice's pairs) or
+    the judge ("judge": the judge slice's) into ``run_dir / kind``, as a cycle does (its
+    settings, source weights and seed), and measure it on the held-out slice."""
+    from training.reward import train_reward_model
+    from training.source_weights import weighted
+
+    pairs, seed = {
+        "reward": (snapshot.train_pairs, config.seed),
+        "judge": (snapshot.judge_pairs, config.seed + 1),
+    }[kind]
+    cfg = getattr(config, kind)
+    return train_reward_model(
+        parent_dir,
+        weighted(pairs, cfg.source_weights, seed=seed),
+        snapshot.heldout_pairs,
+        run_dir / kind,
+        cfg,
+        seed=seed,
+        progress=progress,
+        placement=placement,
+        init_dir=init_dir,
+    )
 
 
 def gate_stage(

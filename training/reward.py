@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import ModuleList
 
 from training import distributed
 from training.device import Placement, trl_arguments
@@ -153,18 +154,24 @@ def train_reward_model(
     accuracy = scorer.accuracy(heldout_pairs)
     logger.info("reward model: held-out accuracy %.3f on %d pairs", accuracy, len(heldout_pairs))
     history = [h for h in trainer.state.log_history if "loss" in h]
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return RewardResult(
         model_dir=model_dir,
         heldout_accuracy=accuracy,
         heldout_pairs=len(heldout_pairs),
         train_metrics={
             "train_pairs": len(train_pairs),
+            "trainable_params": trainable,
             "train_loss": training_loss,
             "train_accuracy": history[-1].get("accuracy") if history else None,
             "loss_curve": [h["loss"] for h in history],
         },
     )
 
+
+# Where a model's base keeps its transformer blocks: ``layers`` in Llama-style models
+# (SmolLM2, the tiny test model), ``h`` in GPT-2-style ones.
+_BLOCK_LISTS = ("layers", "h")
 
 _SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
@@ -254,6 +261,13 @@ def _fit(
         init_dir, num_labels=1, dtype=placement.train_dtype
     )
     model.config.pad_token_id = tokenizer.pad_token_id
+    extra: dict[str, Any] = {}
+    if config.train_layers is not None:
+        freeze_lower_layers(model, config.train_layers)
+        # RewardConfig checkpoints by default, and checkpointing makes transformers ask for
+        # gradients at the embeddings' output, which would carry the backward pass through
+        # every frozen block; without it the frozen blocks keep no activations anyway.
+        extra["gradient_checkpointing"] = False
     args = trl_arguments(
         RewardConfig,
         placement,
@@ -264,6 +278,7 @@ def _fit(
         max_length=config.max_length,
         seed=seed,
         progress=progress,
+        **extra,
     )
     trainer = RewardTrainer(
         model=model,
@@ -273,3 +288,41 @@ def _fit(
     )
     result = trainer.train()
     return trainer, float(result.training_loss)
+
+
+def freeze_lower_layers(model: Any, train_layers: int) -> int:
+    """Leave only the top ``train_layers`` transformer blocks of ``model`` (a
+    ``...ForSequenceClassification``), its final norm and its score head trainable: the
+    embeddings and the lower blocks get ``requires_grad`` False. Returns the number of
+    trainable parameters."""
+    base = model.base_model
+    blocks = next(
+        (b for b in (getattr(base, n, None) for n in _BLOCK_LISTS) if isinstance(b, ModuleList)),
+        None,
+    )
+    if blocks is None:
+        raise TrainingError(
+            f"train_layers: {type(model).__name__} has no transformer block list"
+            f" ({' or '.join(f'{type(base).__name__}.{n}' for n in _BLOCK_LISTS)});"
+            " leave train_layers unset to train every layer"
+        )
+    if train_layers > len(blocks):
+        raise TrainingError(
+            f"train_layers is {train_layers}, but {type(model).__name__} has only"
+            f" {len(blocks)} transformer blocks"
+        )
+    in_blocks = {id(p) for p in blocks.parameters()}
+    embeddings = {
+        id(p) for m in base.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
+    }
+    for p in base.parameters():  # the final norm (whatever is neither a block nor an embedding)
+        p.requires_grad_(id(p) not in in_blocks and id(p) not in embeddings)
+    blocks[len(blocks) - train_layers :].requires_grad_(True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "reward model: training the top %d of %d blocks (%d parameters)",
+        train_layers,
+        len(blocks),
+        trainable,
+    )
+    return trainable

@@ -31,6 +31,15 @@ class RewardStageConfig(BaseModel):
         description="Train on at most this many pairs (a seeded sample) so a cycle's time stays "
         "bounded as feedback accumulates; None trains on all.",
     )
+    train_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Train only the top N transformer blocks, the final norm and the score head;"
+        " the embeddings and the lower blocks stay frozen and gradient checkpointing is off, so"
+        " the backward pass stops below the lowest trained block (the forward pass stays whole)."
+        " None trains every layer. A model"
+        " with fewer blocks, or whose blocks are not found, is a TrainingError.",
+    )
     score_batch_size: int = Field(default=16, ge=1, description="Batch size when scoring replies.")
     source_weights: SourceWeights = Field(
         default_factory=dict,

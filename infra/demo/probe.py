@@ -1,4 +1,4 @@
-"""Probe a policy recipe on the demo's stored feedback, without the API.
+"""Probe a policy or reward-model recipe on the demo's stored feedback, without the API.
 
 ``python -m infra.demo.probe --sft-epochs 3 --sft-lr 1e-4`` fine-tunes the base
 model on the SFT examples a finished feedback phase left in Postgres (corrections
@@ -12,6 +12,14 @@ probe takes minutes, a whole `make demo` twenty. Its prompts are grounded by
 training's word-overlap reader of the stored knowledge base
 (``training.kb_reader``), not by serving's dense retriever, so its figures are
 close to the demo's but not the same; compare probes with probes.
+
+``python -m infra.demo.probe --stage reward --train-layers 4 --rm-lr 1e-4`` trains
+the cycle's policy reward model (``--kinds reward judge``: and its judge) on the
+pairs a cycle would snapshot from the store now, sliced as the cycle slices them
+(the demo size's settings, changed by the options given), from the base model as
+a first cycle does, and prints each one's
+held-out accuracy with its Wilson interval and the accuracy gate's verdict
+(``training/gates.yaml``), its pair counts and its wall time.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -30,9 +39,12 @@ from infra.demo.yardstick import compare
 from ratchet.db import connect
 from serving.backends.machine import bind_engine_threads, machine_dtype
 from training.cycle_config import TrainCycleConfig
+from training.cycle_stages import REWARD_KINDS, train_reward_kind
+from training.device import Placement
 from training.evaluate import Policy, mean_kl, unique_prompts
-from training.gates import load_thresholds
+from training.gates import accuracy_gate, load_thresholds
 from training.kb_reader import kb_grounder
+from training.reward_config import RewardStageConfig
 from training.settings import TrainingSettings
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
@@ -90,15 +102,38 @@ def gate_kl(base: Path, tuned: Path, prompts: list[list[dict[str, str]]]) -> flo
     return mean_kl(candidate, Policy(base), batches)
 
 
+def _count(value: str) -> int | None:
+    return None if value == "all" else int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.demo.probe", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.demo.probe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--stage", choices=("sft", "reward"), default="sft")
     parser.add_argument("--sft-epochs", type=float, default=3.0)
     parser.add_argument("--sft-lr", type=float, default=1e-4)
     parser.add_argument("--sft-batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=None, help="reply length (the demo's)")
     parser.add_argument("--kl", action="store_true", help="also measure the KL gate's figure")
+    rm = parser.add_argument_group("--stage reward (unset: the size's own setting)")
+    rm.add_argument("--size", default="demo", help="the cycle size whose settings start")
+    rm.add_argument("--kinds", nargs="+", choices=REWARD_KINDS, default=["reward"])
+    for flag, dest, kind, what in (
+        ("--rm-epochs", "epochs", float, ""),
+        ("--rm-lr", "learning_rate", float, ""),
+        ("--rm-batch", "batch_size", int, ""),
+        ("--rm-max-length", "max_length", int, ""),
+        ("--max-train-pairs", "max_train_pairs", _count, "a count, or 'all'"),
+        ("--train-layers", "train_layers", _count, "top blocks trained, or 'all'"),
+    ):
+        rm.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=what)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.stage == "reward":
+        return probe_reward(args, Console(), TrainingSettings())
     console = Console()
     demo = DemoSettings()
     settings = TrainingSettings()
@@ -135,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         after = held_out_evaluation(out, prompts, held_out, tokens)
         if args.kl:
             kl = gate_kl(base, out, prompts)
-            limit = load_thresholds().kl_max
+            limit = load_thresholds(settings.gates_config).kl_max
             console.print(f"KL(tuned || base) per reply: {kl:.1f} nats (the gate allows {limit})")
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")
@@ -143,6 +178,68 @@ def main(argv: list[str] | None = None) -> int:
         console.print(
             f"[bold]{q.question}[/]\n  before: {b.text[:160]!r}\n  after:  {a.text[:160]!r}"
         )
+    return 0
+
+
+def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
+    """Train the cycle's reward models (``args.kinds``) on the stored feedback and print
+    what the accuracy gates would read of them."""
+    config = TrainCycleConfig.for_size(args.size)
+    changed = {k: v for k, v in vars(args).items() if k in RewardStageConfig.model_fields}
+    config = config.model_copy(
+        update={
+            kind: RewardStageConfig.model_validate(
+                {**getattr(config, kind).model_dump(), **changed}
+            )
+            for kind in args.kinds
+        }
+    )
+    t0 = time.monotonic()
+    with connect(settings.database_url) as conn:
+        snapshot = build_snapshot(
+            StoreSource(),
+            conn,
+            since=config.window_start(),
+            heldout_fraction=config.heldout_fraction,
+            judge_fraction=config.judge_fraction,
+        )
+    console.print(f"snapshot ({time.monotonic() - t0:.0f} s): {snapshot.stats}")
+    if not snapshot.heldout_pairs:
+        console.print("[red]no held-out preference pairs in the store[/]: run `make demo` first")
+        return 2
+    base = (DemoSettings().model or Path("models/base")).resolve()
+    placement = Placement.resolve(settings.train_device, settings.train_precision)
+    thresholds = load_thresholds(settings.gates_config)
+    floors = {
+        "reward": thresholds.reward_accuracy_lower_min,
+        "judge": thresholds.judge_accuracy_lower_min,
+    }
+    with tempfile.TemporaryDirectory(prefix="ratchet-probe-") as tmp:
+        for kind in args.kinds:
+            console.print(f"{kind}: {getattr(config, kind)}")
+            t0 = time.monotonic()
+            result = train_reward_kind(
+                kind, base, snapshot, Path(tmp), config, progress=False, placement=placement
+            )
+            seconds = time.monotonic() - t0
+            gate = accuracy_gate(
+                f"{kind}_accuracy",
+                correct=round(result.heldout_accuracy * result.heldout_pairs),
+                n=result.heldout_pairs,
+                floor=floors[kind],
+                min_n=thresholds.min_heldout_pairs,
+                confidence=thresholds.confidence,
+            )
+            low, high = gate.interval or (float("nan"), float("nan"))
+            m = result.train_metrics
+            console.print(
+                f"{kind}: held-out accuracy {result.heldout_accuracy:.3f} on"
+                f" {result.heldout_pairs} pairs, Wilson [{low:.3f}, {high:.3f}];"
+                f" gate {'passed' if gate.passed else 'FAILED'} ({gate.reason});"
+                f" {m['train_pairs']} training pairs, {m['trainable_params']:,} trainable"
+                f" parameters, loss {m['train_loss']:.3f}; {seconds:.0f} s"
+                " (training and held-out scoring)"
+            )
     return 0
 
 
