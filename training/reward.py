@@ -254,9 +254,12 @@ def _fit(
     policy, or a reward model's own): the trainer (its model and log history) and the
     training loss."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
+    # The new score head is drawn as the model loads, before the trainer seeds anything:
+    # seeded here, a cycle's reward model is the same on a rerun, not partly luck.
+    set_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         init_dir, num_labels=1, dtype=placement.train_dtype
     )

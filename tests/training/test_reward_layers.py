@@ -1,7 +1,8 @@
-"""``train_layers``: a reward model that trains only its top blocks (with the final
-norm and the score head) leaves the embeddings and the lower blocks bit for bit as
-they were, and says how many parameters it trained; a model with fewer blocks, or
-whose blocks it cannot find, is refused by name."""
+"""A reward model is the same on a rerun (its new score head is seeded), and with
+``train_layers`` only its top blocks (with the final norm and the score head) train:
+the embeddings and the lower blocks stay bit for bit as they were, it says how many
+parameters it trained, and a model with fewer blocks, or whose blocks it cannot
+find, is refused by name."""
 
 from __future__ import annotations
 
@@ -59,3 +60,23 @@ def test_train_layers_refuses_what_it_cannot_do(tiny_model_dir: Path) -> None:
     )
     with pytest.raises(TrainingError, match="BertForSequenceClassification has no transformer"):
         freeze_lower_layers(bert, 1)
+
+
+def test_a_reward_model_is_the_same_on_a_rerun(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The new score head is seeded, so the same pairs and seed give the same model
+    whatever the process's random state was (a different draw changes every score)."""
+    config = RewardStageConfig(epochs=1, learning_rate=1e-3, batch_size=4, max_length=1024)
+    heads = []
+    for run, noise in enumerate((1, 2)):
+        torch.manual_seed(noise)  # what else ran in the process before
+        result = train_reward_model(
+            tiny_model_dir,
+            make_pairs(8),
+            make_pairs(2),
+            tmp_path / str(run),
+            config,
+            progress=False,
+        )
+        rm = AutoModelForSequenceClassification.from_pretrained(result.model_dir, num_labels=1)
+        heads.append(rm.score.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])
