@@ -10,8 +10,16 @@ broker answers again, deleting spooled events only after they are
 acknowledged (a crash in between gives a duplicate, which the consumer drops
 by ``event_id``).
 
+The sender keeps each send's future with its record, in send order, and sweeps
+the settled ones off the front on each pass (every ``LINGER_S`` while busy):
+successes are counted, failures spooled. There is no callback per event (two
+per record, each run on kafka-python's I/O thread with a lock, a counter and a
+notify): in the API, every thread's Python work shares one GIL with the event
+loop.
+
 What is lost on a hard crash: events still in the in-memory queue or in
-kafka-python's send buffer (milliseconds' worth). ``close()`` spools them.
+kafka-python's send buffer (milliseconds' worth), and failed sends not yet swept
+(at most ``LINGER_S``). ``close()`` spools them.
 
 A broker that goes away ends its client: the sender checks every
 ``BROKER_CHECK_S`` that the broker still answers, and on the first failure
@@ -31,11 +39,11 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.partitioner import DefaultPartitioner
+from kafka.producer.future import FutureRecordMetadata
 from prometheus_client import Counter
 
 from feedback.events import Event, encode, topic_for
@@ -114,8 +122,9 @@ class EventProducer:
         self._wake = threading.Event()
         self._kafka: KafkaProducer | None = None
         self._healthy = False
-        self._inflight = 0
-        self._settled = threading.Condition()
+        # sent, not yet settled (the sender thread's alone; pending() reads its length)
+        self._inflight: deque[tuple[FutureRecordMetadata, Record]] = deque()
+        self._settled = threading.Lock()
         self._busy = 0  # records taken off the queue but not yet sent or spooled
         self._stop = threading.Event()
         self._closed = False
@@ -144,7 +153,7 @@ class EventProducer:
     def pending(self) -> int:
         """Events accepted but not yet acknowledged by the broker nor spooled."""
         with self._settled:
-            return len(self._queue) + self._busy + self._inflight
+            return len(self._queue) + self._busy + len(self._inflight)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every accepted event is acknowledged or spooled. True if it got there."""
@@ -163,15 +172,20 @@ class EventProducer:
         self.flush(timeout)
         self._stop.set()
         self._thread.join(timeout)
-        leftover = list(self._queue)
-        self._queue.clear()
-        if leftover:
-            self._to_spool(leftover)
         if self._kafka is not None:
             try:
                 self._kafka.close(timeout=5)
             except KafkaError:
                 logger.warning("kafka producer did not close cleanly", exc_info=True)
+        if not self._thread.is_alive():  # the sweeper has stopped: settle here
+            self._sweep()
+            if self._inflight:  # not settled even so: spooled (a duplicate at worst)
+                self._to_spool([record for _, record in self._inflight])
+                self._inflight.clear()
+        leftover = list(self._queue)
+        self._queue.clear()
+        if leftover:
+            self._to_spool(leftover)
         self._spool.close()
 
     # -- sender thread -----------------------------------------------------
@@ -186,7 +200,8 @@ class EventProducer:
 
     def _step(self) -> None:
         self._check_broker()
-        batch = self._take(timeout=0.1)
+        self._sweep()
+        batch = self._take(timeout=LINGER_S if self._inflight else 0.1)
         if batch:
             try:
                 if len(self._spool) > 0 or not self._usable():
@@ -266,8 +281,11 @@ class EventProducer:
             # and one request in flight keeps retries from reordering a partition.
             enable_idempotence=False,
             max_in_flight_requests_per_connection=1,
-            linger_ms=5,
-            request_timeout_ms=min(5000, s.producer_delivery_timeout_ms - 10),
+            linger_ms=s.producer_linger_ms,
+            # kafka-python wants delivery_timeout_ms >= linger_ms + request_timeout_ms
+            request_timeout_ms=min(
+                5000, s.producer_delivery_timeout_ms - s.producer_linger_ms - 10
+            ),
             delivery_timeout_ms=s.producer_delivery_timeout_ms,
             max_block_ms=s.producer_max_block_ms,
             reconnect_backoff_max_ms=1000,
@@ -284,34 +302,39 @@ class EventProducer:
             self._log_error("send failed, spooling: %s", exc)
             self._to_spool([record])
             return
-        with self._settled:
-            self._inflight += 1
-        future.add_callback(self._on_sent)
-        future.add_errback(self._on_failed, record)
+        self._inflight.append((future, record))
 
-    def _on_sent(self, _metadata: Any) -> None:
-        _SENT.inc()
-        self.outcomes["sent"] += 1  # kafka-python's one I/O thread calls back
-        self._settle()
-
-    def _on_failed(self, record: Record, exc: Exception) -> None:
-        self._healthy = False
-        self._log_error("delivery failed, spooling: %s", exc)
-        try:
-            self._to_spool([record])
-        finally:
-            self._settle()
-
-    def _settle(self) -> None:
-        with self._settled:
-            self._inflight -= 1
-            self._settled.notify_all()
+    def _sweep(self) -> None:
+        """Settle the sends kafka-python has finished, oldest first: count the
+        acknowledged, spool the failed (each run of them in one append). Stops at the
+        first unfinished send; a record leaves ``pending()`` only once it is counted
+        or spooled."""
+        inflight = self._inflight
+        while inflight and inflight[0][0].is_done:
+            ok = inflight[0][0].exception is None
+            run: list[Record] = []
+            for future, record in inflight:  # the run of settled sends with this outcome
+                if not future.is_done or (future.exception is None) is not ok:
+                    break
+                run.append(record)
+            if ok:
+                _SENT.inc(len(run))
+                with self._settled:
+                    self.outcomes["sent"] += len(run)
+            else:
+                self._healthy = False
+                self._log_error("delivery failed, spooling: %s", inflight[0][0].exception)
+                self._to_spool(run)
+            for _ in run:
+                inflight.popleft()
 
     def _wait_inflight(self) -> None:
         """Let earlier sends succeed or fail (and spool) before spooling newer events."""
-        limit = self._settings.producer_delivery_timeout_ms / 1000 * 2
-        with self._settled:
-            self._settled.wait_for(lambda: self._inflight == 0, timeout=limit)
+        deadline = time.monotonic() + self._settings.producer_delivery_timeout_ms / 1000 * 2
+        self._sweep()
+        while self._inflight and time.monotonic() < deadline:
+            time.sleep(LINGER_S)
+            self._sweep()
 
     def _to_spool(self, records: list[Record]) -> None:
         self._spool.append(records)
@@ -321,9 +344,9 @@ class EventProducer:
 
     def _replay(self) -> None:
         """Resend the backlog in order, deleting what the broker acknowledged."""
-        with self._settled:
-            if self._inflight:
-                return
+        self._sweep()
+        if self._inflight:
+            return
         if not self._probe():
             return
         assert self._kafka is not None

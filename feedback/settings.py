@@ -35,6 +35,13 @@ class FeedbackSettings(RatchetSettings):
         ge=1000,
         description="How long a send may stay unacknowledged before it is spooled.",
     )
+    producer_linger_ms: int = Field(
+        default=5,
+        ge=0,
+        le=500,
+        description="How long kafka-python lets a partition's batch fill before sending it:"
+        " longer, fewer and fuller batches (less CPU per event), and that much more latency.",
+    )
     producer_max_block_ms: int = Field(
         default=3000,
         ge=100,

@@ -2,22 +2,30 @@
 chat UI sends one rating per POST).
 
 The route stays a FastAPI route (its OpenAPI operation, its dependencies, its error
-answers); :func:`install` puts :class:`RatingFastPath` in front of its handler.
-A request whose body is a JSON object that :class:`RatingRequest` accepts, sent as
-``application/json``, is answered here: the same ``RatingRequest`` validation,
-the same :func:`serving.deps.authenticate` and the same
-:meth:`FeedbackService.rate`, without FastAPI's per-request machinery (the
-``Request`` object, the content-type parse, dependency solving, the endpoint
-call and the ``Response`` object). Anything else (no or another content type,
-invalid JSON, a body the model refuses, the server not started) goes to the
-FastAPI handler with the body replayed, so every 400 and 422 is FastAPI's own.
+answers). :func:`install` adds :class:`RatingFastPath` as the app's outermost
+middleware (inside Starlette's ``ServerErrorMiddleware`` only), and
+:class:`RatingErrors` in front of the route's handler. A request for the route
+whose body is a JSON object that :class:`RatingRequest` accepts, sent as
+``application/json``, is answered by the middleware: the same ``RatingRequest``
+validation, the same :func:`serving.deps.authenticate` and the same
+:meth:`FeedbackService.rate`, then the 202 sent and counted in
+``ratchet_http_requests_total`` directly, without the middleware stack, the
+router, FastAPI's per-request machinery (the ``Request`` object, the
+content-type parse, dependency solving, the endpoint call and the ``Response``
+object) and their send wrappers. Anything else (no or another content type,
+invalid JSON, a body the model refuses, the server not started) goes through the
+app to the FastAPI handler with the body replayed, so every 400 and 422 is
+FastAPI's own.
 
-Errors raised here (401 and 429 from the key, 403/404/422 from the message id,
-429 from the per-user cap) propagate to the app's exception handlers exactly as
-they do from the FastAPI handler: the fast path sits inside the route, behind
-Starlette's ``ExceptionMiddleware`` and the request metrics, so their bodies,
-headers and counters are the same. (``app.dependency_overrides`` of
-``get_current_user`` do not reach it: nothing overrides it, tests included.)
+An error raised by the authentication or the service (401 and 429 from the key,
+403/404/422 from the message id, 429 from the per-user cap, or any other) is not
+answered by the middleware: the request goes through the app with the body
+replayed, and :class:`RatingErrors` raises that same exception where the route's
+handler would have, so the app's exception handlers and the request metrics
+answer and count it exactly as they do for the FastAPI handler. Nothing runs
+twice: the key, the rate limits and the service saw the request once.
+(``app.dependency_overrides`` of ``get_current_user`` do not reach the fast
+path: nothing overrides it, tests included.)
 """
 
 from __future__ import annotations
@@ -30,51 +38,84 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.auth import DEV_USER
 from serving.deps import authenticate
 from serving.feedback.protocol import RatingRequest
 
 if TYPE_CHECKING:
+    from serving.metrics import ServingMetrics
     from serving.state import AppState
 
 RATINGS_PATH = "/v1/feedback/ratings"
 _JSON = b"application/json"
 _HEADERS_202 = [(b"content-type", _JSON)]
+_ERROR = "ratchet.rating_error"  # scope key: the error the fast path hands to the route
 
 
 class RatingFastPath:
-    """The ASGI app of the ``POST /v1/feedback/ratings`` route: the fast path, or
-    ``handler`` (the route's FastAPI handler) for anything it does not take."""
+    """The app's outermost middleware: answers a valid single rating for
+    ``POST /v1/feedback/ratings``; hands everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._metrics: ServingMetrics | None = None
+        self._accepted: Any = None  # ratchet_http_requests_total{route, code="202"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != RATINGS_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        messages, body = await _read_body(receive)
+        state: AppState | None = getattr(scope["app"].state, "ratchet", None)
+        rating = _rating(scope, body) if state is not None else None
+        if rating is None or state is None:
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        try:
+            user = await authenticate(state, _header(scope, b"authorization"))
+            accepted = state.feedback.rate(rating, user_id=user.id)
+        except Exception as exc:  # answered and counted by the app, from the route
+            scope[_ERROR] = exc
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        answer = accepted.model_dump_json().encode()
+        self._count_accepted(state.metrics)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [(b"content-length", str(len(answer)).encode()), *_HEADERS_202],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    def _count_accepted(self, metrics: ServingMetrics) -> None:
+        """Count the 202 as ``RequestMetricsMiddleware`` would have."""
+        if metrics is not self._metrics:
+            self._metrics = metrics
+            self._accepted = metrics.requests.labels(RATINGS_PATH, "202")
+        self._accepted.inc()
+
+
+class RatingErrors:
+    """The route's ASGI app: raises the error :class:`RatingFastPath` met, where
+    the route's handler would have; otherwise the handler."""
 
     def __init__(self, handler: ASGIApp) -> None:
         self.handler = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        messages, body = await _read_body(receive)
-        state: AppState | None = getattr(scope["app"].state, "ratchet", None)
-        rating = _rating(scope, body) if state is not None else None
-        if rating is None or state is None:
-            await self.handler(scope, _replay(messages, receive), send)
-            return
-        user = await authenticate(state, _header(scope, b"authorization"))
-        if user is not DEV_USER:
-            scope.setdefault("state", {})["user"] = user  # as ``get_current_user`` does
-        accepted = state.feedback.rate(rating, user_id=user.id).model_dump_json().encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 202,
-                "headers": [(b"content-length", str(len(accepted)).encode()), *_HEADERS_202],
-            }
-        )
-        await send({"type": "http.response.body", "body": accepted})
+        error = scope.pop(_ERROR, None)
+        if error is not None:
+            raise error
+        await self.handler(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
-    """Put :class:`RatingFastPath` in front of the ratings route's handler."""
+    """Add :class:`RatingFastPath` to ``app`` and :class:`RatingErrors` to its route."""
     for route in app.router.routes:
         if isinstance(route, APIRoute) and route.path == RATINGS_PATH and "POST" in route.methods:
-            route.app = RatingFastPath(route.app)
+            route.app = RatingErrors(route.app)
+            app.add_middleware(RatingFastPath)
             return
     raise RuntimeError(f"no POST {RATINGS_PATH} route to put the fast path in front of")
 

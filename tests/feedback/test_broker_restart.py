@@ -90,6 +90,37 @@ def test_sends_buffered_across_a_broker_restart_are_all_stored(
         producer.close()
 
 
+def test_each_event_settles_once_as_sent_or_spooled(fresh_broker: Broker, tmp_path: Path) -> None:
+    """The sender settles its sends by sweeping their futures (no callback per
+    event): every published event ends counted exactly once, acknowledged or
+    spooled, and counts as pending until then, across a broker that goes away."""
+    settings = make_settings(
+        fresh_broker.bootstrap, "postgresql://unused", tmp_path / "home", spool_replay_interval_s=60
+    )
+    producer = EventProducer(settings)
+    try:
+        publish_thumbs(producer, "settle", 500)
+        assert producer.flush(30)
+        assert producer.outcomes == {"sent": 500, "spooled": 0, "replayed": 0}
+
+        publish_thumbs(producer, "settle", 300)
+        fresh_broker.stop()
+        publish_thumbs(producer, "settle", 300)
+        assert producer.pending() > 0
+        wait_for(
+            lambda: producer.pending() == 0,
+            60,
+            "every event acknowledged or spooled",
+            lambda: (producer.pending(), producer.outcomes),
+        )
+        sent, spooled = producer.outcomes["sent"], producer.outcomes["spooled"]
+        assert sent + spooled == 1100, producer.outcomes
+        assert spooled >= 300  # at least those published once the broker was gone
+        assert producer.backlog() == spooled
+    finally:
+        producer.close()
+
+
 def test_public_close_cannot_force_close_so_force_close_fails_pending_sends(
     fresh_broker: Broker,
 ) -> None:
