@@ -58,6 +58,13 @@ def demo_run(
         mp.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap)
         mp.setenv("RATCHET_HOME", str(home))
         mp.setenv("RATCHET_MODELS_DIR", str(home / "models"))
+        # Rate limits no assertion here is about (each has its own tests: test_auth_and_errors,
+        # tests/feedback/test_api.py): at the defaults (2 requests/s per key, 120 feedback
+        # events a minute per user) the tiny model's employees spent most of each feedback
+        # phase waiting out 429s (30 s a cycle; 3 s with these).
+        mp.setenv("RATCHET_RATE_LIMIT_PER_MINUTE", "6000")
+        mp.setenv("RATCHET_RATE_LIMIT_BURST", "1000")
+        mp.setenv("RATCHET_RATE_CAP_PER_MINUTE", "6000")
         settings = DemoSettings(size="tiny", port=free_port(), fresh=True, cycles=2)
         demo = Demo(settings, Console(width=120))
         try:

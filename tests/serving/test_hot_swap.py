@@ -1,7 +1,14 @@
-"""Hot swap on the real vLLM engine: serving follows the registry's production
-version, loads the new weights in the background, moves new requests over,
-lets in-flight ones finish on the old engine, then frees it; a version that
-fails to load leaves the old one serving and is reported."""
+"""The registry's moves on the real vLLM engine, in order on one API server (an
+engine start is the expensive part):
+
+- the canary: two engines in one API process (production and canary), an A/B
+  request answered by both, streamed and not; cleared, its engine is freed (the
+  transformers tests, ``test_canary.py``, cover the registry's moves; this one
+  covers the engine the product serves with);
+- hot swap: serving follows the registry's production version, loads the new
+  weights in the background, moves new requests over, lets in-flight ones finish
+  on the old engine, then frees it;
+- a version that fails to load leaves the old one serving and is reported."""
 
 from __future__ import annotations
 
@@ -17,7 +24,9 @@ import openai
 import pytest
 
 from tests.fixtures.tiny_model import greedy_reply
-from tests.servers import ApiServer, registry_server
+from tests.servers import ApiServer, registry_server, wait_until
+from tests.serving.test_canary import ASK as AB_ASK
+from tests.serving.test_canary import ab, check_choices, greedy_by_version, ids_of
 from training import registry
 
 ASK = [{"role": "user", "content": "Tell me about the travel policy, in detail."}]
@@ -39,7 +48,10 @@ def promote_new(server: ApiServer, path: Path, *, gates_passed: bool = True) -> 
 @pytest.fixture(scope="module")
 def swap_server(pg_cluster, template_db, kafka_bootstrap, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("swap")
-    with registry_server(pg_cluster, template_db, tiny_model_dir, root, kafka_bootstrap) as server:
+    with registry_server(
+        pg_cluster, template_db, tiny_model_dir, root, kafka_bootstrap, consume=True
+    ) as server:
+        assert server.settings.backend == "vllm"
         yield server
 
 
@@ -134,11 +146,49 @@ def wait_for_count(traffic: Traffic, count: int, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def test_two_vllm_engines_answer_an_ab_request(
+    swap_server: ApiServer, tiny_model_b_dir: Path
+) -> None:
+    server = swap_server
+    path = server.root / "v0002-weights"  # where greedy_by_version reads the candidate
+    shutil.copytree(tiny_model_b_dir, path)
+    candidate = server.add_candidate(path)
+    server.in_database(lambda c: registry.set_canary(c, candidate, actor="olga", reason="A/B"))
+    wait_until(lambda: server.models.canary_version == candidate, "the canary engine is up", 300)
+
+    resp = ab(server, temperature=0)
+    assert resp.model_extra["ab"] == "canary"
+    assert all(c.finish_reason in ("stop", "length") for c in resp.choices)
+    texts = [c.message.content for c in resp.choices]
+    check_choices(server, ids_of(resp), texts, greedy_by_version(server, candidate, 4))
+    streamed = list(
+        server.openai_client().chat.completions.create(
+            model="ratchet",
+            messages=AB_ASK,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            extra_body={"ab": True},
+        )
+    )
+    stream_ids = [c.model_extra["message_id"] for c in streamed[0].choices]
+    streamed_texts = ["", ""]
+    for c in streamed[1:]:
+        streamed_texts[c.choices[0].index] += c.choices[0].delta.content or ""
+    check_choices(server, stream_ids, streamed_texts, greedy_by_version(server, candidate, 6))
+    for ids in (ids_of(resp), stream_ids):
+        assert sorted(server.stored_versions(ids).values()) == ["v0001", candidate]
+    # Clearing frees the canary's engine; production keeps answering.
+    server.in_database(lambda c: registry.clear_canary(c, actor="olga", reason="done"))
+    wait_until(lambda: server.models.canary_version is None, "the canary engine is freed")
+    assert ab(server).model_extra["ab"] == "drafts"
+
+
 def test_a_swap_under_streaming_traffic_loses_no_request(
     swap_server: ApiServer, tiny_model_b_dir: Path
 ) -> None:
-    assert swap_server.served_version() == "v0001"
-    new_dir = swap_server.root / "v0002-weights"
+    assert swap_server.served_version() == "v0001"  # the canary test left production alone
+    new_dir = swap_server.root / "swap-weights"
     shutil.copytree(tiny_model_b_dir, new_dir)
     old_text = greedy_reply(swap_server.models.current.path, ASK, TOKENS)
     new_text = greedy_reply(new_dir, ASK, TOKENS)
