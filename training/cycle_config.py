@@ -118,15 +118,15 @@ SIZES: dict[str, dict] = {
     },
     "demo": {
         "min_pairs": 16,
-        # Measured with `python -m infra.demo.probe` on a demo's stored feedback (RECIPES.md).
-        # On 87 examples (every one kept, 38 cut by whole messages), 1 epoch at 1e-4 took
-        # the held-out exact-figure rate from 25% to 52% (p = 0.013) and cites from 15% to
-        # 90%. 3 epochs (chosen on 8 examples, when the others were too long) moved the
-        # whole demo's candidate to a KL of 61.6 (gate: 25) and a golden regression.
+        # Measured with `python -m infra.demo.probe --kl` on a demo's stored feedback
+        # (RECIPES.md, "SFT learning rate against the KL gate"): one epoch over all 90
+        # examples at 4e-5 moved the held-out cites rate 15% -> 55% (p = 0.0004) and the
+        # exact figure 25% -> 38% (p = 0.23) for 16 nats of the KL gate's 25; 5e-5 used
+        # 24.2 (no margin), and 1e-4 (the preset before) 49-57, which the gate refused.
         "sft": {
             "min_examples": 8,
             "epochs": 1,
-            "learning_rate": 1e-4,
+            "learning_rate": 4e-5,
             "batch_size": 4,
             "max_length": 384,
         },
