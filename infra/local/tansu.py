@@ -60,12 +60,12 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 _handed_out: set[int] = set()
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out by itself."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port() -> int:
@@ -76,7 +76,7 @@ def free_port() -> int:
     outgoing connection, vLLM's and torch's ``bind(0)``) gets an ephemeral one, so
     only an explicit choice like this one could take it; ports already handed out in
     this process are not handed out again."""
-    low, high = _ephemeral_range()
+    low = _ephemeral_low()
     candidates = [p for p in range(10000, low) if p not in _handed_out] if low > 11000 else []
     for port in random.sample(candidates, min(len(candidates), 200)):
         with socket.socket() as s:

@@ -30,10 +30,10 @@ from training.canary_report import canary_report
 ASK = [{"role": "user", "content": "How many days of paid leave do I get?"}]
 
 
-def ab(server: ApiServer, **kw: Any) -> Any:
-    """One non-streaming A/B request as the ``openai`` client sends it."""
+def ab(server: ApiServer, *, max_tokens: int = 4, **kw: Any) -> Any:
+    """One A/B request as the ``openai`` client sends it (``stream=True``: its chunks)."""
     return server.openai_client().chat.completions.create(
-        model="ratchet", messages=ASK, max_tokens=4, extra_body={"ab": True}, **kw
+        model="ratchet", messages=ASK, max_tokens=max_tokens, extra_body={"ab": True}, **kw
     )
 
 
@@ -155,16 +155,7 @@ def test_with_a_canary_each_version_answers_one_choice_in_random_order(
 
 def test_a_streamed_ab_request_interleaves_both_versions(server: ApiServer, candidate: str) -> None:
     assert server.models.canary_version == candidate
-    chunks = list(
-        server.openai_client().chat.completions.create(
-            model="ratchet",
-            messages=ASK,
-            max_tokens=6,
-            temperature=0,
-            stream=True,
-            extra_body={"ab": True},
-        )
-    )
+    chunks = list(ab(server, max_tokens=6, temperature=0, stream=True))
     first = chunks[0]
     assert first.model_extra["ab"] == "canary"
     ids = [c.model_extra["message_id"] for c in first.choices]

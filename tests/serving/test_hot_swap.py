@@ -25,7 +25,6 @@ import pytest
 
 from tests.fixtures.tiny_model import greedy_reply
 from tests.servers import ApiServer, registry_server, wait_until
-from tests.serving.test_canary import ASK as AB_ASK
 from tests.serving.test_canary import ab, check_choices, greedy_by_version, ids_of
 from training import registry
 
@@ -161,16 +160,7 @@ def test_two_vllm_engines_answer_an_ab_request(
     assert all(c.finish_reason in ("stop", "length") for c in resp.choices)
     texts = [c.message.content for c in resp.choices]
     check_choices(server, ids_of(resp), texts, greedy_by_version(server, candidate, 4))
-    streamed = list(
-        server.openai_client().chat.completions.create(
-            model="ratchet",
-            messages=AB_ASK,
-            max_tokens=6,
-            temperature=0,
-            stream=True,
-            extra_body={"ab": True},
-        )
-    )
+    streamed = list(ab(server, max_tokens=6, temperature=0, stream=True))
     stream_ids = [c.model_extra["message_id"] for c in streamed[0].choices]
     streamed_texts = ["", ""]
     for c in streamed[1:]:
