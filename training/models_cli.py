@@ -11,9 +11,14 @@ from typing import Any
 
 from training.cli_base import cli_errors, connect
 
+# The point estimate a gate reports beside the value it is gated on (for the
+# interval gates, the value is a confidence bound, not the estimate).
+_ESTIMATES = ("accuracy", "win_rate")
+
 
 def print_gates(report: dict[str, Any] | None) -> None:
-    """Every gate with its n, value, interval and threshold (and why it failed)."""
+    """Every gate with its n, the value it is gated on (and, where that is a
+    confidence bound, the estimate), interval and threshold, and why it failed."""
     from rich.console import Console
     from rich.table import Table
 
@@ -24,15 +29,27 @@ def print_gates(report: dict[str, Any] | None) -> None:
     table = Table(
         title="Evaluation gates — " + ("[green]passed[/]" if report["passed"] else "[red]FAILED[/]")
     )
-    for column in ("gate", "result", "n", "value", "interval", "threshold", "reason"):
+    for column in (
+        "gate",
+        "result",
+        "n",
+        "estimate",
+        "gated value",
+        "interval",
+        "threshold",
+        "reason",
+    ):
         table.add_column(column)
     for name, gate in report.get("gates", {}).items():
         interval = gate.get("interval")
         n = gate.get("n")
+        detail = gate.get("detail") or {}
+        estimate = next((detail[k] for k in _ESTIMATES if k in detail), gate.get("value"))
         table.add_row(
             name,
             "[green]pass[/]" if gate["passed"] else "[red]fail[/]",
             "-" if n is None else f"{n} (min {gate.get('min_n', '-')})",
+            _fmt(estimate),
             _fmt(gate.get("value")),
             f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "-",
             str(gate.get("threshold", "")),

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from training.gates import GateThresholds, kl_gate
+from training.gates import GateThresholds, accuracy_gate, kl_gate
 from training.models_cli import print_gates
 
 T = GateThresholds()
@@ -28,3 +28,17 @@ def test_models_show_prints_a_negative_kl_as_a_failure(capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "kl" in line and "-0.017" in line)
     assert "fail" in row and "pass" not in row
+
+
+def test_models_show_prints_an_accuracy_gate_with_its_estimate_and_its_bound(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gate = accuracy_gate(
+        "reward_accuracy", correct=36, n=52, floor=0.65, min_n=30, confidence=T.confidence
+    )
+    print_gates({"passed": False, "gates": {"reward_accuracy": gate.as_dict()}})
+    row = next(line for line in capsys.readouterr().out.splitlines() if "reward_accuracy" in line)
+    low, high = gate.interval or (math.nan, math.nan)
+    # the estimate (36/52), then the Wilson lower bound the gate compares with 0.65
+    assert row.index("0.692") < row.index(f"{low:.3f}")
+    assert f"[{low:.3f}, {high:.3f}]" in row and "fail" in row
