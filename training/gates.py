@@ -292,9 +292,10 @@ def run_gates(
     ]
     gates += _sampled_gates(x, t, eval_config)
     bar.update(2)
-    gates.append(_golden(x, t, eval_config))
+    pair = (x.candidate, x.production)
+    gates.append(golden_regression(*pair, x.golden_path, x.grounder, t, eval_config))
     bar.update()
-    gates.append(_safety(x, t, eval_config))
+    gates.append(safety_refusals(*pair, x.safety_path, x.grounder, t, eval_config))
     bar.update()
     bar.close()
     report = GateReport(gates, t.model_dump(), eval_config.model_dump())
@@ -368,39 +369,57 @@ def _greedy(cfg: EvalConfig) -> dict[str, Any]:
     }
 
 
-def _golden(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> GateResult:
+def golden_regression(
+    candidate: Any,
+    production: Any,
+    path: Path,
+    grounder: Grounder | None,
+    t: GateThresholds,
+    cfg: EvalConfig,
+) -> GateResult:
+    """The regression gate: the golden suite's fact-hit rate, candidate against
+    production (both ``training.evaluate.Policy``), greedy."""
     from training.evaluate import fact_hit_rate
 
     try:
-        golden = load_golden(x.golden_path, cfg.golden_limit)
+        golden = load_golden(path, cfg.golden_limit)
     except SuiteError as exc:
         return failed(
             "regression",
             threshold="a golden suite",
             min_n=t.min_golden,
             reason=str(exc),
-            suite=str(x.golden_path),
+            suite=str(path),
         )
-    prompts = suite_prompts([q.question for q in golden], x.grounder)
-    cand = fact_hit_rate(x.candidate.generate(prompts, **_greedy(cfg))[0], golden)
-    prod = fact_hit_rate(x.production.generate(prompts, **_greedy(cfg))[0], golden)
-    return regression_gate(cand_hits=cand, prod_hits=prod, n=len(golden), suite=x.golden_path, t=t)
+    prompts = suite_prompts([q.question for q in golden], grounder)
+    cand = fact_hit_rate(candidate.generate(prompts, **_greedy(cfg))[0], golden)
+    prod = fact_hit_rate(production.generate(prompts, **_greedy(cfg))[0], golden)
+    return regression_gate(cand_hits=cand, prod_hits=prod, n=len(golden), suite=path, t=t)
 
 
-def _safety(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> GateResult:
+def safety_refusals(
+    candidate: Any,
+    production: Any,
+    path: Path,
+    grounder: Grounder | None,
+    t: GateThresholds,
+    cfg: EvalConfig,
+) -> GateResult:
+    """The safety gate: how many of the safety suite's requests the candidate
+    declines, against its floor and production's rate, greedy."""
     from training.evaluate import is_refusal
 
     try:
-        unsafe = load_safety(x.safety_path, cfg.safety_limit)
+        unsafe = load_safety(path, cfg.safety_limit)
     except SuiteError as exc:
         return failed(
             "safety",
             threshold="a safety suite",
             min_n=t.min_safety,
             reason=str(exc),
-            suite=str(x.safety_path),
+            suite=str(path),
         )
-    prompts = suite_prompts(unsafe, x.grounder)
-    cand = sum(map(is_refusal, x.candidate.generate(prompts, **_greedy(cfg))[0])) / len(unsafe)
-    prod = sum(map(is_refusal, x.production.generate(prompts, **_greedy(cfg))[0])) / len(unsafe)
-    return safety_gate(cand_rate=cand, prod_rate=prod, n=len(unsafe), suite=x.safety_path, t=t)
+    prompts = suite_prompts(unsafe, grounder)
+    cand = sum(map(is_refusal, candidate.generate(prompts, **_greedy(cfg))[0])) / len(unsafe)
+    prod = sum(map(is_refusal, production.generate(prompts, **_greedy(cfg))[0])) / len(unsafe)
+    return safety_gate(cand_rate=cand, prod_rate=prod, n=len(unsafe), suite=path, t=t)

@@ -5,7 +5,8 @@ model on the SFT examples a finished feedback phase left in Postgres (correction
 and top-rated replies), then asks the held-out questions of the base and of the
 tuned model, greedily, and prints the employees' yardstick (exact figure, cites)
 before and after with Wilson intervals and the exact McNemar test, and the KL of
-the tuned model to the base as the KL gate measures it (``--kl``).
+the tuned model to the base as the KL gate measures it (``--kl``), and the
+golden-regression and safety gates of the tuned model against the base (``--gates``).
 
 It is how the demo preset's SFT settings were chosen (training/RECIPES.md): one
 probe takes minutes, a whole `make demo` twenty. Its prompts are grounded by
@@ -42,14 +43,15 @@ from training.cycle_config import TrainCycleConfig
 from training.cycle_stages import REWARD_KINDS, train_reward_kind
 from training.device import Placement
 from training.evaluate import Policy, mean_kl, unique_prompts
-from training.gates import accuracy_gate, load_thresholds
+from training.gate_results import GateResult
+from training.gates import accuracy_gate, golden_regression, load_thresholds, safety_refusals
 from training.kb_reader import kb_grounder
 from training.reward_config import RewardStageConfig
 from training.settings import TrainingSettings
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
 from training.snapshot import StoreSource, build_snapshot
-from training.suites_io import suite_prompts
+from training.suites_io import Grounder, resolve_suite, suite_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,22 @@ def gate_kl(base: Path, tuned: Path, prompts: list[list[dict[str, str]]]) -> flo
     return mean_kl(candidate, Policy(base), batches)
 
 
+def suite_gates(
+    base: Path, tuned: Path, settings: TrainingSettings, grounder: Grounder
+) -> list[GateResult]:
+    """The golden-regression and safety gates of the tuned model against the base,
+    with the demo preset's evaluation settings and the shipped thresholds."""
+    cfg = TrainCycleConfig.for_size("demo").eval
+    t = load_thresholds(settings.gates_config)
+    pair = (Policy(tuned), Policy(base))
+    golden = resolve_suite(settings.golden_questions, "golden")
+    safety = resolve_suite(settings.safety_suite, "safety")
+    return [
+        golden_regression(*pair, golden, grounder, t, cfg),
+        safety_refusals(*pair, safety, grounder, t, cfg),
+    ]
+
+
 def _count(value: str) -> int | None:
     return None if value == "all" else int(value)
 
@@ -118,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=None, help="reply length (the demo's)")
     parser.add_argument("--kl", action="store_true", help="also measure the KL gate's figure")
+    parser.add_argument(
+        "--gates", action="store_true", help="also run the golden-regression and safety gates"
+    )
     rm = parser.add_argument_group("--stage reward (unset: the size's own setting)")
     rm.add_argument("--size", default="demo", help="the cycle size whose settings start")
     rm.add_argument("--kinds", nargs="+", choices=REWARD_KINDS, default=["reward"])
@@ -145,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     with connect(settings.database_url) as conn:
         snapshot = build_snapshot(StoreSource(), conn, since=None)
         ground = kb_grounder(conn)
+        suite_ground = kb_grounder(conn, k=settings.retrieval_k)  # as the cycle's gates
     if ground is None:
         console.print("[red]the knowledge base is empty[/]: run `make demo` up to its feedback")
         return 2
@@ -172,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             kl = gate_kl(base, out, prompts)
             limit = load_thresholds(settings.gates_config).kl_max
             console.print(f"KL(tuned || base) per reply: {kl:.1f} nats (the gate allows {limit})")
+        if args.gates and suite_ground is not None:
+            for gate in suite_gates(base, out, settings, suite_ground):
+                verdict = "passed" if gate.passed else "FAILED"
+                console.print(f"{gate.name} gate {verdict}: {gate.reason} (n = {gate.n})")
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")
     for (q, b), (_, a) in list(zip(before.rows, after.rows, strict=True))[:3]:
