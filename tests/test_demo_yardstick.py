@@ -84,3 +84,31 @@ def test_a_second_cycle_is_compared_with_the_first_and_plotted_across_versions()
     late = DemoResult(before=base, runs=[CycleRun(), CycleRun(after=held)])
     assert regressions(late)[0][1].startswith("v0001 -> v0003: no regression")
     assert [label for label, _ in late.yardstick()] == ["base", "cycle 2"]
+
+
+def test_the_summary_shows_each_reward_models_accuracy_with_its_interval() -> None:
+    from infra.demo.report import gate_rows, headline
+    from infra.demo.results import CycleRun, DemoResult
+    from infra.demo.training_step import CycleOutcome
+    from training.gates import accuracy_gate
+
+    gates = {
+        name: accuracy_gate(
+            name, correct=correct, n=60, floor=0.65, min_n=30, confidence=0.95
+        ).as_dict()
+        for name, correct in (("reward_accuracy", 35), ("judge_accuracy", 40))
+    }
+    cycle = CycleOutcome(
+        run_id="r",
+        version="v0002",
+        gates_passed=False,
+        gate_report={"passed": False, "gates": gates},
+        metrics={},
+        pairs=204,
+    )
+    rows = dict(headline(DemoResult(runs=[CycleRun(cycle=cycle)])))
+    # the estimate (35/60), then the Wilson interval the gate reads its lower bound from
+    assert rows["reward model held-out accuracy (Wilson)"] == "0.583 [0.457, 0.699], n=60 pairs"
+    assert rows["judge held-out accuracy (Wilson)"].startswith("0.667 [0.541, 0.773]")
+    [reward, _] = gate_rows(cycle)
+    assert reward[3:6] == ("0.583", "0.457", "[0.457, 0.699]")

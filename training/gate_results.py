@@ -65,6 +65,18 @@ class GateReport:
         }
 
 
+# Where a gate is decided on a confidence bound, its point estimate is kept in its
+# detail under one of these names.
+_ESTIMATES = ("accuracy", "win_rate")
+
+
+def point_estimate(gate: dict[str, Any]) -> Any:
+    """A stored gate's point estimate: its accuracy or win rate where the value it
+    is gated on is a confidence bound, else that value itself."""
+    detail = gate.get("detail") or {}
+    return next((detail[k] for k in _ESTIMATES if k in detail), gate.get("value"))
+
+
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
         return None

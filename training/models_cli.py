@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from training.cli_base import cli_errors, connect
-
-# The point estimate a gate reports beside the value it is gated on (for the
-# interval gates, the value is a confidence bound, not the estimate).
-_ESTIMATES = ("accuracy", "win_rate")
+from training.gate_results import point_estimate
 
 
 def print_gates(report: dict[str, Any] | None) -> None:
@@ -43,13 +40,11 @@ def print_gates(report: dict[str, Any] | None) -> None:
     for name, gate in report.get("gates", {}).items():
         interval = gate.get("interval")
         n = gate.get("n")
-        detail = gate.get("detail") or {}
-        estimate = next((detail[k] for k in _ESTIMATES if k in detail), gate.get("value"))
         table.add_row(
             name,
             "[green]pass[/]" if gate["passed"] else "[red]fail[/]",
             "-" if n is None else f"{n} (min {gate.get('min_n', '-')})",
-            _fmt(estimate),
+            _fmt(point_estimate(gate)),
             _fmt(gate.get("value")),
             f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "-",
             str(gate.get("threshold", "")),

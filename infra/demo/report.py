@@ -14,6 +14,7 @@ from infra.demo.plots import plots
 from infra.demo.results import DemoResult
 from infra.demo.settings import DemoSettings
 from infra.demo.training_step import CycleOutcome
+from training.gate_results import point_estimate
 
 
 def _fmt(value: Any) -> str:
@@ -28,20 +29,30 @@ def _interval(pair: Any) -> str:
     return f"[{_fmt(pair[0])}, {_fmt(pair[1])}]" if pair else "—"
 
 
-def gate_rows(cycle: CycleOutcome | None) -> list[tuple[str, bool, str, str, str, str]]:
-    """(gate, passed, n, value, interval, threshold) for every gate of the report."""
+def gate_rows(cycle: CycleOutcome | None) -> list[tuple[str, bool, str, str, str, str, str]]:
+    """(gate, passed, n, estimate, gated value, interval, threshold) for every gate
+    of the report (the interval gates are decided on a bound, not the estimate)."""
     gates = (cycle.gate_report if cycle else {}).get("gates", {})
     return [
         (
             name,
             bool(g.get("passed")),
             f"{g.get('n', '—')} (min {g.get('min_n', '—')})",
+            _fmt(point_estimate(g)),
             _fmt(g.get("value")),
             _interval(g.get("interval")),
             str(g.get("threshold", "")) + (f" — {g['reason']}" if g.get("reason") else ""),
         )
         for name, g in gates.items()
     ]
+
+
+def _accuracy(gate: dict[str, Any]) -> str:
+    """A held-out accuracy with its Wilson interval and count, from a gate of the report."""
+    if not gate:
+        return "—"
+    interval = _interval(gate.get("interval"))
+    return f"{_fmt(point_estimate(gate))} {interval}, n={gate.get('n')} pairs"
 
 
 def _rate(gate: dict[str, Any]) -> str:
@@ -75,10 +86,8 @@ def headline(result: DemoResult) -> list[tuple[str, str]]:
             f"{tally.comparisons if tally else 0}, {tally.corrections if tally else 0}",
         ),
         ("preference pairs built", str(cycle.pairs if cycle else 0)),
-        (
-            "reward model held-out accuracy (Wilson)",
-            _interval(gates.get("reward_accuracy", {}).get("interval")),
-        ),
+        ("reward model held-out accuracy (Wilson)", _accuracy(gates.get("reward_accuracy", {}))),
+        ("judge held-out accuracy (Wilson)", _accuracy(gates.get("judge_accuracy", {}))),
         ("offline win rate: independent judge (CI)", _rate(gates.get("win_rate", {}))),
         ("offline win rate: policy's own RM (CI)", _rate(gates.get("policy_rm_win_rate", {}))),
         ("human win rate: canary A/B picks", _human(result.canary)),
@@ -168,12 +177,11 @@ def summarize(console: Console, result: DemoResult, settings: DemoSettings) -> N
         table.add_row(key, value)
     console.print(table)
     gates = Table(title="evaluation gates")
-    for col in ("gate", "result", "n", "value", "interval", "threshold"):
+    for col in ("gate", "result", "n", "estimate", "gated value", "interval", "threshold"):
         gates.add_column(col)
-    for name, passed, n, value, interval, threshold in gate_rows(result.cycle):
-        gates.add_row(
-            name, "[green]pass[/]" if passed else "[red]FAIL[/]", n, value, interval, threshold
-        )
+    for name, passed, n, estimate, value, interval, threshold in gate_rows(result.cycle):
+        result_cell = "[green]pass[/]" if passed else "[red]FAIL[/]"
+        gates.add_row(name, result_cell, n, estimate, value, interval, threshold)
     if gate_rows(result.cycle):
         console.print(gates)
     for number, line, regressed in regressions(result):
@@ -200,8 +208,9 @@ def write_html(result: DemoResult, settings: DemoSettings) -> Path:
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline(result))
     gates = "".join(
         f"<tr><td>{esc(n)}</td><td class={'ok' if ok else 'bad'}>{'pass' if ok else 'FAIL'}</td>"
-        f"<td>{esc(k)}</td><td>{esc(v)}</td><td>{esc(i)}</td><td>{esc(t)}</td></tr>"
-        for n, ok, k, v, i, t in gate_rows(result.cycle)
+        f"<td>{esc(k)}</td><td>{esc(e)}</td><td>{esc(v)}</td><td>{esc(i)}</td><td>{esc(t)}</td>"
+        "</tr>"
+        for n, ok, k, e, v, i, t in gate_rows(result.cycle)
     )
     figures = "".join(
         f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{data}'>"
@@ -220,8 +229,8 @@ def write_html(result: DemoResult, settings: DemoSettings) -> Path:
         f"<tr><td>{esc(k)}</td><td>{v:.1f} s</td></tr>" for k, v in result.timings.items()
     )
     gate_head = (
-        "<tr><th>gate</th><th>result</th><th>n</th><th>value</th><th>interval</th>"
-        "<th>threshold</th></tr>"
+        "<tr><th>gate</th><th>result</th><th>n</th><th>estimate</th><th>gated value</th>"
+        "<th>interval</th><th>threshold</th></tr>"
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Ratchet demo report</title><style>{_CSS}</style></head><body>
