@@ -67,7 +67,9 @@ class FeedbackRateCap:
                 else:
                     first[fingerprint] = event_id
                     verdicts.append(Verdict(accept=True))
-            times = self._times.setdefault(user_id, deque())
+            times = self._times.get(user_id)
+            if times is None:
+                times = self._times[user_id] = deque()
             while times and now - times[0] >= 60.0:
                 times.popleft()
             room = self._per_minute - len(times)

@@ -19,6 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from serving.app import build_app
+    from serving.http_protocol import CoalescingHttpToolsProtocol
     from serving.settings import ServingSettings
 
     overrides: dict[str, Any] = {}
@@ -70,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level="info",
         access_log=settings.access_log,
+        http=CoalescingHttpToolsProtocol,
     )
     return 0
 

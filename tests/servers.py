@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from feedback.consumer import FeedbackConsumer
 from feedback.settings import FeedbackSettings
 from serving.app import build_app
+from serving.http_protocol import CoalescingHttpToolsProtocol
 from serving.settings import ServingSettings
 from training import registry
 from training.base_model import weights_digest
@@ -48,7 +49,12 @@ class ServerThread:
         self.socket.bind(("127.0.0.1", port or 0))
         self.port = int(self.socket.getsockname()[1])
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            http=CoalescingHttpToolsProtocol,  # as `ratchet serve` does
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

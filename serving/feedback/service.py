@@ -88,8 +88,12 @@ class FeedbackService:
         verify_message_id(message_id, user_id, self._secret)
 
     def rate(self, req: RatingRequest, *, user_id: str) -> FeedbackAccepted:
-        with self._counting_refusals():
+        # _counting_refusals written out: this is every single-rating POST
+        try:
             return self._submit([self._rating(req, user_id)], user_id)[0]
+        except (MessageIdError, APIError) as exc:
+            self._count_refusal(exc)
+            raise
 
     def compare(self, req: ComparisonRequest, *, user_id: str) -> FeedbackAccepted:
         with self._counting_refusals():
@@ -140,10 +144,13 @@ class FeedbackService:
         try:
             yield
         except (MessageIdError, APIError) as exc:
-            if self._metrics is not None:
-                reason = _REASONS.get(type(exc)) or getattr(exc, "code", None) or "other"
-                self._metrics.feedback_refused.labels(reason).inc()
+            self._count_refusal(exc)
             raise
+
+    def _count_refusal(self, exc: Exception) -> None:
+        if self._metrics is not None:
+            reason = _REASONS.get(type(exc)) or getattr(exc, "code", None) or "other"
+            self._metrics.feedback_refused.labels(reason).inc()
 
     # -- one request -> event, target, content ---------------------------------
 
