@@ -28,7 +28,9 @@ import argparse
 import logging
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any, cast
 
 from rich.console import Console
 
@@ -48,7 +50,7 @@ from training.reward_config import RewardStageConfig
 from training.settings import TrainingSettings
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
-from training.snapshot import StoreSource, build_snapshot
+from training.snapshot import Pair, Snapshot, StoreSource, build_snapshot
 from training.suites_io import suite_prompts
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ def held_out_evaluation(
         disable_log_stats=True,
     )
     try:
-        outputs = llm.chat(prompts, SamplingParams(temperature=0.0, max_tokens=tokens))
+        outputs = llm.chat(cast(Any, prompts), SamplingParams(temperature=0.0, max_tokens=tokens))
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm
@@ -106,13 +108,18 @@ def _count(value: str) -> int | None:
     return None if value == "all" else int(value)
 
 
+def _weights(value: str) -> dict[str, float]:
+    """``comparison=1,rating=0.5`` as a dict."""
+    return {k.strip(): float(v) for k, v in (item.split("=") for item in value.split(","))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m infra.demo.probe",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--stage", choices=("sft", "reward"), default="sft")
+    parser.add_argument("--stage", choices=("sft", "reward", "pairs"), default="sft")
     parser.add_argument("--sft-epochs", type=float, default=3.0)
     parser.add_argument("--sft-lr", type=float, default=1e-4)
     parser.add_argument("--sft-batch", type=int, default=4)
@@ -130,10 +137,31 @@ def main(argv: list[str] | None = None) -> int:
         ("--train-layers", "train_layers", _count, "top blocks trained, or 'all'"),
     ):
         rm.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=what)
+    rm.add_argument(
+        "--source-weights",
+        dest="source_weights",
+        type=_weights,
+        default=argparse.SUPPRESS,
+        help="per-source weights, e.g. comparison=1,correction=1,rating=0",
+    )
+    rm.add_argument(
+        "--init-dir",
+        type=Path,
+        default=None,
+        help="start each reward model from this policy (e.g. a run's SFT model) under a new"
+        " score head, instead of the base",
+    )
+    for flag, dest in (
+        ("--heldout-fraction", "heldout_fraction"),
+        ("--judge-fraction", "judge_fraction"),
+    ):
+        rm.add_argument(flag, dest=dest, type=float, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.stage == "reward":
         return probe_reward(args, Console(), TrainingSettings())
+    if args.stage == "pairs":
+        return probe_pairs(args, Console(), TrainingSettings())
     console = Console()
     demo = DemoSettings()
     settings = TrainingSettings()
@@ -181,19 +209,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
-    """Train the cycle's reward models (``args.kinds``) on the stored feedback and print
-    what the accuracy gates would read of them."""
+def _probe_config(args: argparse.Namespace) -> TrainCycleConfig:
+    """The size's cycle settings, changed by the options given."""
     config = TrainCycleConfig.for_size(args.size)
     changed = {k: v for k, v in vars(args).items() if k in RewardStageConfig.model_fields}
-    config = config.model_copy(
+    slicing = {k: v for k, v in vars(args).items() if k in ("heldout_fraction", "judge_fraction")}
+    return config.model_copy(
         update={
-            kind: RewardStageConfig.model_validate(
-                {**getattr(config, kind).model_dump(), **changed}
-            )
-            for kind in args.kinds
+            **slicing,
+            **{
+                kind: RewardStageConfig.model_validate(
+                    {**getattr(config, kind).model_dump(), **changed}
+                )
+                for kind in args.kinds
+            },
         }
     )
+
+
+def _snapshot(config: TrainCycleConfig, settings: TrainingSettings, console: Console) -> Snapshot:
     t0 = time.monotonic()
     with connect(settings.database_url) as conn:
         snapshot = build_snapshot(
@@ -204,6 +238,41 @@ def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingS
             judge_fraction=config.judge_fraction,
         )
     console.print(f"snapshot ({time.monotonic() - t0:.0f} s): {snapshot.stats}")
+    return snapshot
+
+
+def probe_pairs(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
+    """The employees' rule on every slice's pairs, by source (``infra.demo.pair_audit``)."""
+    from transformers import AutoTokenizer
+
+    from infra.demo.pair_audit import audit
+    from infra.demo.questions import load_out_of_policy
+
+    config = _probe_config(args)
+    snapshot = _snapshot(config, settings, console)
+    demo = DemoSettings()
+    questions = [*load_questions(demo.kb_dir), *load_out_of_policy(demo.kb_dir)]
+    tokenizer = AutoTokenizer.from_pretrained(demo.model or Path("models/base"))
+    max_length = config.reward.max_length
+    slices = {
+        "policy": snapshot.train_pairs,
+        "judge": snapshot.judge_pairs,
+        "heldout": snapshot.heldout_pairs,
+    }
+    for name, pairs in slices.items():
+        console.print(f"[bold]{name}[/] (max_length {max_length}): ", end="")
+        console.print(audit(pairs, questions, tokenizer, max_length).line())
+        for source in sorted({p.provenance.source for p in pairs}):
+            some = [p for p in pairs if p.provenance.source == source]
+            console.print(f"  {source}: {audit(some, questions, tokenizer, max_length).line()}")
+    return 0
+
+
+def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
+    """Train the cycle's reward models (``args.kinds``) on the stored feedback and print
+    what the accuracy gates would read of them."""
+    config = _probe_config(args)
+    snapshot = _snapshot(config, settings, console)
     if not snapshot.heldout_pairs:
         console.print("[red]no held-out preference pairs in the store[/]: run `make demo` first")
         return 2
@@ -218,8 +287,17 @@ def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingS
         for kind in args.kinds:
             console.print(f"{kind}: {getattr(config, kind)}")
             t0 = time.monotonic()
+            if args.init_dir is not None:
+                console.print(f"{kind}: starts from {args.init_dir}")
             result = train_reward_kind(
-                kind, base, snapshot, Path(tmp), config, progress=False, placement=placement
+                kind,
+                base,
+                snapshot,
+                Path(tmp),
+                config,
+                progress=False,
+                placement=placement,
+                init_dir=args.init_dir,
             )
             seconds = time.monotonic() - t0
             gate = accuracy_gate(
@@ -240,7 +318,33 @@ def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingS
                 f" parameters, loss {m['train_loss']:.3f}; {seconds:.0f} s"
                 " (training and held-out scoring)"
             )
+            console.print(f"{kind}: loss curve {[round(x, 3) for x in m['loss_curve']]}")
+            by_source = heldout_by_source(
+                result.model_dir, snapshot.heldout_pairs, getattr(config, kind), placement
+            )
+            console.print(f"{kind}: held-out by source: {by_source}")
     return 0
+
+
+def heldout_by_source(
+    model_dir: Path, pairs: list[Pair], cfg: RewardStageConfig, placement: Placement
+) -> str:
+    """Held-out accuracy of the reward model in ``model_dir`` by the pairs' source
+    (comparison, correction, rating), scored as the cycle scores them."""
+    from training.reward import RewardScorer
+
+    scorer = RewardScorer(
+        model_dir, batch_size=cfg.score_batch_size, max_length=cfg.max_length, placement=placement
+    )
+    prompts = [p.prompt for p in pairs]
+    chosen = scorer.score(prompts, [p.chosen for p in pairs])
+    rejected = scorer.score(prompts, [p.rejected for p in pairs])
+    right: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for p, c, r in zip(pairs, chosen, rejected, strict=True):
+        total[p.provenance.source] += 1
+        right[p.provenance.source] += c > r
+    return ", ".join(f"{s} {right[s]}/{n}" for s, n in sorted(total.items()))
 
 
 if __name__ == "__main__":

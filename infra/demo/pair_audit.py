@@ -1,0 +1,110 @@
+"""What the reward model's pairs say, by the employees' own rule: no model involved.
+
+The demo's employees rate with a fixed rule (``infra.demo.questions.judge``: 2
+points for the exact figure, 1 for citing the handbook). For every preference
+pair of a snapshot, this applies the rule to both replies and says whether the
+pair agrees with it (chosen scores higher), ties (the same score: the pair's
+order comes from how it was built, e.g. a thumbs up beside four stars, not from
+the replies) or contradicts it. A reward model that learned the rule exactly
+would score the agreeing pairs right, the contradicting ones wrong and the ties
+about half right: that is the held-out slice's ceiling (``ceiling``).
+
+It also says what the reward model reads of each pair at its ``max_length``: how
+many of the prompt's sources survive the cut by whole messages
+(``training.reward.encode``), and whether the handbook document that holds the
+figure is among them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedback.prompting import last_user_text
+from infra.demo.questions import Question, judge
+from training.snapshot import Pair
+from training.truncation import cut_messages, prompt_tokens
+
+_SOURCE_BLOCK = re.compile(r"^\[\d+\] .*\((?P<path>[^()\n]+)\)$", re.MULTILINE)
+
+
+@dataclass
+class SliceAudit:
+    """One slice's (or one source's) pairs, by what the rule says of them."""
+
+    pairs: int = 0
+    agrees: int = 0
+    ties: int = 0
+    contradicts: int = 0
+    unknown: int = 0  # the prompt is not one of the questions (no rule to apply)
+    sources_kept: Counter[int] = field(default_factory=Counter)
+    figure_source_kept: int = 0
+    figure_source_shown: int = 0  # the figure's document was in the prompt at all
+
+    def add(self, verdict: str, kept: int, shown: bool, kept_figure: bool) -> None:
+        self.pairs += 1
+        setattr(self, verdict, getattr(self, verdict) + 1)
+        self.sources_kept[kept] += 1
+        self.figure_source_shown += shown
+        self.figure_source_kept += kept_figure
+
+    @property
+    def ceiling(self) -> float:
+        """Expected accuracy of a reward model that knows the rule (ties: a coin)."""
+        known = self.pairs - self.unknown
+        return (self.agrees + 0.5 * self.ties) / known if known else float("nan")
+
+    def line(self) -> str:
+        kept = ", ".join(f"{k}: {n}" for k, n in sorted(self.sources_kept.items()))
+        return (
+            f"{self.pairs} pairs: rule agrees {self.agrees}, ties {self.ties},"
+            f" contradicts {self.contradicts}, unknown prompt {self.unknown};"
+            f" ceiling {self.ceiling:.3f}; sources kept {{{kept}}};"
+            f" figure's document in the prompt {self.figure_source_shown},"
+            f" still there after the cut {self.figure_source_kept}"
+        )
+
+
+def _documents(prompt_messages: Sequence[dict[str, str]]) -> list[str]:
+    return [
+        m.group("path")
+        for msg in prompt_messages
+        if msg["role"] == "system"
+        for m in _SOURCE_BLOCK.finditer(msg["content"])
+    ]
+
+
+def _length(tokenizer: Any, prompt: Sequence[dict[str, str]], reply: str) -> int:
+    """Tokens of ``prompt`` and ``reply`` as the reward model reads them, uncut."""
+    text = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": reply}], tokenize=False
+    )
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def audit(
+    pairs: Sequence[Pair], questions: Sequence[Question], tokenizer: Any, max_length: int
+) -> SliceAudit:
+    """The rule's verdict on ``pairs``, and the sources the reward model reads of them."""
+    by_text = {q.question: q for q in questions}
+    out = SliceAudit()
+    for p in pairs:
+        question = by_text.get(last_user_text(p.prompt))
+        shown = _documents(p.prompt)
+        longest = max(_length(tokenizer, p.prompt, r) for r in (p.chosen, p.rejected))
+        kept_prompt = p.prompt
+        if longest > max_length:
+            reply_cost = longest - prompt_tokens(tokenizer, p.prompt)
+            kept_prompt, _ = cut_messages(tokenizer, p.prompt, max(max_length - reply_cost, 1))
+        kept = _documents(kept_prompt)
+        if question is None:
+            out.add("unknown", len(kept), False, False)
+            continue
+        chosen, rejected = judge(p.chosen, question).score, judge(p.rejected, question).score
+        verdict = "agrees" if chosen > rejected else "ties" if chosen == rejected else "contradicts"
+        figure_doc = question.source
+        out.add(verdict, len(kept), figure_doc in shown, figure_doc in kept)
+    return out
