@@ -319,18 +319,22 @@ def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingS
                 " (training and held-out scoring)"
             )
             console.print(f"{kind}: loss curve {[round(x, 3) for x in m['loss_curve']]}")
-            by_source = heldout_by_source(
-                result.model_dir, snapshot.heldout_pairs, getattr(config, kind), placement
-            )
-            console.print(f"{kind}: held-out by source: {by_source}")
+            # The other kind's training slice is prompt-disjoint from this one's too: a second,
+            # larger sample to compare recipes on (not what the gate reads).
+            other = snapshot.judge_pairs if kind == "reward" else snapshot.train_pairs
+            for name, pairs in (("held-out", snapshot.heldout_pairs), ("other slice", other)):
+                by_source = accuracy_by_source(
+                    result.model_dir, pairs, getattr(config, kind), placement
+                )
+                console.print(f"{kind}: {name} by source: {by_source}")
     return 0
 
 
-def heldout_by_source(
+def accuracy_by_source(
     model_dir: Path, pairs: list[Pair], cfg: RewardStageConfig, placement: Placement
 ) -> str:
-    """Held-out accuracy of the reward model in ``model_dir`` by the pairs' source
-    (comparison, correction, rating), scored as the cycle scores them."""
+    """Accuracy of the reward model in ``model_dir`` on ``pairs``, in all and by the
+    pairs' source (comparison, correction, rating), scored as the cycle scores them."""
     from training.reward import RewardScorer
 
     scorer = RewardScorer(
@@ -344,7 +348,8 @@ def heldout_by_source(
     for p, c, r in zip(pairs, chosen, rejected, strict=True):
         total[p.provenance.source] += 1
         right[p.provenance.source] += c > r
-    return ", ".join(f"{s} {right[s]}/{n}" for s, n in sorted(total.items()))
+    parts = [f"{s} {right[s]}/{n}" for s, n in sorted(total.items())]
+    return f"{sum(right.values())}/{len(pairs)} ({', '.join(parts)})"
 
 
 if __name__ == "__main__":
