@@ -145,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         help="per-source weights, e.g. comparison=1,correction=1,rating=0",
     )
     rm.add_argument(
+        "--score-dir",
+        type=Path,
+        default=None,
+        help="train nothing: score this trained reward model (e.g. a run's reward/model)"
+        " on the held-out and the other slices, by source",
+    )
+    rm.add_argument(
         "--init-dir",
         type=Path,
         default=None,
@@ -278,6 +285,10 @@ def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingS
         return 2
     base = (DemoSettings().model or Path("models/base")).resolve()
     placement = Placement.resolve(settings.train_device, settings.train_precision)
+    if args.score_dir is not None:
+        for kind in args.kinds:
+            _print_by_source(console, kind, args.score_dir, snapshot, config, placement)
+        return 0
     thresholds = load_thresholds(settings.gates_config)
     floors = {
         "reward": thresholds.reward_accuracy_lower_min,
@@ -319,15 +330,24 @@ def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingS
                 " (training and held-out scoring)"
             )
             console.print(f"{kind}: loss curve {[round(x, 3) for x in m['loss_curve']]}")
-            # The other kind's training slice is prompt-disjoint from this one's too: a second,
-            # larger sample to compare recipes on (not what the gate reads).
-            other = snapshot.judge_pairs if kind == "reward" else snapshot.train_pairs
-            for name, pairs in (("held-out", snapshot.heldout_pairs), ("other slice", other)):
-                by_source = accuracy_by_source(
-                    result.model_dir, pairs, getattr(config, kind), placement
-                )
-                console.print(f"{kind}: {name} by source: {by_source}")
+            _print_by_source(console, kind, result.model_dir, snapshot, config, placement)
     return 0
+
+
+def _print_by_source(
+    console: Console,
+    kind: str,
+    model_dir: Path,
+    snapshot: Snapshot,
+    config: TrainCycleConfig,
+    placement: Placement,
+) -> None:
+    # The other kind's training slice is prompt-disjoint from this one's too: a second,
+    # larger sample to compare recipes on (not what the gate reads).
+    other = snapshot.judge_pairs if kind == "reward" else snapshot.train_pairs
+    for name, pairs in (("held-out", snapshot.heldout_pairs), ("other slice", other)):
+        by_source = accuracy_by_source(model_dir, pairs, getattr(config, kind), placement)
+        console.print(f"{kind}: {name} by source: {by_source}")
 
 
 def accuracy_by_source(
