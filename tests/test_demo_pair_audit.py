@@ -55,3 +55,8 @@ def test_the_rule_sorts_pairs_and_the_cut_keeps_the_figures_document(
     # is cut and the first (the figure's document) stays.
     assert result.sources_kept == {1: 4}
     assert (result.figure_source_shown, result.figure_source_kept) == (3, 3)
+    # The baselines: the chosen reply is the shorter one in the second and third pairs;
+    # it has the larger share of its words in the sources kept only in the second (1.0
+    # against 0.5; the first ties at 0.5, and neither "42" nor "43" is in the sources).
+    assert result.shorter == 2
+    assert result.grounded == 1

@@ -12,7 +12,10 @@ about half right: that is the held-out slice's ceiling (``ceiling``).
 It also says what the reward model reads of each pair at its ``max_length``: how
 many of the prompt's sources survive the cut by whole messages
 (``training.reward.encode``), and whether the handbook document that holds the
-figure is among them.
+figure is among them; and how two model-free baselines order the pairs: the
+shorter reply wins (``shorter``), or the reply with the larger share of its words
+found in the system messages the reward model reads (``grounded``: a word-overlap
+measure of copying from the sources).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class SliceAudit:
     sources_kept: Counter[int] = field(default_factory=Counter)
     figure_source_kept: int = 0
     figure_source_shown: int = 0  # the figure's document was in the prompt at all
+    shorter: int = 0  # pairs whose chosen reply is the shorter one
+    grounded: int = 0  # pairs whose chosen reply has the larger share of source words
 
     def add(self, verdict: str, kept: int, shown: bool, kept_figure: bool) -> None:
         self.pairs += 1
@@ -64,8 +69,24 @@ class SliceAudit:
             f" contradicts {self.contradicts}, unknown prompt {self.unknown};"
             f" ceiling {self.ceiling:.3f}; sources kept {{{kept}}};"
             f" figure's document in the prompt {self.figure_source_shown},"
-            f" still there after the cut {self.figure_source_kept}"
+            f" still there after the cut {self.figure_source_kept};"
+            f" baselines: shorter wins {self.shorter}, more grounded wins {self.grounded}"
         )
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _grounding(prompt_messages: Sequence[dict[str, str]], reply: str) -> float:
+    """Share of ``reply``'s words that occur in the prompt's system messages."""
+    seen = {
+        w
+        for msg in prompt_messages
+        if msg["role"] == "system"
+        for w in _WORD.findall(msg["content"].lower())
+    }
+    words = _WORD.findall(reply.lower())
+    return sum(w in seen for w in words) / max(1, len(words))
 
 
 def _documents(prompt_messages: Sequence[dict[str, str]]) -> list[str]:
@@ -100,6 +121,8 @@ def audit(
             reply_cost = longest - prompt_tokens(tokenizer, p.prompt)
             kept_prompt, _ = cut_messages(tokenizer, p.prompt, max(max_length - reply_cost, 1))
         kept = _documents(kept_prompt)
+        out.shorter += len(p.chosen) < len(p.rejected)
+        out.grounded += _grounding(kept_prompt, p.chosen) > _grounding(kept_prompt, p.rejected)
         if question is None:
             out.add("unknown", len(kept), False, False)
             continue
