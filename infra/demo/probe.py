@@ -19,7 +19,20 @@ pairs a cycle would snapshot from the store now, sliced as the cycle slices them
 (the demo size's settings, changed by the options given), from the base model as
 a first cycle does, and prints each one's
 held-out accuracy with its Wilson interval and the accuracy gate's verdict
-(``training/gates.yaml``), its pair counts and its wall time.
+(``training/gates.yaml``), its pair counts and its wall time, its loss curve, and
+its accuracy by source (comparison, correction, rating) on the held-out slice and
+on the other kind's slice (also prompt-disjoint from its training: a second sample
+to compare recipes on). ``--init-dir`` starts it from another policy (e.g. a run's
+SFT model), ``--source-weights`` weighs the sources, ``--heldout-fraction`` and
+``--judge-fraction`` slice the prompts otherwise, and ``--score-dir`` trains
+nothing and scores a reward model a run left.
+
+``python -m infra.demo.probe --stage pairs`` trains nothing: it applies the
+employees' own rule to both replies of every pair of each slice
+(``infra.demo.pair_audit``: agrees, ties, contradicts, the held-out ceiling), says
+how many sources the reward model reads at its ``max_length``, and how two
+model-free baselines (the shorter reply wins; the reply that copies more of the
+sources wins) order the pairs.
 """
 
 from __future__ import annotations
