@@ -165,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         " on the held-out and the other slices, by source",
     )
     rm.add_argument(
+        "--grounding",
+        action="store_true",
+        help="with --score-dir: also the reward model's score plus a word-overlap grounding"
+        " term, its weight fitted on the model's own training slice, on the held-out slice",
+    )
+    rm.add_argument(
         "--init-dir",
         type=Path,
         default=None,
@@ -301,6 +307,8 @@ def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingS
     if args.score_dir is not None:
         for kind in args.kinds:
             _print_by_source(console, kind, args.score_dir, snapshot, config, placement)
+            if args.grounding:
+                _print_with_grounding(console, kind, args.score_dir, snapshot, config, placement)
         return 0
     thresholds = load_thresholds(settings.gates_config)
     floors = {
@@ -361,6 +369,50 @@ def _print_by_source(
     for name, pairs in (("held-out", snapshot.heldout_pairs), ("other slice", other)):
         by_source = accuracy_by_source(model_dir, pairs, getattr(config, kind), placement)
         console.print(f"{kind}: {name} by source: {by_source}")
+
+
+def _print_with_grounding(
+    console: Console,
+    kind: str,
+    model_dir: Path,
+    snapshot: Snapshot,
+    config: TrainCycleConfig,
+    placement: Placement,
+) -> None:
+    """The reward model's score plus ``w`` times the grounding term
+    (``infra.demo.pair_audit.grounding_margins``), ``w`` fitted on the model's own
+    training slice, and its accuracy on the held-out slice beside each part alone."""
+    from transformers import AutoTokenizer
+
+    from infra.demo.pair_audit import fit_weight, grounding_margins
+    from training.reward import RewardScorer
+
+    cfg = getattr(config, kind)
+    scorer = RewardScorer(
+        model_dir, batch_size=cfg.score_batch_size, max_length=cfg.max_length, placement=placement
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def margins(pairs: list[Pair]) -> tuple[list[float], list[float]]:
+        prompts = [p.prompt for p in pairs]
+        chosen = scorer.score(prompts, [p.chosen for p in pairs])
+        rejected = scorer.score(prompts, [p.rejected for p in pairs])
+        rm = [c - r for c, r in zip(chosen, rejected, strict=True)]
+        return rm, grounding_margins(pairs, tokenizer, cfg.max_length)
+
+    train = snapshot.train_pairs if kind == "reward" else snapshot.judge_pairs
+    w = fit_weight(*margins(train))
+    rm, ground = margins(snapshot.heldout_pairs)
+
+    def right(weight_rm: float, weight_g: float) -> int:
+        return sum(weight_rm * r + weight_g * g > 0 for r, g in zip(rm, ground, strict=True))
+
+    n = len(rm)
+    console.print(
+        f"{kind}: held-out, the model alone {right(1, 0)}/{n}, the grounding term alone"
+        f" {right(0, 1)}/{n}, the model + {w} x grounding (w fitted on {len(train)} training"
+        f" pairs) {right(1, w)}/{n}"
+    )
 
 
 def accuracy_by_source(
