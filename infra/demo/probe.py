@@ -20,7 +20,20 @@ pairs a cycle would snapshot from the store now, sliced as the cycle slices them
 (the demo size's settings, changed by the options given), from the base model as
 a first cycle does, and prints each one's
 held-out accuracy with its Wilson interval and the accuracy gate's verdict
-(``training/gates.yaml``), its pair counts and its wall time.
+(``training/gates.yaml``), its pair counts and its wall time, its loss curve, and
+its accuracy by source (comparison, correction, rating) on the held-out slice and
+on the other kind's slice (also prompt-disjoint from its training: a second sample
+to compare recipes on). ``--init-dir`` starts it from another policy (e.g. a run's
+SFT model), ``--source-weights`` weighs the sources, ``--heldout-fraction`` and
+``--judge-fraction`` slice the prompts otherwise, and ``--score-dir`` trains
+nothing and scores a reward model a run left.
+
+``python -m infra.demo.probe --stage pairs`` trains nothing: it applies the
+employees' own rule to both replies of every pair of each slice
+(``infra.demo.pair_audit``: agrees, ties, contradicts, the held-out ceiling), says
+how many sources the reward model reads at its ``max_length``, and how two
+model-free baselines (the shorter reply wins; the reply that copies more of the
+sources wins) order the pairs.
 """
 
 from __future__ import annotations
@@ -28,8 +41,8 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from pathlib import Path
+from typing import Any, cast
 
 from rich.console import Console
 
@@ -40,13 +53,11 @@ from infra.demo.yardstick import compare
 from ratchet.db import connect
 from serving.backends.machine import bind_engine_threads, machine_dtype
 from training.cycle_config import TrainCycleConfig
-from training.cycle_stages import REWARD_KINDS, train_reward_kind
-from training.device import Placement
+from training.cycle_stages import REWARD_KINDS
 from training.evaluate import Policy, mean_kl, unique_prompts
 from training.gate_results import GateResult
-from training.gates import accuracy_gate, golden_regression, load_thresholds, safety_refusals
+from training.gates import golden_regression, load_thresholds, safety_refusals
 from training.kb_reader import kb_grounder
-from training.reward_config import RewardStageConfig
 from training.settings import TrainingSettings
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
@@ -74,7 +85,7 @@ def held_out_evaluation(
         disable_log_stats=True,
     )
     try:
-        outputs = llm.chat(prompts, SamplingParams(temperature=0.0, max_tokens=tokens))
+        outputs = llm.chat(cast(Any, prompts), SamplingParams(temperature=0.0, max_tokens=tokens))
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm
@@ -124,13 +135,18 @@ def _count(value: str) -> int | None:
     return None if value == "all" else int(value)
 
 
+def _weights(value: str) -> dict[str, float]:
+    """``comparison=1,rating=0.5`` as a dict."""
+    return {k.strip(): float(v) for k, v in (item.split("=") for item in value.split(","))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m infra.demo.probe",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--stage", choices=("sft", "reward"), default="sft")
+    parser.add_argument("--stage", choices=("sft", "reward", "pairs"), default="sft")
     parser.add_argument("--sft-epochs", type=float, default=3.0)
     parser.add_argument("--sft-lr", type=float, default=1e-4)
     parser.add_argument("--sft-batch", type=int, default=4)
@@ -151,10 +167,45 @@ def main(argv: list[str] | None = None) -> int:
         ("--train-layers", "train_layers", _count, "top blocks trained, or 'all'"),
     ):
         rm.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=what)
+    rm.add_argument(
+        "--source-weights",
+        dest="source_weights",
+        type=_weights,
+        default=argparse.SUPPRESS,
+        help="per-source weights, e.g. comparison=1,correction=1,rating=0",
+    )
+    rm.add_argument(
+        "--score-dir",
+        type=Path,
+        default=None,
+        help="train nothing: score this trained reward model (e.g. a run's reward/model)"
+        " on the held-out and the other slices, by source",
+    )
+    rm.add_argument(
+        "--grounding",
+        action="store_true",
+        help="with --score-dir: also the reward model's score plus a word-overlap grounding"
+        " term, its weight fitted on the model's own training slice, on the held-out slice",
+    )
+    rm.add_argument(
+        "--init-dir",
+        type=Path,
+        default=None,
+        help="start each reward model from this policy (e.g. a run's SFT model) under a new"
+        " score head, instead of the base",
+    )
+    for flag, dest in (
+        ("--heldout-fraction", "heldout_fraction"),
+        ("--judge-fraction", "judge_fraction"),
+    ):
+        rm.add_argument(flag, dest=dest, type=float, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.stage == "reward":
-        return probe_reward(args, Console(), TrainingSettings())
+    if args.stage in ("reward", "pairs"):
+        from infra.demo.reward_probe import probe_pairs, probe_reward
+
+        probe = probe_reward if args.stage == "reward" else probe_pairs
+        return probe(args, Console(), TrainingSettings())
     console = Console()
     demo = DemoSettings()
     settings = TrainingSettings()
@@ -204,68 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         console.print(
             f"[bold]{q.question}[/]\n  before: {b.text[:160]!r}\n  after:  {a.text[:160]!r}"
         )
-    return 0
-
-
-def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
-    """Train the cycle's reward models (``args.kinds``) on the stored feedback and print
-    what the accuracy gates would read of them."""
-    config = TrainCycleConfig.for_size(args.size)
-    changed = {k: v for k, v in vars(args).items() if k in RewardStageConfig.model_fields}
-    config = config.model_copy(
-        update={
-            kind: RewardStageConfig.model_validate(
-                {**getattr(config, kind).model_dump(), **changed}
-            )
-            for kind in args.kinds
-        }
-    )
-    t0 = time.monotonic()
-    with connect(settings.database_url) as conn:
-        snapshot = build_snapshot(
-            StoreSource(),
-            conn,
-            since=config.window_start(),
-            heldout_fraction=config.heldout_fraction,
-            judge_fraction=config.judge_fraction,
-        )
-    console.print(f"snapshot ({time.monotonic() - t0:.0f} s): {snapshot.stats}")
-    if not snapshot.heldout_pairs:
-        console.print("[red]no held-out preference pairs in the store[/]: run `make demo` first")
-        return 2
-    base = (DemoSettings().model or Path("models/base")).resolve()
-    placement = Placement.resolve(settings.train_device, settings.train_precision)
-    thresholds = load_thresholds(settings.gates_config)
-    floors = {
-        "reward": thresholds.reward_accuracy_lower_min,
-        "judge": thresholds.judge_accuracy_lower_min,
-    }
-    with tempfile.TemporaryDirectory(prefix="ratchet-probe-") as tmp:
-        for kind in args.kinds:
-            console.print(f"{kind}: {getattr(config, kind)}")
-            t0 = time.monotonic()
-            result = train_reward_kind(
-                kind, base, snapshot, Path(tmp), config, progress=False, placement=placement
-            )
-            seconds = time.monotonic() - t0
-            gate = accuracy_gate(
-                f"{kind}_accuracy",
-                correct=round(result.heldout_accuracy * result.heldout_pairs),
-                n=result.heldout_pairs,
-                floor=floors[kind],
-                min_n=thresholds.min_heldout_pairs,
-                confidence=thresholds.confidence,
-            )
-            low, high = gate.interval or (float("nan"), float("nan"))
-            m = result.train_metrics
-            console.print(
-                f"{kind}: held-out accuracy {result.heldout_accuracy:.3f} on"
-                f" {result.heldout_pairs} pairs, Wilson [{low:.3f}, {high:.3f}];"
-                f" gate {'passed' if gate.passed else 'FAILED'} ({gate.reason});"
-                f" {m['train_pairs']} training pairs, {m['trainable_params']:,} trainable"
-                f" parameters, loss {m['train_loss']:.3f}; {seconds:.0f} s"
-                " (training and held-out scoring)"
-            )
     return 0
 
 

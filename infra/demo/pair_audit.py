@@ -1,0 +1,163 @@
+"""What the reward model's pairs say, by the employees' own rule: no model involved.
+
+The demo's employees rate with a fixed rule (``infra.demo.questions.judge``: 2
+points for the exact figure, 1 for citing the handbook). For every preference
+pair of a snapshot, this applies the rule to both replies and says whether the
+pair agrees with it (chosen scores higher), ties (the same score: the pair's
+order comes from how it was built, e.g. a thumbs up beside four stars, not from
+the replies) or contradicts it. A reward model that learned the rule exactly
+would score the agreeing pairs right, the contradicting ones wrong and the ties
+about half right: that is the held-out slice's ceiling (``ceiling``).
+
+It also says what the reward model reads of each pair at its ``max_length``: how
+many of the prompt's sources survive the cut by whole messages
+(``training.reward.encode``), and whether the handbook document that holds the
+figure is among them; and how two model-free baselines order the pairs: the
+shorter reply wins (``shorter``), or the reply with the larger share of its words
+found in the system messages the reward model reads (``grounded``: a word-overlap
+measure of copying from the sources).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedback.prompting import last_user_text
+from infra.demo.questions import Question, judge
+from training.snapshot import Pair
+from training.truncation import cut_messages, prompt_tokens
+
+_SOURCE_BLOCK = re.compile(r"^\[\d+\] .*\((?P<path>[^()\n]+)\)$", re.MULTILINE)
+
+
+@dataclass
+class SliceAudit:
+    """One slice's (or one source's) pairs, by what the rule says of them."""
+
+    pairs: int = 0
+    agrees: int = 0
+    ties: int = 0
+    contradicts: int = 0
+    unknown: int = 0  # the prompt is not one of the questions (no rule to apply)
+    sources_kept: Counter[int] = field(default_factory=Counter)
+    figure_source_kept: int = 0
+    figure_source_shown: int = 0  # the figure's document was in the prompt at all
+    shorter: int = 0  # pairs whose chosen reply is the shorter one
+    grounded: int = 0  # pairs whose chosen reply has the larger share of source words
+
+    def add(self, verdict: str, kept: int, shown: bool, kept_figure: bool) -> None:
+        self.pairs += 1
+        setattr(self, verdict, getattr(self, verdict) + 1)
+        self.sources_kept[kept] += 1
+        self.figure_source_shown += shown
+        self.figure_source_kept += kept_figure
+
+    @property
+    def ceiling(self) -> float:
+        """Expected accuracy of a reward model that knows the rule (ties: a coin)."""
+        known = self.pairs - self.unknown
+        return (self.agrees + 0.5 * self.ties) / known if known else float("nan")
+
+    def line(self) -> str:
+        kept = ", ".join(f"{k}: {n}" for k, n in sorted(self.sources_kept.items()))
+        return (
+            f"{self.pairs} pairs: rule agrees {self.agrees}, ties {self.ties},"
+            f" contradicts {self.contradicts}, unknown prompt {self.unknown};"
+            f" ceiling {self.ceiling:.3f}; sources kept {{{kept}}};"
+            f" figure's document in the prompt {self.figure_source_shown},"
+            f" still there after the cut {self.figure_source_kept};"
+            f" baselines: shorter wins {self.shorter}, more grounded wins {self.grounded}"
+        )
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _grounding(prompt_messages: Sequence[dict[str, str]], reply: str) -> float:
+    """Share of ``reply``'s words that occur in the prompt's system messages."""
+    seen = {
+        w
+        for msg in prompt_messages
+        if msg["role"] == "system"
+        for w in _WORD.findall(msg["content"].lower())
+    }
+    words = _WORD.findall(reply.lower())
+    return sum(w in seen for w in words) / max(1, len(words))
+
+
+def _documents(prompt_messages: Sequence[dict[str, str]]) -> list[str]:
+    return [
+        m.group("path")
+        for msg in prompt_messages
+        if msg["role"] == "system"
+        for m in _SOURCE_BLOCK.finditer(msg["content"])
+    ]
+
+
+def _length(tokenizer: Any, prompt: Sequence[dict[str, str]], reply: str) -> int:
+    """Tokens of ``prompt`` and ``reply`` as the reward model reads them, uncut."""
+    text = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": reply}], tokenize=False
+    )
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def read_prompt(tokenizer: Any, pair: Pair, max_length: int) -> Sequence[dict[str, str]]:
+    """The prompt of ``pair`` as the reward model reads it at ``max_length``: cut by
+    whole messages when its longer reply would not fit (``training.reward.encode``)."""
+    longest = max(_length(tokenizer, pair.prompt, r) for r in (pair.chosen, pair.rejected))
+    if longest <= max_length:
+        return pair.prompt
+    reply_cost = longest - prompt_tokens(tokenizer, pair.prompt)
+    cut, _ = cut_messages(tokenizer, pair.prompt, max(max_length - reply_cost, 1))
+    return cut
+
+
+def grounding_margins(pairs: Sequence[Pair], tokenizer: Any, max_length: int) -> list[float]:
+    """Per pair, the chosen reply's share of words found in the sources the reward model
+    reads, less the rejected one's."""
+    out = []
+    for p in pairs:
+        prompt = read_prompt(tokenizer, p, max_length)
+        out.append(_grounding(prompt, p.chosen) - _grounding(prompt, p.rejected))
+    return out
+
+
+WEIGHTS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 100.0)
+
+
+def fit_weight(rm_margins: Sequence[float], ground_margins: Sequence[float]) -> float:
+    """The weight ``w`` of the grounding term (from :data:`WEIGHTS`, the smallest of the
+    best) that orders the most pairs right by ``rm + w * grounding``."""
+
+    def right(w: float) -> int:
+        return sum(r + w * g > 0 for r, g in zip(rm_margins, ground_margins, strict=True))
+
+    return max(WEIGHTS, key=lambda w: (right(w), -w))
+
+
+def audit(
+    pairs: Sequence[Pair], questions: Sequence[Question], tokenizer: Any, max_length: int
+) -> SliceAudit:
+    """The rule's verdict on ``pairs``, and the sources the reward model reads of them."""
+    by_text = {q.question: q for q in questions}
+    out = SliceAudit()
+    for p in pairs:
+        question = by_text.get(last_user_text(p.prompt))
+        shown = _documents(p.prompt)
+        kept_prompt = read_prompt(tokenizer, p, max_length)
+        kept = _documents(kept_prompt)
+        out.shorter += len(p.chosen) < len(p.rejected)
+        out.grounded += _grounding(kept_prompt, p.chosen) > _grounding(kept_prompt, p.rejected)
+        if question is None:
+            out.add("unknown", len(kept), False, False)
+            continue
+        chosen, rejected = judge(p.chosen, question).score, judge(p.rejected, question).score
+        verdict = "agrees" if chosen > rejected else "ties" if chosen == rejected else "contradicts"
+        figure_doc = question.source
+        out.add(verdict, len(kept), figure_doc in shown, figure_doc in kept)
+    return out
