@@ -88,15 +88,16 @@ def encode(
     sources), so the system header, the question, the best sources and the reply
     stay; only a prompt that still does not fit is cut from the left. Training and
     scoring both read pairs this way."""
-    ids = _conversation_ids(tokenizer, prompt, reply)
+    ids = conversation_ids(tokenizer, prompt, reply)
     if max_length is None or len(ids) <= max_length:
         return ids
     reply_cost = len(ids) - prompt_tokens(tokenizer, prompt)
     cut, _ = cut_messages(tokenizer, prompt, max(max_length - reply_cost, 1))
-    return _conversation_ids(tokenizer, cut, reply)[-max_length:]  # left cut if still long
+    return conversation_ids(tokenizer, cut, reply)[-max_length:]  # left cut if still long
 
 
-def _conversation_ids(tokenizer: Any, prompt: Messages, reply: str) -> list[int]:
+def conversation_ids(tokenizer: Any, prompt: Messages, reply: str) -> list[int]:
+    """The token ids of ``prompt`` and ``reply`` in the chat template, uncut."""
     text = tokenizer.apply_chat_template(
         [*prompt, {"role": "assistant", "content": reply}], tokenize=False
     )
@@ -220,8 +221,8 @@ def _token_rows(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> list[
     rows, cut = [], 0
     for p in pairs:
         chosen, rejected = (
-            _conversation_ids(tokenizer, p.prompt, p.chosen),
-            _conversation_ids(tokenizer, p.prompt, p.rejected),
+            conversation_ids(tokenizer, p.prompt, p.chosen),
+            conversation_ids(tokenizer, p.prompt, p.rejected),
         )
         if max(len(chosen), len(rejected)) > max_length:
             cut += 1

@@ -28,6 +28,7 @@ from typing import Any
 
 from feedback.prompting import last_user_text
 from infra.demo.questions import Question, judge
+from training.reward import conversation_ids
 from training.snapshot import Pair
 from training.truncation import cut_messages, prompt_tokens
 
@@ -98,18 +99,12 @@ def _documents(prompt_messages: Sequence[dict[str, str]]) -> list[str]:
     ]
 
 
-def _length(tokenizer: Any, prompt: Sequence[dict[str, str]], reply: str) -> int:
-    """Tokens of ``prompt`` and ``reply`` as the reward model reads them, uncut."""
-    text = tokenizer.apply_chat_template(
-        [*prompt, {"role": "assistant", "content": reply}], tokenize=False
-    )
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def read_prompt(tokenizer: Any, pair: Pair, max_length: int) -> Sequence[dict[str, str]]:
     """The prompt of ``pair`` as the reward model reads it at ``max_length``: cut by
     whole messages when its longer reply would not fit (``training.reward.encode``)."""
-    longest = max(_length(tokenizer, pair.prompt, r) for r in (pair.chosen, pair.rejected))
+    longest = max(
+        len(conversation_ids(tokenizer, pair.prompt, r)) for r in (pair.chosen, pair.rejected)
+    )
     if longest <= max_length:
         return pair.prompt
     reply_cost = longest - prompt_tokens(tokenizer, pair.prompt)
