@@ -60,12 +60,3 @@ def test_the_rule_sorts_pairs_and_the_cut_keeps_the_figures_document(
     # against 0.5; the first ties at 0.5, and neither "42" nor "43" is in the sources).
     assert result.shorter == 2
     assert result.grounded == 1
-
-
-def test_the_grounding_weight_is_the_smallest_that_orders_the_most_pairs() -> None:
-    from infra.demo.pair_audit import fit_weight
-
-    # The model alone orders the first pair; the grounding term the other two, from
-    # w = 5 on (-1 + 2 x 0.5 is a tie, not a win).
-    assert fit_weight([1.0, -1.0, -1.0], [0.0, 0.5, 0.5]) == 5.0
-    assert fit_weight([1.0, 1.0], [-0.1, 0.2]) == 0.0

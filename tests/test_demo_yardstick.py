@@ -110,5 +110,11 @@ def test_the_summary_shows_each_reward_models_accuracy_with_its_interval() -> No
     # the estimate (35/60), then the Wilson interval the gate reads its lower bound from
     assert rows["reward model held-out accuracy (Wilson)"] == "0.583 [0.457, 0.699], n=60 pairs"
     assert rows["judge held-out accuracy (Wilson)"].startswith("0.667 [0.541, 0.773]")
+    assert not any(name.startswith("reward model: learned score alone") for name in rows)
+    # With the grounding term, the gate reads the sum; the learned score alone is shown too.
+    cycle.metrics = {"reward": {"grounding_weight": 5.0, "model_heldout_accuracy": 0.55}}
+    rows = dict(headline(DemoResult(runs=[CycleRun(cycle=cycle)])))
+    learned = rows["reward model: learned score alone (held-out), grounding weight"]
+    assert learned == "0.550, w = 5.0"
     [reward, _] = gate_rows(cycle)
     assert reward[3:6] == ("0.583", "0.457", "[0.457, 0.699]")

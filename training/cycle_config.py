@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from training.dpo_config import DpoStageConfig
 from training.errors import TrainingError
@@ -43,6 +43,16 @@ class TrainCycleConfig(BaseModel):
     dpo: DpoStageConfig = Field(default_factory=DpoStageConfig)
     kto: KtoStageConfig = Field(default_factory=KtoStageConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _judge_is_learned_only(self) -> TrainCycleConfig:
+        if self.judge.grounding is not None:
+            raise ValueError(
+                "judge.grounding must be unset: the judge is a learned model of the users'"
+                " ratings, so that a policy gaming the grounding term is not rewarded by the"
+                " gates too (set reward.grounding for the policy's reward model)"
+            )
+        return self
 
     def window_start(self) -> datetime | None:
         """Where the training window starts (None: the beginning of the feedback)."""

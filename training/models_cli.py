@@ -142,8 +142,14 @@ def _models_show(args: argparse.Namespace) -> int:
         rm = version.metrics.get(key, {})
         if rm:
             start = f"; init {rm['init']}: {rm.get('init_dir')}" if "init" in rm else ""
+            term = (
+                f" (with {rm['grounding_weight']} x the grounding term; the model alone"
+                f" {_fmt(rm.get('model_heldout_accuracy'))})"
+                if "grounding_weight" in rm
+                else ""
+            )
             print(
-                f"{label} held-out accuracy: {_fmt(rm.get('heldout_accuracy'))}"
+                f"{label} held-out accuracy: {_fmt(rm.get('heldout_accuracy'))}{term}"
                 f" on {rm.get('heldout_pairs')} pairs{start}"
             )
     print_gates(version.gate_report)

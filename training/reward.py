@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.nn import ModuleList
@@ -16,11 +16,14 @@ from torch.nn import ModuleList
 from training import distributed
 from training.device import Placement, trl_arguments
 from training.errors import TrainingError
+from training.grounding import fit_weight, grounding, load_weight, save_weight
 from training.reward_config import RewardStageConfig
 from training.snapshot import Messages, Pair
 from training.truncation import cut_messages, prompt_tokens
 
 logger = logging.getLogger(__name__)
+
+Scoring = Callable[[Sequence[Messages], Sequence[str]], list[float]]
 
 
 @dataclass
@@ -53,9 +56,21 @@ class RewardScorer:
         self.model.eval().requires_grad_(False)
         self.batch_size = batch_size
         self.max_length = max_length
+        self.grounding_weight = load_weight(model_dir)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
+        """The model's score of each reply, plus the grounding term times its weight when
+        one was saved with the model (``training.grounding``)."""
+        model = self.model_scores(prompts, replies)
+        if not self.grounding_weight:
+            return model
+        terms = self.grounding_terms(prompts, replies)
+        return [s + self.grounding_weight * g for s, g in zip(model, terms, strict=True)]
+
+    @torch.no_grad()
+    def model_scores(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
+        """The learned model's score alone."""
         ids = [
             encode(self.tokenizer, p, r, self.max_length)
             for p, r in zip(prompts, replies, strict=True)
@@ -69,14 +84,27 @@ class RewardScorer:
             out.extend(self.model(**batch).logits[:, 0].float().tolist())
         return out
 
+    def grounding_terms(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
+        """The grounding term of each reply, on the prompt as the model reads it."""
+        return [
+            grounding(read_messages(self.tokenizer, p, r, self.max_length), r)
+            for p, r in zip(prompts, replies, strict=True)
+        ]
+
     def accuracy(self, pairs: Sequence[Pair]) -> float:
         """Fraction of pairs whose chosen reply scores above the rejected one."""
         if not pairs:
             return float("nan")
+        return sum(m > 0 for m in self.margins(pairs, self.score)) / len(pairs)
+
+    @staticmethod
+    def margins(pairs: Sequence[Pair], score: Scoring) -> list[float]:
+        """Chosen minus rejected, by ``score`` (the scorer's ``score``, ``model_scores`` or
+        ``grounding_terms``), one per pair."""
         prompts = [p.prompt for p in pairs]
-        chosen = self.score(prompts, [p.chosen for p in pairs])
-        rejected = self.score(prompts, [p.rejected for p in pairs])
-        return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
+        chosen = score(prompts, [p.chosen for p in pairs])
+        rejected = score(prompts, [p.rejected for p in pairs])
+        return [c - r for c, r in zip(chosen, rejected, strict=True)]
 
 
 def encode(
@@ -88,12 +116,26 @@ def encode(
     sources), so the system header, the question, the best sources and the reply
     stay; only a prompt that still does not fit is cut from the left. Training and
     scoring both read pairs this way."""
+    return _read(tokenizer, prompt, reply, max_length)[1]
+
+
+def read_messages(
+    tokenizer: Any, prompt: Messages, reply: str, max_length: int | None = None
+) -> Messages:
+    """The messages of ``prompt`` that the reward model reads beside ``reply`` at
+    ``max_length`` (see :func:`encode`): all of them when the conversation fits."""
+    return _read(tokenizer, prompt, reply, max_length)[0]
+
+
+def _read(
+    tokenizer: Any, prompt: Messages, reply: str, max_length: int | None
+) -> tuple[Messages, list[int]]:
     ids = conversation_ids(tokenizer, prompt, reply)
     if max_length is None or len(ids) <= max_length:
-        return ids
+        return prompt, ids
     reply_cost = len(ids) - prompt_tokens(tokenizer, prompt)
     cut, _ = cut_messages(tokenizer, prompt, max(max_length - reply_cost, 1))
-    return conversation_ids(tokenizer, cut, reply)[-max_length:]  # left cut if still long
+    return cut, conversation_ids(tokenizer, cut, reply)[-max_length:]  # left cut if still long
 
 
 def conversation_ids(tokenizer: Any, prompt: Messages, reply: str) -> list[int]:
@@ -129,6 +171,7 @@ def train_reward_model(
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if not train_pairs:
         raise TrainingError("no training pairs for the reward model")
+    slice_pairs = train_pairs
     train_pairs = _sample_pairs(train_pairs, config.max_train_pairs, seed)
     rows = _token_rows(tokenizer, train_pairs, config.max_length)
     model_dir = out_dir / "model"
@@ -152,6 +195,24 @@ def train_reward_model(
         max_length=config.max_length,
         placement=placement,
     )
+    grounding_metrics: dict[str, Any] = {}
+    if config.grounding is not None:
+        model_accuracy = scorer.accuracy(heldout_pairs)
+        scorer.grounding_weight = _grounding_weight(scorer, slice_pairs, config.grounding)
+        if distributed.is_main():
+            save_weight(model_dir, scorer.grounding_weight)
+        distributed.barrier()
+        grounding_metrics = {
+            "grounding_weight": scorer.grounding_weight,
+            "model_heldout_accuracy": model_accuracy,
+        }
+        logger.info(
+            "reward model: the model alone orders %.3f of the held-out pairs right; with %s x"
+            " the grounding term (%s)",
+            model_accuracy,
+            scorer.grounding_weight,
+            "fixed" if config.grounding != "fit" else f"fitted on {len(slice_pairs)} pairs",
+        )
     accuracy = scorer.accuracy(heldout_pairs)
     logger.info("reward model: held-out accuracy %.3f on %d pairs", accuracy, len(heldout_pairs))
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -166,7 +227,20 @@ def train_reward_model(
             "train_loss": training_loss,
             "train_accuracy": history[-1].get("accuracy") if history else None,
             "loss_curve": [h["loss"] for h in history],
+            **grounding_metrics,
         },
+    )
+
+
+def _grounding_weight(
+    scorer: RewardScorer, pairs: Sequence[Pair], setting: float | Literal["fit"]
+) -> float:
+    """The weight of the grounding term: ``setting``, or with "fit" the one that orders
+    the most of ``pairs`` (the training slice, never the held-out one) right."""
+    if setting != "fit":
+        return float(setting)
+    return fit_weight(
+        scorer.margins(pairs, scorer.model_scores), scorer.margins(pairs, scorer.grounding_terms)
     )
 
 

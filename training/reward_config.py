@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -39,6 +39,14 @@ class RewardStageConfig(BaseModel):
         " the backward pass stops below the lowest trained block (the forward pass stays whole)."
         " None trains every layer. A model"
         " with fewer blocks, or whose blocks are not found, is a TrainingError.",
+    )
+    grounding: Annotated[float, Field(ge=0)] | Literal["fit"] | None = Field(
+        default=None,
+        description="Add this weight times the grounding term (the share of a reply's words"
+        " found in the sources it was given, training/grounding.py) to the model's score;"
+        " 'fit' chooses the weight that orders the most training-slice pairs right. None:"
+        " the learned score alone. The policy's reward model only: the judge must leave it"
+        " unset.",
     )
     score_batch_size: int = Field(default=16, ge=1, description="Batch size when scoring replies.")
     source_weights: SourceWeights = Field(

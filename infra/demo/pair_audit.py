@@ -28,9 +28,9 @@ from typing import Any
 
 from feedback.prompting import last_user_text
 from infra.demo.questions import Question, judge
-from training.reward import conversation_ids
+from training.grounding import grounding
+from training.reward import conversation_ids, read_messages
 from training.snapshot import Pair
-from training.truncation import cut_messages, prompt_tokens
 
 _SOURCE_BLOCK = re.compile(r"^\[\d+\] .*\((?P<path>[^()\n]+)\)$", re.MULTILINE)
 
@@ -75,21 +75,6 @@ class SliceAudit:
         )
 
 
-_WORD = re.compile(r"\w+")
-
-
-def _grounding(prompt_messages: Sequence[dict[str, str]], reply: str) -> float:
-    """Share of ``reply``'s words that occur in the prompt's system messages."""
-    seen = {
-        w
-        for msg in prompt_messages
-        if msg["role"] == "system"
-        for w in _WORD.findall(msg["content"].lower())
-    }
-    words = _WORD.findall(reply.lower())
-    return sum(w in seen for w in words) / max(1, len(words))
-
-
 def _documents(prompt_messages: Sequence[dict[str, str]]) -> list[str]:
     return [
         m.group("path")
@@ -100,39 +85,12 @@ def _documents(prompt_messages: Sequence[dict[str, str]]) -> list[str]:
 
 
 def read_prompt(tokenizer: Any, pair: Pair, max_length: int) -> Sequence[dict[str, str]]:
-    """The prompt of ``pair`` as the reward model reads it at ``max_length``: cut by
-    whole messages when its longer reply would not fit (``training.reward.encode``)."""
-    longest = max(
-        len(conversation_ids(tokenizer, pair.prompt, r)) for r in (pair.chosen, pair.rejected)
+    """The prompt of ``pair`` as the reward model reads it beside the longer of its two
+    replies at ``max_length`` (``training.reward.read_messages``)."""
+    longer = max(
+        (pair.chosen, pair.rejected), key=lambda r: len(conversation_ids(tokenizer, pair.prompt, r))
     )
-    if longest <= max_length:
-        return pair.prompt
-    reply_cost = longest - prompt_tokens(tokenizer, pair.prompt)
-    cut, _ = cut_messages(tokenizer, pair.prompt, max(max_length - reply_cost, 1))
-    return cut
-
-
-def grounding_margins(pairs: Sequence[Pair], tokenizer: Any, max_length: int) -> list[float]:
-    """Per pair, the chosen reply's share of words found in the sources the reward model
-    reads, less the rejected one's."""
-    out = []
-    for p in pairs:
-        prompt = read_prompt(tokenizer, p, max_length)
-        out.append(_grounding(prompt, p.chosen) - _grounding(prompt, p.rejected))
-    return out
-
-
-WEIGHTS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 100.0)
-
-
-def fit_weight(rm_margins: Sequence[float], ground_margins: Sequence[float]) -> float:
-    """The weight ``w`` of the grounding term (from :data:`WEIGHTS`, the smallest of the
-    best) that orders the most pairs right by ``rm + w * grounding``."""
-
-    def right(w: float) -> int:
-        return sum(r + w * g > 0 for r, g in zip(rm_margins, ground_margins, strict=True))
-
-    return max(WEIGHTS, key=lambda w: (right(w), -w))
+    return read_messages(tokenizer, pair.prompt, longer, max_length)
 
 
 def audit(
@@ -147,7 +105,7 @@ def audit(
         kept_prompt = read_prompt(tokenizer, p, max_length)
         kept = _documents(kept_prompt)
         out.shorter += len(p.chosen) < len(p.rejected)
-        out.grounded += _grounding(kept_prompt, p.chosen) > _grounding(kept_prompt, p.rejected)
+        out.grounded += grounding(kept_prompt, p.chosen) > grounding(kept_prompt, p.rejected)
         if question is None:
             out.add("unknown", len(kept), False, False)
             continue

@@ -73,6 +73,18 @@ def _human(canary: dict[str, Any] | None) -> str:
     )
 
 
+def _grounding_row(rm: dict[str, Any]) -> list[tuple[str, str]]:
+    """The policy RM's learned score alone, when its score adds the grounding term."""
+    if "grounding_weight" not in rm:
+        return []
+    return [
+        (
+            "reward model: learned score alone (held-out), grounding weight",
+            f"{_fmt(rm.get('model_heldout_accuracy'))}, w = {rm['grounding_weight']}",
+        )
+    ]
+
+
 def headline(result: DemoResult) -> list[tuple[str, str]]:
     tally, cycle = result.tally, result.cycle
     gates = (cycle.gate_report if cycle else {}).get("gates", {})
@@ -87,6 +99,7 @@ def headline(result: DemoResult) -> list[tuple[str, str]]:
         ),
         ("preference pairs built", str(cycle.pairs if cycle else 0)),
         ("reward model held-out accuracy (Wilson)", _accuracy(gates.get("reward_accuracy", {}))),
+        *_grounding_row(cycle.metrics.get("reward", {}) if cycle else {}),
         ("judge held-out accuracy (Wilson)", _accuracy(gates.get("judge_accuracy", {}))),
         ("offline win rate: independent judge (CI)", _rate(gates.get("win_rate", {}))),
         ("offline win rate: policy's own RM (CI)", _rate(gates.get("policy_rm_win_rate", {}))),

@@ -168,30 +168,24 @@ def _print_with_grounding(
     config: TrainCycleConfig,
     placement: Placement,
 ) -> None:
-    """The reward model's score plus ``w`` times the grounding term
-    (``infra.demo.pair_audit.grounding_margins``), ``w`` fitted on the model's own
-    training slice, and its accuracy on the held-out slice beside each part alone."""
-    from transformers import AutoTokenizer
-
-    from infra.demo.pair_audit import fit_weight, grounding_margins
+    """The saved reward model's learned score plus ``w`` times the grounding term
+    (``training.grounding``), ``w`` fitted on the model's own training slice as
+    ``RewardStageConfig.grounding: fit`` does, and its accuracy on the held-out slice
+    beside each part alone."""
+    from training.grounding import fit_weight
     from training.reward import RewardScorer
 
     cfg = getattr(config, kind)
     scorer = RewardScorer(
         model_dir, batch_size=cfg.score_batch_size, max_length=cfg.max_length, placement=placement
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-
-    def margins(pairs: list[Pair]) -> tuple[list[float], list[float]]:
-        prompts = [p.prompt for p in pairs]
-        chosen = scorer.score(prompts, [p.chosen for p in pairs])
-        rejected = scorer.score(prompts, [p.rejected for p in pairs])
-        rm = [c - r for c, r in zip(chosen, rejected, strict=True)]
-        return rm, grounding_margins(pairs, tokenizer, cfg.max_length)
-
     train = snapshot.train_pairs if kind == "reward" else snapshot.judge_pairs
-    w = fit_weight(*margins(train))
-    rm, ground = margins(snapshot.heldout_pairs)
+    w = fit_weight(
+        scorer.margins(train, scorer.model_scores), scorer.margins(train, scorer.grounding_terms)
+    )
+    held_out = snapshot.heldout_pairs
+    rm = scorer.margins(held_out, scorer.model_scores)
+    ground = scorer.margins(held_out, scorer.grounding_terms)
 
     def right(weight_rm: float, weight_g: float) -> int:
         return sum(weight_rm * r + weight_g * g > 0 for r, g in zip(rm, ground, strict=True))
