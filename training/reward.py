@@ -93,9 +93,7 @@ class RewardScorer:
 
     def accuracy(self, pairs: Sequence[Pair]) -> float:
         """Fraction of pairs whose chosen reply scores above the rejected one."""
-        if not pairs:
-            return float("nan")
-        return sum(m > 0 for m in self.margins(pairs, self.score)) / len(pairs)
+        return share_right(self.margins(pairs, self.score))
 
     @staticmethod
     def margins(pairs: Sequence[Pair], score: Scoring) -> list[float]:
@@ -105,6 +103,11 @@ class RewardScorer:
         chosen = score(prompts, [p.chosen for p in pairs])
         rejected = score(prompts, [p.rejected for p in pairs])
         return [c - r for c, r in zip(chosen, rejected, strict=True)]
+
+
+def share_right(margins: Sequence[float]) -> float:
+    """Fraction of pairs whose margin (chosen minus rejected) is positive (nan: none)."""
+    return sum(m > 0 for m in margins) / len(margins) if margins else float("nan")
 
 
 def encode(
@@ -195,25 +198,28 @@ def train_reward_model(
         max_length=config.max_length,
         placement=placement,
     )
+    learned = scorer.margins(heldout_pairs, scorer.model_scores)
+    terms = [0.0] * len(learned)
     grounding_metrics: dict[str, Any] = {}
     if config.grounding is not None:
-        model_accuracy = scorer.accuracy(heldout_pairs)
         scorer.grounding_weight = _grounding_weight(scorer, slice_pairs, config.grounding)
         if distributed.is_main():
             save_weight(model_dir, scorer.grounding_weight)
         distributed.barrier()
+        terms = scorer.margins(heldout_pairs, scorer.grounding_terms)
         grounding_metrics = {
             "grounding_weight": scorer.grounding_weight,
-            "model_heldout_accuracy": model_accuracy,
+            "model_heldout_accuracy": share_right(learned),
         }
         logger.info(
-            "reward model: the model alone orders %.3f of the held-out pairs right; with %s x"
-            " the grounding term (%s)",
-            model_accuracy,
+            "reward model: the learned score alone orders %.3f of the held-out pairs right;"
+            " the sum adds %s x the grounding term (%s)",
+            share_right(learned),
             scorer.grounding_weight,
             "fixed" if config.grounding != "fit" else f"fitted on {len(slice_pairs)} pairs",
         )
-    accuracy = scorer.accuracy(heldout_pairs)
+    w = scorer.grounding_weight
+    accuracy = share_right([m + w * g for m, g in zip(learned, terms, strict=True)])
     logger.info("reward model: held-out accuracy %.3f on %d pairs", accuracy, len(heldout_pairs))
     history = [h for h in trainer.state.log_history if "loss" in h]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
