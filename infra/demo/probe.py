@@ -34,6 +34,10 @@ employees' own rule to both replies of every pair of each slice
 how many sources the reward model reads at its ``max_length``, and how two
 model-free baselines (the shorter reply wins; the reply that copies more of the
 sources wins) order the pairs.
+
+``python -m infra.demo.probe --stage ppo --policy-dir RUN/sft --reward-dir
+RUN/reward/model`` runs the cycle's PPO stage alone from a run's models
+(``infra.demo.ppo_probe``) and prints the yardstick before and after it.
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--stage", choices=("sft", "reward", "pairs"), default="sft")
+    parser.add_argument("--stage", choices=("sft", "reward", "pairs", "ppo"), default="sft")
     parser.add_argument("--sft-epochs", type=float, default=3.0)
     parser.add_argument("--sft-lr", type=float, default=1e-4)
     parser.add_argument("--sft-batch", type=int, default=4)
@@ -199,8 +203,24 @@ def main(argv: list[str] | None = None) -> int:
         ("--judge-fraction", "judge_fraction"),
     ):
         rm.add_argument(flag, dest=dest, type=float, default=argparse.SUPPRESS)
+    ppo = parser.add_argument_group("--stage ppo (unset: the demo preset's own setting)")
+    ppo.add_argument("--policy-dir", type=Path, default=None, help="the policy PPO starts from")
+    ppo.add_argument("--reward-dir", type=Path, default=None, help="the reward model it uses")
+    ppo.add_argument(
+        "--ppo-grounding",
+        default=None,
+        help="the grounding term's weight (a number, or fit); unset: the"
+        " weight saved with the reward model, if any",
+    )
+    ppo.add_argument("--ppo-lr", type=float, default=None)
+    ppo.add_argument("--ppo-steps", type=int, default=None)
+    ppo.add_argument("--ppo-epochs", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.stage == "ppo":
+        from infra.demo.ppo_probe import probe_ppo
+
+        return probe_ppo(args, Console(), TrainingSettings())
     if args.stage in ("reward", "pairs"):
         from infra.demo.reward_probe import probe_pairs, probe_reward
 

@@ -1,0 +1,124 @@
+"""``python -m infra.demo.probe --stage ppo``: the cycle's PPO stage alone, on the
+demo's stored feedback, from a policy and against a reward model a run left.
+
+It starts from ``--policy-dir`` (e.g. a run's ``sft`` model), scores rollouts with
+the reward model in ``--reward-dir`` (a run's ``reward/model``; ``--ppo-grounding``
+sets the weight of the grounding term, ``fit`` fits it on the policy slice as the
+cycle does), runs the demo preset's PPO (changed by ``--ppo-lr``, ``--ppo-steps``,
+``--ppo-epochs``) on the policy slice's prompts, and prints each step's mean score
+and KL, then the yardstick on the held-out questions before and after PPO, the KL
+gate's figure of the result against the base (the production a first cycle is
+gated against) and, with ``--gates``, the golden-regression and safety gates."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from infra.demo.questions import load_questions, split
+from infra.demo.settings import DemoSettings
+from infra.demo.yardstick import compare
+from ratchet.db import connect
+from training.cycle_config import TrainCycleConfig
+from training.device import Placement
+from training.gates import load_thresholds
+from training.grounding import fit_weight
+from training.kb_reader import kb_grounder
+from training.reward import RewardScorer
+from training.settings import TrainingSettings
+from training.snapshot import StoreSource, build_snapshot
+from training.stages import STAGES, StageContext
+from training.suites_io import suite_prompts
+
+
+def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
+    from infra.demo.probe import gate_kl, held_out_evaluation, suite_gates
+
+    if args.policy_dir is None or args.reward_dir is None:
+        console.print("[red]--stage ppo needs --policy-dir and --reward-dir[/] (a run's models)")
+        return 2
+    config = TrainCycleConfig.for_size("demo")
+    ppo = config.ppo.model_copy(
+        update={
+            k: v
+            for k, v in (
+                ("learning_rate", args.ppo_lr),
+                ("steps", args.ppo_steps),
+                ("ppo_epochs", args.ppo_epochs),
+            )
+            if v is not None
+        }
+    )
+    config = config.model_copy(update={"ppo": ppo})
+    demo = DemoSettings()
+    base = (demo.model or Path("models/base")).resolve()
+    _, held_out = split(
+        load_questions(demo.kb_dir), asked=demo.n_asked(), held_out=demo.n_held_out()
+    )
+    with connect(settings.database_url) as conn:
+        snapshot = build_snapshot(
+            StoreSource(),
+            conn,
+            since=None,
+            heldout_fraction=config.heldout_fraction,
+            judge_fraction=config.judge_fraction,
+        )
+        ground = kb_grounder(conn)
+        suite_ground = kb_grounder(conn, k=settings.retrieval_k)
+    if ground is None or not snapshot.train_pairs:
+        console.print("[red]no knowledge base or no policy pairs in the store[/]: run `make demo`")
+        return 2
+    placement = Placement.resolve(settings.train_device, settings.train_precision)
+    scorer = RewardScorer(
+        args.reward_dir,
+        batch_size=config.reward.score_batch_size,
+        max_length=config.reward.max_length,
+        placement=placement,
+    )
+    if args.ppo_grounding == "fit":
+        pairs = snapshot.train_pairs
+        scorer.grounding_weight = fit_weight(
+            scorer.margins(pairs, scorer.model_scores),
+            scorer.margins(pairs, scorer.grounding_terms),
+        )
+    elif args.ppo_grounding is not None:
+        scorer.grounding_weight = float(args.ppo_grounding)
+    console.print(
+        f"PPO from {args.policy_dir} against {args.reward_dir} (grounding weight"
+        f" {scorer.grounding_weight}): {ppo}"
+    )
+    tokens = demo.reply_tokens()
+    prompts = suite_prompts([q.question for q in held_out], ground)
+    before = held_out_evaluation(args.policy_dir, prompts, held_out, tokens)
+    with tempfile.TemporaryDirectory(prefix="ratchet-probe-") as tmp:
+        ctx = StageContext(
+            snapshot=snapshot,
+            config=config,
+            placement=placement,
+            run_dir=Path(tmp),
+            progress=False,
+            rewards=SimpleNamespace(policy_scorer=scorer),
+        )
+        out = Path(tmp) / "ppo"
+        t0 = time.monotonic()
+        outcome = STAGES["ppo"].run(ctx, args.policy_dir, out)
+        console.print(f"PPO: {time.monotonic() - t0:.0f} s, {outcome.metrics}")
+        for i, h in enumerate(outcome.history, 1):
+            console.print(f"  step {i}: mean score {h['mean_score']:.3f}, KL {h['mean_kl']:.3f}")
+        after = held_out_evaluation(out, prompts, held_out, tokens)
+        kl = gate_kl(base, out, prompts)
+        limit = load_thresholds(settings.gates_config).kl_max
+        console.print(f"KL(after PPO || base) per reply: {kl:.1f} nats (the gate allows {limit})")
+        if args.gates and suite_ground is not None:
+            for gate in suite_gates(base, out, settings, suite_ground):
+                verdict = "passed" if gate.passed else "FAILED"
+                console.print(f"{gate.name} gate {verdict}: {gate.reason} (n = {gate.n})")
+    console.print("the yardstick, before PPO (the start policy) -> after:")
+    for change in compare(before, after):
+        console.print(f"{change.criterion:>12}: {change.line()}")
+    return 0
