@@ -20,7 +20,7 @@ from training.cycle_config import TrainCycleConfig
 from training.gates import GateInputs, GateThresholds, load_thresholds, run_gates
 from training.promotion import promote_if_ready
 from training.settings import TrainingSettings, default_actor
-from training.snapshot import Snapshot
+from training.snapshot import Pair, Snapshot
 from training.suites_io import resolve_suite
 
 if TYPE_CHECKING:
@@ -184,24 +184,31 @@ def train_reward_kind(
     the judge ("judge": the judge slice's) into ``run_dir / kind``, as a cycle does (its
     settings, source weights and seed), and measure it on the held-out slice."""
     from training.reward import train_reward_model
+
+    pairs, seed = reward_pairs(kind, snapshot, config)
+    return train_reward_model(
+        parent_dir,
+        pairs,
+        snapshot.heldout_pairs,
+        run_dir / kind,
+        getattr(config, kind),
+        seed=seed,
+        progress=progress,
+        placement=placement,
+        init_dir=init_dir,
+    )
+
+
+def reward_pairs(kind: str, snapshot: Snapshot, config: TrainCycleConfig) -> tuple[list[Pair], int]:
+    """The pairs the policy's reward model (``kind`` "reward": the policy slice) or the
+    judge ("judge": the judge slice) is given, weighted by source, and its seed."""
     from training.source_weights import weighted
 
     pairs, seed = {
         "reward": (snapshot.train_pairs, config.seed),
         "judge": (snapshot.judge_pairs, config.seed + 1),
     }[kind]
-    cfg = getattr(config, kind)
-    return train_reward_model(
-        parent_dir,
-        weighted(pairs, cfg.source_weights, seed=seed),
-        snapshot.heldout_pairs,
-        run_dir / kind,
-        cfg,
-        seed=seed,
-        progress=progress,
-        placement=placement,
-        init_dir=init_dir,
-    )
+    return weighted(pairs, getattr(config, kind).source_weights, seed=seed), seed
 
 
 def gate_stage(

@@ -175,7 +175,7 @@ def train_reward_model(
     if not train_pairs:
         raise TrainingError("no training pairs for the reward model")
     slice_pairs = train_pairs
-    train_pairs = _sample_pairs(train_pairs, config.max_train_pairs, seed)
+    train_pairs = sample_pairs(train_pairs, config.max_train_pairs, seed)
     rows = _token_rows(tokenizer, train_pairs, config.max_length)
     model_dir = out_dir / "model"
     trainer, training_loss = _fit(
@@ -202,13 +202,15 @@ def train_reward_model(
     terms = [0.0] * len(learned)
     grounding_metrics: dict[str, Any] = {}
     if config.grounding is not None:
-        scorer.grounding_weight = _grounding_weight(scorer, slice_pairs, config.grounding)
+        fit_on = grounding_fit_pairs(slice_pairs, train_pairs)
+        scorer.grounding_weight = _grounding_weight(scorer, fit_on, config.grounding)
         if distributed.is_main():
             save_weight(model_dir, scorer.grounding_weight)
         distributed.barrier()
         terms = scorer.margins(heldout_pairs, scorer.grounding_terms)
         grounding_metrics = {
             "grounding_weight": scorer.grounding_weight,
+            "grounding_fit_pairs": len(fit_on) if config.grounding == "fit" else 0,
             "model_heldout_accuracy": share_right(learned),
         }
         logger.info(
@@ -216,7 +218,7 @@ def train_reward_model(
             " the sum adds %s x the grounding term (%s)",
             share_right(learned),
             scorer.grounding_weight,
-            "fixed" if config.grounding != "fit" else f"fitted on {len(slice_pairs)} pairs",
+            "fixed" if config.grounding != "fit" else f"fitted on {len(fit_on)} pairs",
         )
     w = scorer.grounding_weight
     accuracy = share_right([m + w * g for m, g in zip(learned, terms, strict=True)])
@@ -238,11 +240,24 @@ def train_reward_model(
     )
 
 
+MIN_FIT_PAIRS = 16
+
+
+def grounding_fit_pairs(slice_pairs: Sequence[Pair], trained: Sequence[Pair]) -> list[Pair]:
+    """The pairs the grounding weight is fitted on: those of the training slice that the
+    model did not train on (``max_train_pairs`` left them out), where its margins are out
+    of sample, not the overconfident ones of its own training pairs; the whole slice when
+    fewer than :data:`MIN_FIT_PAIRS` were left out. Never a held-out pair."""
+    seen = {id(p) for p in trained}
+    unseen = [p for p in slice_pairs if id(p) not in seen]
+    return unseen if len(unseen) >= MIN_FIT_PAIRS else list(slice_pairs)
+
+
 def _grounding_weight(
     scorer: RewardScorer, pairs: Sequence[Pair], setting: float | Literal["fit"]
 ) -> float:
     """The weight of the grounding term: ``setting``, or with "fit" the one that orders
-    the most of ``pairs`` (the training slice, never the held-out one) right."""
+    the most of ``pairs`` (:func:`grounding_fit_pairs`) right."""
     if setting != "fit":
         return float(setting)
     return fit_weight(
@@ -282,7 +297,7 @@ def base_mismatch(model_dir: Path, parent_dir: Path) -> str | None:
     return None
 
 
-def _sample_pairs(pairs: Sequence[Pair], limit: int | None, seed: int) -> Sequence[Pair]:
+def sample_pairs(pairs: Sequence[Pair], limit: int | None, seed: int) -> Sequence[Pair]:
     """At most ``limit`` pairs: a seeded sample, kept in the snapshot's order."""
     if limit is None or len(pairs) <= limit:
         return pairs

@@ -169,17 +169,19 @@ def _print_with_grounding(
     placement: Placement,
 ) -> None:
     """The saved reward model's learned score plus ``w`` times the grounding term
-    (``training.grounding``), ``w`` fitted on the model's own training slice as
-    ``RewardStageConfig.grounding: fit`` does, and its accuracy on the held-out slice
-    beside each part alone."""
+    (``training.grounding``), ``w`` fitted as ``RewardStageConfig.grounding: fit`` does
+    (on the slice's pairs the model did not train on, ``grounding_fit_pairs``), and its
+    accuracy on the held-out slice beside each part alone."""
+    from training.cycle_stages import reward_pairs
     from training.grounding import fit_weight
-    from training.reward import RewardScorer
+    from training.reward import RewardScorer, grounding_fit_pairs, sample_pairs
 
     cfg = getattr(config, kind)
     scorer = RewardScorer(
         model_dir, batch_size=cfg.score_batch_size, max_length=cfg.max_length, placement=placement
     )
-    train = snapshot.train_pairs if kind == "reward" else snapshot.judge_pairs
+    pairs, seed = reward_pairs(kind, snapshot, config)
+    train = grounding_fit_pairs(pairs, sample_pairs(pairs, cfg.max_train_pairs, seed))
     w = fit_weight(
         scorer.margins(train, scorer.model_scores), scorer.margins(train, scorer.grounding_terms)
     )
@@ -193,8 +195,8 @@ def _print_with_grounding(
     n = len(rm)
     console.print(
         f"{kind}: held-out, the model alone {right(1, 0)}/{n}, the grounding term alone"
-        f" {right(0, 1)}/{n}, the model + {w} x grounding (w fitted on {len(train)} training"
-        f" pairs) {right(1, w)}/{n}"
+        f" {right(0, 1)}/{n}, the model + {w} x grounding (w fitted on {len(train)} pairs of"
+        f" its slice) {right(1, w)}/{n}"
     )
 
 

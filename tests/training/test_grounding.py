@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from training.cycle_config import TrainCycleConfig
 from training.grounding import WEIGHT_FILE, fit_weight, grounding
-from training.reward import RewardScorer, train_reward_model
+from training.reward import RewardScorer, grounding_fit_pairs, sample_pairs, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.snapshot import Pair
 
@@ -71,6 +71,7 @@ def test_a_fitted_term_orders_the_held_out_pairs_the_model_alone_cannot(
     )
     weight = result.train_metrics["grounding_weight"]
     assert weight > 0
+    assert result.train_metrics["grounding_fit_pairs"] == 16  # it trained on all of them
     assert result.heldout_accuracy == 1.0
     assert result.train_metrics["model_heldout_accuracy"] < 1.0
     # Every reader of the saved model (PPO's reward, the gates) scores the same sum.
@@ -103,6 +104,17 @@ def test_the_weight_is_fitted_on_the_training_slice_never_the_held_out_one(
     )
     assert result.train_metrics["grounding_weight"] == 0.0
     assert result.heldout_accuracy == result.train_metrics["model_heldout_accuracy"]
+
+
+def test_the_weight_is_fitted_where_the_models_margins_are_out_of_sample() -> None:
+    """With ``max_train_pairs`` the fit uses the slice's pairs the model did not train on
+    (its margins on its own training pairs are overconfident); when too few were left
+    out, the whole slice."""
+    pairs = grounded_pairs(40, seed=0)
+    trained = sample_pairs(pairs, 20, seed=0)
+    fit_on = grounding_fit_pairs(pairs, trained)
+    assert len(fit_on) == 20 and not {id(p) for p in fit_on} & {id(p) for p in trained}
+    assert grounding_fit_pairs(pairs, sample_pairs(pairs, 30, seed=0)) == pairs  # 10 < 16
 
 
 def test_a_fixed_weight_is_kept_and_no_setting_means_no_term(
