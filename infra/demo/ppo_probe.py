@@ -25,11 +25,12 @@ from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
 from ratchet.db import connect
 from training.cycle_config import TrainCycleConfig
+from training.cycle_stages import reward_pairs
 from training.device import Placement
 from training.gates import load_thresholds
 from training.grounding import fit_weight
 from training.kb_reader import kb_grounder
-from training.reward import RewardScorer
+from training.reward import RewardScorer, grounding_fit_pairs, sample_pairs
 from training.settings import TrainingSettings
 from training.snapshot import StoreSource, build_snapshot
 from training.stages import STAGES, StageContext
@@ -80,11 +81,14 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
         max_length=config.reward.max_length,
         placement=placement,
     )
-    if args.ppo_grounding == "fit":
-        pairs = snapshot.train_pairs
+    if args.ppo_grounding == "fit":  # as the cycle fits it (training.reward)
+        pairs, seed = reward_pairs("reward", snapshot, config)
+        fit_on = grounding_fit_pairs(
+            pairs, sample_pairs(pairs, config.reward.max_train_pairs, seed)
+        )
         scorer.grounding_weight = fit_weight(
-            scorer.margins(pairs, scorer.model_scores),
-            scorer.margins(pairs, scorer.grounding_terms),
+            scorer.margins(fit_on, scorer.model_scores),
+            scorer.margins(fit_on, scorer.grounding_terms),
         )
     elif args.ppo_grounding is not None:
         scorer.grounding_weight = float(args.ppo_grounding)
