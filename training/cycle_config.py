@@ -145,6 +145,9 @@ SIZES: dict[str, dict] = {
         # Every layer trains (`train_layers` unset): in a probe on a demo's 144 policy pairs
         # (RECIPES.md), the top 4 or 8 blocks alone made a step 3-4x cheaper (12-15 s vs
         # 43 s) but held-out accuracy fell to 0.385-0.519 on 52 pairs, against 0.654-0.692.
+        # The grounding term (`grounding`, training/grounding.py) stays off: beside run D's
+        # reward model it passed the accuracy gate (48/60), beside run E's it ordered fewer
+        # held-out pairs right than the model alone (38/53 against 40/53; RECIPES.md).
         "reward": {
             "epochs": 1,
             "learning_rate": 2e-5,
@@ -161,6 +164,8 @@ SIZES: dict[str, dict] = {
             "max_length": 384,
             "max_train_pairs": 32,
         },
+        # PPO at 1e-5 and 2e-5 (probe on run E's models, RECIPES.md) raised its reward but
+        # not the held-out yardstick, and at 2e-5 cut the cites rate SFT taught (62% -> 40%).
         "ppo": {
             "steps": 8,
             "batch_size": 8,
