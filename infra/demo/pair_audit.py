@@ -30,7 +30,7 @@ from feedback.prompting import last_user_text
 from infra.demo.questions import Question, judge
 from training.grounding import grounding
 from training.reward import conversation_ids, read_messages
-from training.snapshot import Pair
+from training.snapshot import Messages, Pair
 
 _SOURCE_BLOCK = re.compile(r"^\[\d+\] .*\((?P<path>[^()\n]+)\)$", re.MULTILINE)
 
@@ -84,7 +84,7 @@ def _documents(prompt_messages: Sequence[dict[str, str]]) -> list[str]:
     ]
 
 
-def read_prompt(tokenizer: Any, pair: Pair, max_length: int) -> Sequence[dict[str, str]]:
+def read_prompt(tokenizer: Any, pair: Pair, max_length: int) -> Messages:
     """The prompt of ``pair`` as the reward model reads it beside the longer of its two
     replies at ``max_length`` (``training.reward.read_messages``)."""
     longer = max(

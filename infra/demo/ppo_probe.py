@@ -27,7 +27,6 @@ from ratchet.db import connect
 from training.cycle_config import TrainCycleConfig
 from training.cycle_stages import reward_pairs
 from training.device import Placement
-from training.gates import load_thresholds
 from training.grounding import fit_weight
 from training.kb_reader import kb_grounder
 from training.reward import RewardScorer, grounding_fit_pairs, sample_pairs
@@ -38,7 +37,7 @@ from training.suites_io import suite_prompts
 
 
 def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
-    from infra.demo.probe import gate_kl, held_out_evaluation, suite_gates
+    from infra.demo.probe import held_out_evaluation, print_gate_figures
 
     if args.policy_dir is None or args.reward_dir is None:
         console.print("[red]--stage ppo needs --policy-dir and --reward-dir[/] (a run's models)")
@@ -115,13 +114,9 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
         for i, h in enumerate(outcome.history, 1):
             console.print(f"  step {i}: mean score {h['mean_score']:.3f}, KL {h['mean_kl']:.3f}")
         after = held_out_evaluation(out, prompts, held_out, tokens)
-        kl = gate_kl(base, out, prompts)
-        limit = load_thresholds(settings.gates_config).kl_max
-        console.print(f"KL(after PPO || base) per reply: {kl:.1f} nats (the gate allows {limit})")
-        if args.gates and suite_ground is not None:
-            for gate in suite_gates(base, out, settings, suite_ground):
-                verdict = "passed" if gate.passed else "FAILED"
-                console.print(f"{gate.name} gate {verdict}: {gate.reason} (n = {gate.n})")
+        print_gate_figures(
+            console, base, out, prompts, settings, suite_ground, kl=True, gates=args.gates
+        )
     console.print("the yardstick, before PPO (the start policy) -> after:")
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")

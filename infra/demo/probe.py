@@ -135,6 +135,29 @@ def suite_gates(
     ]
 
 
+def print_gate_figures(
+    console: Console,
+    base: Path,
+    tuned: Path,
+    prompts: list[list[dict[str, str]]],
+    settings: TrainingSettings,
+    suite_ground: Grounder | None,
+    *,
+    kl: bool,
+    gates: bool,
+) -> None:
+    """With ``kl``, the KL gate's figure of ``tuned`` against ``base``; with ``gates``, the
+    golden-regression and safety gates."""
+    if kl:
+        value = gate_kl(base, tuned, prompts)
+        limit = load_thresholds(settings.gates_config).kl_max
+        console.print(f"KL(tuned || base) per reply: {value:.1f} nats (the gate allows {limit})")
+    if gates and suite_ground is not None:
+        for gate in suite_gates(base, tuned, settings, suite_ground):
+            verdict = "passed" if gate.passed else "FAILED"
+            console.print(f"{gate.name} gate {verdict}: {gate.reason} (n = {gate.n})")
+
+
 def _count(value: str) -> int | None:
     return None if value == "all" else int(value)
 
@@ -261,14 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = train_sft(base, snapshot.sft_examples, out, config)
         console.print(f"SFT: {metrics}")
         after = held_out_evaluation(out, prompts, held_out, tokens)
-        if args.kl:
-            kl = gate_kl(base, out, prompts)
-            limit = load_thresholds(settings.gates_config).kl_max
-            console.print(f"KL(tuned || base) per reply: {kl:.1f} nats (the gate allows {limit})")
-        if args.gates and suite_ground is not None:
-            for gate in suite_gates(base, out, settings, suite_ground):
-                verdict = "passed" if gate.passed else "FAILED"
-                console.print(f"{gate.name} gate {verdict}: {gate.reason} (n = {gate.n})")
+        print_gate_figures(
+            console, base, out, prompts, settings, suite_ground, kl=args.kl, gates=args.gates
+        )
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")
     for (q, b), (_, a) in list(zip(before.rows, after.rows, strict=True))[:3]:
