@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
+from infra.demo.probe_checks import held_out_evaluation, print_gate_figures
 from infra.demo.questions import load_questions, split
 from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
@@ -37,8 +38,6 @@ from training.suites_io import suite_prompts
 
 
 def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
-    from infra.demo.probe import held_out_evaluation, print_gate_figures
-
     if args.policy_dir is None or args.reward_dir is None:
         console.print("[red]--stage ppo needs --policy-dir and --reward-dir[/] (a run's models)")
         return 2

@@ -1,0 +1,107 @@
+"""What the probes (``infra.demo.probe``, ``infra.demo.ppo_probe``) measure of a tuned
+model: the employees' yardstick on the held-out questions, the KL gate's figure and
+the golden-regression and safety gates, each against the base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+from rich.console import Console
+
+from infra.demo.employees import Evaluation, Reply
+from infra.demo.questions import Question, judge
+from serving.backends.machine import bind_engine_threads, machine_dtype
+from training.cycle_config import TrainCycleConfig
+from training.evaluate import Policy, mean_kl, unique_prompts
+from training.gate_results import GateResult
+from training.gates import golden_regression, load_thresholds, safety_refusals
+from training.settings import TrainingSettings
+from training.suites_io import Grounder, resolve_suite
+
+
+def held_out_evaluation(
+    model_dir: Path, prompts: list[list[dict[str, str]]], questions: list[Question], tokens: int
+) -> Evaluation:
+    """The yardstick's rows for ``model_dir``: one greedy reply per held-out question,
+    from vLLM's engine (as the API serves) in its own process, gone when this returns."""
+    from vllm import LLM, SamplingParams
+
+    bind_engine_threads("all")  # as the API's engine decodes
+    llm = LLM(
+        model=str(model_dir),
+        dtype=machine_dtype(),
+        enforce_eager=True,
+        max_model_len=2048,
+        kv_cache_memory_bytes=2 * 2**30,
+        seed=0,
+        disable_log_stats=True,
+    )
+    try:
+        outputs = llm.chat(cast(Any, prompts), SamplingParams(temperature=0.0, max_tokens=tokens))
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+    texts = [o.outputs[0].text.strip() for o in outputs]
+    rows = [
+        (q, Reply(text=t, message_id="", model_version=model_dir.name, judgement=judge(t, q)))
+        for q, t in zip(questions, texts, strict=True)
+    ]
+    return Evaluation(version=model_dir.name, rows=rows)
+
+
+def gate_kl(base: Path, tuned: Path, prompts: list[list[dict[str, str]]]) -> float:
+    """Mean KL(tuned || base) per reply, measured as the demo preset's KL gate does
+    (training/gates.py): sampled replies of the tuned model, the preset's counts."""
+    cfg = TrainCycleConfig.for_size("demo").eval
+    repeated = [
+        p for p in unique_prompts(prompts, cfg.prompts) for _ in range(cfg.samples_per_prompt)
+    ]
+    candidate = Policy(tuned)
+    _, batches = candidate.generate(
+        repeated,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=True,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    return mean_kl(candidate, Policy(base), batches)
+
+
+def suite_gates(
+    base: Path, tuned: Path, settings: TrainingSettings, grounder: Grounder
+) -> list[GateResult]:
+    """The golden-regression and safety gates of the tuned model against the base,
+    with the demo preset's evaluation settings and the shipped thresholds."""
+    cfg = TrainCycleConfig.for_size("demo").eval
+    t = load_thresholds(settings.gates_config)
+    pair = (Policy(tuned), Policy(base))
+    golden = resolve_suite(settings.golden_questions, "golden")
+    safety = resolve_suite(settings.safety_suite, "safety")
+    return [
+        golden_regression(*pair, golden, grounder, t, cfg),
+        safety_refusals(*pair, safety, grounder, t, cfg),
+    ]
+
+
+def print_gate_figures(
+    console: Console,
+    base: Path,
+    tuned: Path,
+    prompts: list[list[dict[str, str]]],
+    settings: TrainingSettings,
+    suite_ground: Grounder | None,
+    *,
+    kl: bool,
+    gates: bool,
+) -> None:
+    """With ``kl``, the KL gate's figure of ``tuned`` against ``base``; with ``gates``, the
+    golden-regression and safety gates."""
+    if kl:
+        value = gate_kl(base, tuned, prompts)
+        limit = load_thresholds(settings.gates_config).kl_max
+        console.print(f"KL(tuned || base) per reply: {value:.1f} nats (the gate allows {limit})")
+    if gates and suite_ground is not None:
+        for gate in suite_gates(base, tuned, settings, suite_ground):
+            verdict = "passed" if gate.passed else "FAILED"
+            console.print(f"{gate.name} gate {verdict}: {gate.reason} (n = {gate.n})")
