@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from infra.demo.probe_checks import held_out_evaluation, print_gate_figures
+from infra.demo.probe_checks import cycle_snapshot, held_out_evaluation, print_gate_figures
 from infra.demo.questions import load_questions, split
 from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
@@ -32,7 +32,6 @@ from training.grounding import fit_weight
 from training.kb_reader import kb_grounder
 from training.reward import RewardScorer, grounding_fit_pairs, sample_pairs
 from training.settings import TrainingSettings
-from training.snapshot import StoreSource, build_snapshot
 from training.stages import STAGES, StageContext
 from training.suites_io import suite_prompts
 
@@ -59,14 +58,8 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
     _, held_out = split(
         load_questions(demo.kb_dir), asked=demo.n_asked(), held_out=demo.n_held_out()
     )
+    snapshot = cycle_snapshot(config, settings, console)
     with connect(settings.database_url) as conn:
-        snapshot = build_snapshot(
-            StoreSource(),
-            conn,
-            since=None,
-            heldout_fraction=config.heldout_fraction,
-            judge_fraction=config.judge_fraction,
-        )
         ground = kb_grounder(conn)
         suite_ground = kb_grounder(conn, k=settings.retrieval_k)
     if ground is None or not snapshot.train_pairs:

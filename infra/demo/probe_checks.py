@@ -4,6 +4,7 @@ the golden-regression and safety gates, each against the base."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,12 +12,14 @@ from rich.console import Console
 
 from infra.demo.employees import Evaluation, Reply
 from infra.demo.questions import Question, judge
+from ratchet.db import connect
 from serving.backends.machine import bind_engine_threads, machine_dtype
 from training.cycle_config import TrainCycleConfig
 from training.evaluate import Policy, mean_kl, unique_prompts
 from training.gate_results import GateResult
 from training.gates import golden_regression, load_thresholds, safety_refusals
 from training.settings import TrainingSettings
+from training.snapshot import Snapshot, StoreSource, build_snapshot
 from training.suites_io import Grounder, resolve_suite
 
 
@@ -105,3 +108,20 @@ def print_gate_figures(
         for gate in suite_gates(base, tuned, settings, suite_ground):
             verdict = "passed" if gate.passed else "FAILED"
             console.print(f"{gate.name} gate {verdict}: {gate.reason} (n = {gate.n})")
+
+
+def cycle_snapshot(
+    config: TrainCycleConfig, settings: TrainingSettings, console: Console
+) -> Snapshot:
+    """The snapshot a cycle with ``config`` would take of the store now (sliced as it slices)."""
+    t0 = time.monotonic()
+    with connect(settings.database_url) as conn:
+        snapshot = build_snapshot(
+            StoreSource(),
+            conn,
+            since=config.window_start(),
+            heldout_fraction=config.heldout_fraction,
+            judge_fraction=config.judge_fraction,
+        )
+    console.print(f"snapshot ({time.monotonic() - t0:.0f} s): {snapshot.stats}")
+    return snapshot

@@ -12,16 +12,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from infra.demo.probe_checks import cycle_snapshot
 from infra.demo.questions import load_questions
 from infra.demo.settings import DemoSettings
-from ratchet.db import connect
 from training.cycle_config import TrainCycleConfig
 from training.cycle_stages import train_reward_kind
 from training.device import Placement
 from training.gates import accuracy_gate, load_thresholds
 from training.reward_config import RewardStageConfig
 from training.settings import TrainingSettings
-from training.snapshot import Pair, Snapshot, StoreSource, build_snapshot
+from training.snapshot import Pair, Snapshot
 
 
 def _probe_config(args: argparse.Namespace) -> TrainCycleConfig:
@@ -42,20 +42,6 @@ def _probe_config(args: argparse.Namespace) -> TrainCycleConfig:
     )
 
 
-def _snapshot(config: TrainCycleConfig, settings: TrainingSettings, console: Console) -> Snapshot:
-    t0 = time.monotonic()
-    with connect(settings.database_url) as conn:
-        snapshot = build_snapshot(
-            StoreSource(),
-            conn,
-            since=config.window_start(),
-            heldout_fraction=config.heldout_fraction,
-            judge_fraction=config.judge_fraction,
-        )
-    console.print(f"snapshot ({time.monotonic() - t0:.0f} s): {snapshot.stats}")
-    return snapshot
-
-
 def probe_pairs(args: argparse.Namespace, console: Console, settings: TrainingSettings) -> int:
     """The employees' rule on every slice's pairs, by source (``infra.demo.pair_audit``)."""
     from transformers import AutoTokenizer
@@ -64,7 +50,7 @@ def probe_pairs(args: argparse.Namespace, console: Console, settings: TrainingSe
     from infra.demo.questions import load_out_of_policy
 
     config = _probe_config(args)
-    snapshot = _snapshot(config, settings, console)
+    snapshot = cycle_snapshot(config, settings, console)
     demo = DemoSettings()
     questions = [*load_questions(demo.kb_dir), *load_out_of_policy(demo.kb_dir)]
     tokenizer = AutoTokenizer.from_pretrained(demo.model or Path("models/base"))
@@ -87,7 +73,7 @@ def probe_reward(args: argparse.Namespace, console: Console, settings: TrainingS
     """Train the cycle's reward models (``args.kinds``) on the stored feedback and print
     what the accuracy gates would read of them."""
     config = _probe_config(args)
-    snapshot = _snapshot(config, settings, console)
+    snapshot = cycle_snapshot(config, settings, console)
     if not snapshot.heldout_pairs:
         console.print("[red]no held-out preference pairs in the store[/]: run `make demo` first")
         return 2
