@@ -138,6 +138,10 @@ SIZES: dict[str, dict] = {
             "epochs": 1,
             "learning_rate": 4e-5,
             "batch_size": 4,
+            # Same step, less time (RECIPES.md, "Micro-batches without checkpointing"):
+            # two examples a pass, activations kept, 14% less time a step.
+            "micro_batch_size": 2,
+            "gradient_checkpointing": False,
             "max_length": 384,
         },
         # The reward model and the judge start from the parent policy (`init` left at
@@ -156,6 +160,10 @@ SIZES: dict[str, dict] = {
             # ~100 s per step of 8 on 2 busy cores: a rerun of the demo (its pairs plus
             # the ones pairing replies across runs) would otherwise take half an hour here.
             "max_train_pairs": 64,
+            # One pair a pass, activations kept: 27% less time a step than the whole batch
+            # with checkpointing, and less memory (4.6 GB against 6.4; RECIPES.md).
+            "micro_batch_size": 1,
+            "gradient_checkpointing": False,
         },
         "judge": {
             "epochs": 1,
@@ -163,6 +171,8 @@ SIZES: dict[str, dict] = {
             "batch_size": 8,
             "max_length": 384,
             "max_train_pairs": 32,
+            "micro_batch_size": 1,
+            "gradient_checkpointing": False,
         },
         # PPO at 1e-5 and 2e-5 (probe on run E's models, RECIPES.md) raised its reward but
         # not the held-out yardstick, and at 2e-5 cut the cites rate SFT taught (62% -> 40%).

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from training.errors import TrainingError
+from training.step_config import StepShape
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def trl_arguments(
     placement: Placement,
     *,
     output_dir: Path,
-    batch_size: int,
+    step: StepShape,
     epochs: float,
     learning_rate: float,
     max_length: int,
@@ -146,10 +147,11 @@ def trl_arguments(
     TRL and transformers take the device from accelerate: CUDA when present (one
     process per GPU under ``accelerate launch``), else the CPU. A CPU placement is
     said out loud (transformers' flag for it is the only way to keep a GPU machine's
-    trainer on the CPU, and to allow bf16 autocast there); this is the one place."""
+    trainer on the CPU, and to allow bf16 autocast there); this is the one place.
+    ``step`` gives the batch, its micro-batches and activation checkpointing; ``extra``
+    overrides any of them."""
     return config_cls(
         output_dir=str(output_dir),
-        per_device_train_batch_size=batch_size,
         num_train_epochs=epochs,
         learning_rate=learning_rate,
         max_length=max_length,
@@ -159,7 +161,7 @@ def trl_arguments(
         seed=seed,
         disable_tqdm=not progress,
         **trainer_device_args(placement),
-        **extra,
+        **{**step.trainer_args(), **extra},
     )
 
 

@@ -44,7 +44,7 @@ def train_dpo(
         DPOConfig,
         placement,
         output_dir=out_dir.parent / "dpo-trainer",
-        batch_size=config.batch_size,
+        step=config,
         epochs=config.epochs,
         learning_rate=config.learning_rate,
         max_length=config.max_length,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from training.source_weights import SourceWeights
+from training.step_config import StepShape
 
 
-class DpoStageConfig(BaseModel):
+class DpoStageConfig(StepShape):
     epochs: float = Field(default=1.0, gt=0, description="Passes over the training pairs.")
     learning_rate: float = Field(default=5e-6, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(default=4, ge=1, description="Pairs per optimizer step.")

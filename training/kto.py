@@ -94,7 +94,7 @@ def _fit(
         KTOConfig,
         placement,
         output_dir=out_dir.parent / "kto-trainer",
-        batch_size=config.batch_size,
+        step=config,
         epochs=config.epochs,
         learning_rate=config.learning_rate,
         max_length=config.max_length,

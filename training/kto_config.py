@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from training.step_config import StepShape
 
 
-class KtoStageConfig(BaseModel):
+class KtoStageConfig(StepShape):
     min_examples: int = Field(
         default=8, ge=2, description="Skip KTO below this many thumbs verdicts."
     )

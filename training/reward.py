@@ -371,7 +371,7 @@ def _fit(
         RewardConfig,
         placement,
         output_dir=out_dir / "trainer",
-        batch_size=config.batch_size,
+        step=config,
         epochs=config.epochs,
         learning_rate=config.learning_rate,
         max_length=config.max_length,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from training.source_weights import SourceWeights
+from training.step_config import StepShape
 
 
-class RewardStageConfig(BaseModel):
+class RewardStageConfig(StepShape):
     init: Literal["parent", "previous"] = Field(
         default="parent",
         description="Weights to start from: the parent policy's, under a new score head"

@@ -69,7 +69,7 @@ def train_sft(
         SFTConfig,
         placement,
         output_dir=out_dir.parent / "sft-trainer",
-        batch_size=config.batch_size,
+        step=config,
         epochs=config.epochs,
         learning_rate=config.learning_rate,
         max_length=config.max_length,

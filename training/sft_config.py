@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from training.source_weights import SourceWeights
+from training.step_config import StepShape
 
 
-class SftStageConfig(BaseModel):
+class SftStageConfig(StepShape):
     min_examples: int = Field(default=20, ge=1, description="Skip SFT below this many examples.")
     epochs: float = Field(default=1.0, gt=0, description="Passes over the SFT examples.")
     learning_rate: float = Field(default=2e-5, gt=0, description="AdamW learning rate.")

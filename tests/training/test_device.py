@@ -19,6 +19,7 @@ from training.evaluate import Policy, mean_kl
 from training.ppo import PpoTrainer, load_models
 from training.ppo_config import PpoStageConfig
 from training.reward import RewardScorer
+from training.reward_config import RewardStageConfig
 
 PPO = PpoStageConfig(
     steps=1, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, max_prompt_length=64
@@ -73,7 +74,7 @@ def test_trl_arguments_carry_the_placement(tmp_path: Path) -> None:
 
     common = {
         "output_dir": tmp_path,
-        "batch_size": 2,
+        "step": RewardStageConfig(batch_size=2),
         "epochs": 1,
         "learning_rate": 1e-4,
         "max_length": 64,
