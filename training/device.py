@@ -11,7 +11,8 @@
   passes under bf16 autocast; frozen models (PPO's reference, the reward
   scorer, the evaluated policies) are loaded in bf16.
 - ``fp32``: models that train are fp32; frozen models keep the checkpoint's
-  dtype (a bf16 checkpoint is scored in bf16).
+  dtype (a bf16 checkpoint is scored in bf16), except on a CPU without bf16
+  instructions, where they are fp32.
 
 Every stage (SFT, reward model, PPO, DPO, scoring, evaluation) takes its
 device and dtypes from a Placement, and TRL's trainers get theirs through
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 
+from ratchet import hardware
 from training.errors import TrainingError
 from training.step_config import StepShape
 
@@ -76,8 +78,15 @@ class Placement:
 
     @property
     def frozen_dtype(self) -> torch.dtype | str:
-        """Dtype of models that only infer: bf16, or the checkpoint's own (``"auto"``)."""
-        return torch.bfloat16 if self.precision == "bf16" else "auto"
+        """Dtype of models that only infer: bf16 under bf16 precision; else the
+        checkpoint's own (``"auto"``), except on a CPU without bf16 instructions, where
+        a bf16 checkpoint (what Ratchet saves) would compute in emulation, several times
+        slower than fp32 (RECIPES.md, "bf16 checkpoints on a CPU without bf16"): fp32 there."""
+        if self.precision == "bf16":
+            return torch.bfloat16
+        if self.device.type == "cpu" and not hardware.cpu_has_bf16():
+            return torch.float32
+        return "auto"
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on this device, or nothing."""

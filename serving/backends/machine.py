@@ -14,29 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal, cast
+
+from ratchet.hardware import cpu_has_bf16
 
 EngineDtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 
 logger = logging.getLogger(__name__)
-
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-@lru_cache
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU feature flags (empty where ``/proc/cpuinfo`` is missing)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 def gpu_supports_bf16() -> bool:
@@ -48,7 +33,7 @@ def gpu_supports_bf16() -> bool:
 
 def machine_dtype() -> EngineDtype:
     """``bfloat16`` where this machine computes in bf16 natively, else ``float32``."""
-    if gpu_supports_bf16() or any(f in cpu_flags() for f in BF16_CPU_FLAGS):
+    if gpu_supports_bf16() or cpu_has_bf16():
         return "bfloat16"
     return "float32"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ratchet import hardware
 from tests.training.synthetic import make_pairs
 from training.device import Placement, trl_arguments
 from training.errors import TrainingError
@@ -88,8 +89,12 @@ def test_trl_arguments_carry_the_placement(tmp_path: Path) -> None:
     assert fp32.per_device_train_batch_size == 2 and fp32.max_length == 64
 
 
-def test_ppo_step_on_a_bf16_checkpoint(bf16_dirs: tuple[Path, Path]) -> None:
-    """A bf16 policy (value head in bf16), bf16 reference and bf16 scorer: one step."""
+def test_ppo_step_on_a_bf16_checkpoint(
+    bf16_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bf16 policy (value head in bf16), bf16 reference and bf16 scorer: one step (as
+    on a CPU with bf16 instructions, whatever this one has)."""
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     policy_dir, reward_dir = bf16_dirs
     placement = Placement.resolve("cpu", "fp32")
     scorer = RewardScorer(reward_dir, batch_size=4, max_length=64, placement=placement)
@@ -125,7 +130,10 @@ def test_ppo_step_with_fp32_master_weights_under_bf16_autocast(
     assert not torch.equal(before, trainer.model.value_head.weight)  # it trained
 
 
-def test_scorer_and_evaluator_on_a_bf16_checkpoint(bf16_dirs: tuple[Path, Path]) -> None:
+def test_scorer_and_evaluator_on_a_bf16_checkpoint(
+    bf16_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     policy_dir, reward_dir = bf16_dirs
     placement = Placement.resolve("cpu", "fp32")
     candidate = Policy(policy_dir, placement=placement)
@@ -136,3 +144,21 @@ def test_scorer_and_evaluator_on_a_bf16_checkpoint(bf16_dirs: tuple[Path, Path])
     assert mean_kl(candidate, reference, batches) == pytest.approx(0.0, abs=1e-6)
     scores = RewardScorer(reward_dir, placement=placement).score(prompts(3), texts)
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
+
+
+def test_frozen_models_are_fp32_on_a_cpu_without_bf16(
+    bf16_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without bf16 instructions a bf16 checkpoint would compute in emulation: the
+    evaluated policies, PPO's reference and the reward scorer load in fp32 instead,
+    unless bf16 precision is asked for."""
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    policy_dir, reward_dir = bf16_dirs
+    fp32 = Placement.resolve("cpu", "fp32")
+    assert next(Policy(policy_dir, placement=fp32).model.parameters()).dtype == torch.float32
+    _, reference, _ = load_models(policy_dir, policy_dir, fp32)
+    assert next(reference.parameters()).dtype == torch.float32
+    scorer = RewardScorer(reward_dir, placement=fp32)
+    assert next(scorer.model.parameters()).dtype == torch.float32
+    bf16 = Placement.resolve("cpu", "bf16")
+    assert next(Policy(policy_dir, placement=bf16).model.parameters()).dtype == torch.bfloat16
