@@ -141,13 +141,16 @@ class PolicyWithValueHead(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits that predict the reply (from position ``prompt_len - 1`` on: see
+        :func:`reply_logits_to_keep`) and a value for every position."""
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             output_hidden_states=True,
+            logits_to_keep=reply_logits_to_keep(input_ids, prompt_len),
         )
         values = self.value_head(out.hidden_states[-1]).squeeze(-1)
         return out.logits, values.float()
@@ -162,11 +165,21 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def reply_logits_to_keep(sequences: torch.Tensor, prompt_len: int) -> int:
+    """How many final positions' logits the reply's log-probabilities need (transformers'
+    ``logits_to_keep``): the last prompt token's and every reply token's. The prompt's
+    other positions would cost a vocabulary-sized projection each (49,152 x 576 for
+    SmolLM2) and predict nothing PPO uses."""
+    return sequences.size(1) - prompt_len + 1
+
+
 def reply_logprobs(
     logits: torch.Tensor, sequences: torch.Tensor, prompt_len: int, temperature: float
 ) -> torch.Tensor:
-    """Log-probabilities of the reply tokens ``sequences[:, prompt_len:]``."""
-    logits = logits[:, prompt_len - 1 : -1, :] / temperature
+    """Log-probabilities of the reply tokens ``sequences[:, prompt_len:]``, from the
+    logits of every position or of the last ones only (:func:`reply_logits_to_keep`)."""
+    kept_from = sequences.size(1) - logits.size(1)  # 0 when every position has its logits
+    logits = logits[:, prompt_len - 1 - kept_from : -1, :] / temperature
     targets = sequences[:, prompt_len:]
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
@@ -334,10 +347,13 @@ class PpoTrainer:
                 self.model.policy, prompts
             )
             mask = attention[:, prompt_len:].float()
-            logits, values = self.model(sequences, attention)
+            logits, values = self.model(sequences, attention, prompt_len)
             logprobs = reply_logprobs(logits, sequences, prompt_len, cfg.temperature)
             ref_logits = self.ref_policy(
-                input_ids=sequences, attention_mask=attention, position_ids=position_ids(attention)
+                input_ids=sequences,
+                attention_mask=attention,
+                position_ids=position_ids(attention),
+                logits_to_keep=reply_logits_to_keep(sequences, prompt_len),
             ).logits
             ref_logprobs = reply_logprobs(ref_logits, sequences, prompt_len, cfg.temperature)
         scores = torch.tensor(
@@ -382,7 +398,9 @@ class PpoTrainer:
             for start in range(0, len(indices), cfg.minibatch_size):
                 mb = torch.tensor(indices[start : start + cfg.minibatch_size], device=device)
                 with self.placement.autocast():
-                    logits, values = self.trained(ro.sequences[mb], ro.attention_mask[mb])
+                    logits, values = self.trained(
+                        ro.sequences[mb], ro.attention_mask[mb], ro.prompt_len
+                    )
                 logprobs = reply_logprobs(logits, ro.sequences[mb], ro.prompt_len, cfg.temperature)
                 values = values.float()[:, ro.prompt_len - 1 : -1]
                 mask = ro.mask[mb]

@@ -15,7 +15,15 @@ from tests.training.synthetic import grounded, make_pairs
 from training import stages
 from training.cycle_config import TrainCycleConfig
 from training.device import Placement
-from training.ppo import PpoTrainer, load_models, sample_replies
+from training.ppo import (
+    PolicyWithValueHead,
+    PpoTrainer,
+    load_models,
+    position_ids,
+    reply_logits_to_keep,
+    reply_logprobs,
+    sample_replies,
+)
 from training.ppo_config import PpoStageConfig
 from training.ppo_shaping import RunningMoments, ended_with_eos, rollout_generation_config
 from training.reward import RewardScorer, encode
@@ -113,8 +121,8 @@ def test_dropout_is_off_during_ppo(tiny_model_dir: Path) -> None:
     assert not torch.allclose(a, b), "the checkpoint's dropout should make two passes differ"
     trainer = PpoTrainer(policy, reference, tokenizer, lambda p, r: [0.0] * len(r), PPO)
     trainer.model.train()
-    a, _ = trainer.model(ids, attn)
-    b, _ = trainer.model(ids, attn)
+    a, _ = trainer.model(ids, attn, 1)
+    b, _ = trainer.model(ids, attn, 1)
     torch.testing.assert_close(a, b)
 
 
@@ -216,3 +224,30 @@ def test_unknown_stages_and_algorithms_are_named() -> None:
         stages.plan(config, "sft")
     with pytest.raises(TrainingError, match="unknown training stage 'nope'"):
         stages.plan(config.model_copy(update={"stages": ["nope"]}), "dpo")
+
+
+def test_only_the_replys_logits_are_computed_and_they_are_the_same(
+    tiny_model_dir: Path,
+) -> None:
+    """The policy, its value head and the reference compute logits for the reply's
+    positions only (``logits_to_keep``); the reply's log-probabilities are those of the
+    whole-sequence logits, and the values still cover every position."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    sequences = torch.randint(3, 100, (3, 12))
+    attention = torch.ones_like(sequences)
+    attention[0, :4] = 0  # a left-padded prompt
+    prompt_len = 8
+    full = policy(
+        input_ids=sequences, attention_mask=attention, position_ids=position_ids(attention)
+    ).logits
+    with_value = PolicyWithValueHead(policy)
+    kept, values = with_value(sequences, attention, prompt_len)
+    assert kept.shape[1] == reply_logits_to_keep(sequences, prompt_len) == 5 < full.shape[1]
+    assert values.shape == sequences.shape
+    torch.testing.assert_close(
+        reply_logprobs(kept, sequences, prompt_len, 0.7),
+        reply_logprobs(full, sequences, prompt_len, 0.7),
+    )
