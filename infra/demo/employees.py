@@ -239,7 +239,11 @@ class Evaluation:
         }
 
 
-def evaluate(asker: Employee, questions: list[Question]) -> Evaluation:
-    rows = [(q, asker.ask(q, n=1, temperature=0.0)[0]) for q in questions]
+def evaluate(asker: Employee, questions: list[Question], *, concurrency: int = 8) -> Evaluation:
+    """Each question asked once, greedily, ``concurrency`` at a time (the engine batches
+    them); the rows keep the questions' order."""
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        replies = list(pool.map(lambda q: asker.ask(q, n=1, temperature=0.0)[0], questions))
+    rows = list(zip(questions, replies, strict=True))
     versions = {r.model_version for _, r in rows}
     return Evaluation(version=",".join(sorted(versions)), rows=rows)

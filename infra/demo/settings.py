@@ -48,7 +48,13 @@ class DemoSettings(RatchetSettings):
         ge=1,
         description="Questions kept out of feedback, asked before and after (default 40, tiny 3).",
     )
-    employees: int | None = Field(default=None, ge=1, description="Simulated employees.")
+    employees: int | None = Field(
+        default=None,
+        ge=1,
+        le=8,
+        description="Simulated employees, each with one chat at a time (default 8, tiny 2): the"
+        " engine batches their drafts, and each key stays within the API's rate limit.",
+    )
     rounds: int | None = Field(
         default=None, ge=1, description="Times each employee asks each of their questions."
     )
@@ -114,7 +120,7 @@ class DemoSettings(RatchetSettings):
         return self.held_out or (3 if self.tiny else 40)
 
     def n_employees(self) -> int:
-        return self.employees or (2 if self.tiny else 4)
+        return self.employees or (2 if self.tiny else 8)
 
     def n_rounds(self) -> int:
         return self.rounds or 2
