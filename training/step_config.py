@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field, model_validator
 
 
 class StepShape(BaseModel):
-    """Fields shared by the SFT, reward-model and judge stages' configs; each stage
-    names its own ``batch_size`` (examples or pairs per optimizer step)."""
+    """Fields shared by the configs of the stages TRL trains (SFT, reward model and
+    judge, DPO, KTO); each names its own ``batch_size`` (examples or pairs per
+    optimizer step)."""
 
     batch_size: int
 
