@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ingest = kb_sub.add_parser(
         "ingest",
         help="ingest Markdown, text, HTML and PDF files (directories recursively)",
-        description="Split, embed and store documents. Unchanged files are skipped; changed "
-        "files are replaced; files deleted from an ingested directory are removed.",
+        description="Split, embed and store documents. Unchanged files are skipped (same "
+        "bytes, embedding model and RATCHET_KB_CHUNK_SIZE/_OVERLAP); changed files are "
+        "replaced; files deleted from an ingested directory are removed.",
     )
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     ingest.add_argument(

@@ -1,7 +1,7 @@
 """``ratchet kb ingest``: files and directories -> chunks and embeddings in Postgres.
 
-A file whose bytes (sha256) and embedding model are unchanged is skipped; a
-changed file's chunks are replaced in one transaction; when a directory is
+A file whose bytes (sha256), embedding model and chunk settings are unchanged
+is skipped; a changed file's chunks are replaced in one transaction; when a directory is
 ingested with pruning (the default), sources under it whose files are gone
 are deleted with their chunks. Files that cannot be read are reported, never
 fatal to the rest of the run."""
@@ -138,8 +138,13 @@ class Ingestor:
             return
         digest = hashlib.sha256(data).hexdigest()
         existing = store.get_source(self._conn, str(cand.file))
-        model = self._embedder.name
-        if existing and existing.sha256 == digest and existing.embedding_model == model:
+        model, chunking = self._embedder.name, self._settings.chunking
+        if (
+            existing
+            and existing.sha256 == digest
+            and existing.embedding_model == model
+            and existing.chunking == chunking
+        ):
             report.unchanged.append(existing.path)
             return
         try:
@@ -161,6 +166,7 @@ class Ingestor:
             sha256=digest,
             size=len(data),
             embedding_model=model,
+            chunking=chunking,
             chunks=chunks,
         )
         report.chunks_written += len(chunks)

@@ -36,6 +36,12 @@ class KBSettings(RatchetSettings):
         description="How often a retriever checks Postgres for a new KB generation.",
     )
 
+    @property
+    def chunking(self) -> str:
+        """How a file is split, as ``kb_sources.chunking`` records it: a file split
+        otherwise is split again on the next ingest, even if unchanged."""
+        return f"{self.chunk_size}/{self.chunk_overlap}"
+
     @model_validator(mode="after")
     def _overlap_below_size(self) -> KBSettings:
         if self.chunk_overlap >= self.chunk_size:

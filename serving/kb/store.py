@@ -1,4 +1,4 @@
-"""Postgres access for the knowledge base (tables of migration 0005_kb.sql).
+"""Postgres access for the knowledge base (tables of migrations 0005_kb and 0008_kb_chunking).
 
 Every change bumps ``kb_state.generation`` in the same transaction and sends
 ``NOTIFY ratchet_kb``, so retrievers know their in-process index is stale."""
@@ -24,6 +24,7 @@ class SourceRow:
     sha256: str
     bytes: int
     embedding_model: str
+    chunking: str  # "<chunk_size>/<chunk_overlap>" it was split with ('' before 0008)
     chunks: int
     updated_at: datetime
 
@@ -48,7 +49,7 @@ class ChunkMatrix:
 
 _SOURCE_COLUMNS = (
     "s.id, s.location, s.path, s.title, s.kind, s.sha256, s.bytes, s.embedding_model,"
-    " (SELECT count(*) FROM kb_chunks c WHERE c.source_id = s.id), s.updated_at"
+    " s.chunking, (SELECT count(*) FROM kb_chunks c WHERE c.source_id = s.id), s.updated_at"
 )
 
 
@@ -92,18 +93,21 @@ def replace_source(
     sha256: str,
     size: int,
     embedding_model: str,
+    chunking: str,
     chunks: list[NewChunk],
 ) -> int:
     """Insert or update one source and replace all its chunks, in one transaction."""
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO kb_sources (location, path, title, kind, sha256, bytes, embedding_model)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            "INSERT INTO kb_sources"
+            " (location, path, title, kind, sha256, bytes, embedding_model, chunking)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (location) DO UPDATE SET title = EXCLUDED.title, kind = EXCLUDED.kind,"
             " sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes,"
-            " embedding_model = EXCLUDED.embedding_model, updated_at = now()"
+            " embedding_model = EXCLUDED.embedding_model, chunking = EXCLUDED.chunking,"
+            " updated_at = now()"
             " RETURNING id",
-            (location, path, title, kind, sha256, size, embedding_model),
+            (location, path, title, kind, sha256, size, embedding_model, chunking),
         ).fetchone()
         assert row is not None
         source_id = int(row[0])

@@ -76,6 +76,7 @@ def fill_to(conn: psycopg.Connection, total: int, dim: int, *, seed: int = 0) ->
             sha256=hashlib.sha256(str(source).encode()).hexdigest(),
             size=sum(len(c.text) for c in chunks),
             embedding_model="random",
+            chunking="filler",
             chunks=chunks,
         )
         have += n

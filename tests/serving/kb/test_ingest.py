@@ -13,9 +13,11 @@ from serving.kb.ingest import Ingestor, IngestReport
 from serving.kb.settings import KBSettings
 
 
-def ingest(url: str, embedder: Embedder, *paths: Path, prune: bool = True) -> IngestReport:
+def ingest(
+    url: str, embedder: Embedder, *paths: Path, prune: bool = True, **chunking: int
+) -> IngestReport:
     with psycopg.connect(url) as conn:
-        return Ingestor(conn, embedder, KBSettings(database_url=url)).ingest(
+        return Ingestor(conn, embedder, KBSettings(database_url=url, **chunking)).ingest(
             list(paths), prune=prune, progress=False
         )
 
@@ -76,6 +78,22 @@ def test_reingest_is_idempotent(database_url: str, embedder: Embedder, kb_copy: 
     assert report.chunks_written == 0
     assert snapshot(database_url) == before  # same rows, same chunk ids
     assert generation(database_url) == gen  # nothing for retrievers to reload
+
+
+def test_other_chunk_settings_split_unchanged_files_again(
+    database_url: str, embedder: Embedder, kb_copy: Path
+) -> None:
+    ingest(database_url, embedder, kb_copy)
+    before = snapshot(database_url)
+    report = ingest(database_url, embedder, kb_copy, chunk_size=400, chunk_overlap=50)
+    assert report.unchanged == [] and sorted(report.updated) == sorted(before)
+    after = snapshot(database_url)
+    assert sum(map(len, after.values())) > sum(map(len, before.values()))
+    assert all(len(text) <= 400 for chunks in after.values() for _, text in chunks)
+    with psycopg.connect(database_url) as conn:
+        assert {s.chunking for s in store.list_sources(conn)} == {"400/50"}
+    again = ingest(database_url, embedder, kb_copy, chunk_size=400, chunk_overlap=50)
+    assert again.updated == [] and len(again.unchanged) == len(before)
 
 
 def test_changed_file_replaces_its_chunks(
