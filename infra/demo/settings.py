@@ -12,6 +12,20 @@ from pydantic_settings import SettingsConfigDict
 
 from ratchet.settings import RatchetSettings
 
+# How the demo splits and retrieves the handbook for SmolLM2-135M (the API's and
+# the KB's own defaults, 800-character chunks and 4 of them, make prompts of 374
+# tokens in the median and up to 941). The demo's stages train on 384 tokens (256
+# for PPO's prompts), so the reward model kept one source or none and SFT cut a
+# third of its examples. 400-character chunks, 2 of them: the median prompt is 257
+# tokens (at most 331), the source holding the figure is ranked first for 115 of
+# the 124 questions (108 at 800) and retrieved for 117 (116); every SFT example fits
+# uncut. Measured in a whole demo (training/RECIPES.md, "Sources the size of the
+# training window"). RATCHET_KB_CHUNK_SIZE, RATCHET_KB_CHUNK_OVERLAP and
+# RATCHET_RETRIEVAL_K override them.
+CHUNK_SIZE = 400
+CHUNK_OVERLAP = 50
+RETRIEVAL_K = 2
+
 
 class DemoSettings(RatchetSettings):
     """How big the demo is and where it runs. Unset sizes follow ``size``. The shared
