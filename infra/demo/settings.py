@@ -18,10 +18,10 @@ from ratchet.settings import RatchetSettings
 # for PPO's prompts), so the reward model kept one source or none and SFT cut a
 # third of its examples. 400-character chunks, 2 of them: the median prompt is 257
 # tokens (at most 331), the source holding the figure is ranked first for 115 of
-# the 124 questions (108 at 800) and retrieved for 117 (116); every SFT example fits
-# uncut. Measured in a whole demo (training/RECIPES.md, "Sources the size of the
-# training window"). RATCHET_KB_CHUNK_SIZE, RATCHET_KB_CHUNK_OVERLAP and
-# RATCHET_RETRIEVAL_K override them.
+# the 124 questions (108 at 800) and is in the prompt for 117 (116 with 4 of 800);
+# SFT cut 1 of 89 examples in a demo. Measured in whole demos (training/RECIPES.md,
+# "Sources the size of the training window"). RATCHET_KB_CHUNK_SIZE,
+# RATCHET_KB_CHUNK_OVERLAP and RATCHET_RETRIEVAL_K override them.
 CHUNK_SIZE = 400
 CHUNK_OVERLAP = 50
 RETRIEVAL_K = 2

@@ -1,9 +1,9 @@
 """``ratchet kb ingest``: files and directories -> chunks and embeddings in Postgres.
 
 A file whose bytes (sha256), embedding model and chunk settings are unchanged
-is skipped; a changed file's chunks are replaced in one transaction; when a directory is
-ingested with pruning (the default), sources under it whose files are gone
-are deleted with their chunks. Files that cannot be read are reported, never
+is skipped; a changed file's chunks are replaced in one transaction; when a
+directory is ingested with pruning (the default), sources under it whose files
+are gone are deleted with their chunks. Files that cannot be read are reported, never
 fatal to the rest of the run."""
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ database). The ``demo`` preset runs on SmolLM2-135M (``models/base``, built by t
 bootstrap when missing) with feedback shaped like the demo's: the handbook's
 questions, their prompts grounded in the demo's knowledge base (ingested into the
 test's database by the real ingestor, so the gate suites are grounded too), the
-handbook's sentence chosen over another question's. It takes 10-20 minutes on two
-CPU cores; ``RATCHET_BENCH_DEMO_CYCLE=0`` leaves it out."""
+handbook's sentence chosen over another question's. It took 8 minutes on two CPU
+cores with bf16 instructions (longer without); ``RATCHET_BENCH_DEMO_CYCLE=0``
+leaves it out."""
 
 from __future__ import annotations
 
