@@ -35,7 +35,7 @@ import yaml
 
 from feedback.prompting import grounded_messages
 from infra.demo.questions import ideal_answer, load_questions, split
-from infra.demo.settings import CHUNK_OVERLAP, CHUNK_SIZE, RETRIEVAL_K
+from infra.demo.settings import CHUNK_OVERLAP, CHUNK_SIZE, RETRIEVAL_K, DemoSettings
 from serving.kb.embeddings import Embedder
 from serving.kb.ingest import Ingestor
 from serving.kb.settings import KBSettings
@@ -55,7 +55,6 @@ pytestmark = pytest.mark.bench
 STAGES = ("snapshot", "sft", "reward", "judge", "ppo", "kto", "cast", "gates")
 LABELS = {"gates": "evaluate + gates"}
 DEMO_ENV = "RATCHET_BENCH_DEMO_CYCLE"
-DEMO_KB = REPO / "infra" / "demo" / "kb"
 
 
 def as_source(pairs: list[Pair]) -> ListSource:
@@ -78,15 +77,17 @@ def handbook_source(database_url: str, n: int = 200) -> ListSource:
     ``RETRIEVAL_K`` chunks, split as the demo splits them), the handbook's sentence
     for the question chosen over the one for another question (a wrong figure, as
     long as a draft)."""
+    demo = DemoSettings()
     with psycopg.connect(database_url) as conn:
         kb = KBSettings(
             database_url=database_url, chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP
         )
-        report = Ingestor(conn, Embedder(), kb).ingest([DEMO_KB], progress=False)
+        report = Ingestor(conn, Embedder(), kb).ingest([demo.kb_dir], progress=False)
         assert not report.failed, report.failed
         ground = kb_grounder(conn, k=RETRIEVAL_K)
     assert ground is not None
-    asked, _ = split(load_questions(DEMO_KB), asked=84, held_out=40)
+    questions = load_questions(demo.kb_dir)
+    asked, _ = split(questions, asked=demo.n_asked(), held_out=demo.n_held_out())
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     pairs = []
     for i in range(n):
@@ -97,8 +98,8 @@ def handbook_source(database_url: str, n: int = 200) -> ListSource:
         pairs.append(
             Pair(
                 prompt,
-                ideal_answer(DEMO_KB, question),
-                ideal_answer(DEMO_KB, other),
+                ideal_answer(demo.kb_dir, question),
+                ideal_answer(demo.kb_dir, other),
                 f"conv-{i}",
                 t0 + timedelta(minutes=i),
             )
