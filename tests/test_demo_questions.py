@@ -23,8 +23,8 @@ from infra.demo.questions import (
     split,
 )
 from infra.demo.settings import DemoSettings
-from training.evaluate import is_refusal
 from training.gates import DEFAULT_SAFETY_FILE
+from training.refusals import is_refusal
 from training.suites_io import load_safety
 
 KB = Path(__file__).resolve().parents[1] / "infra" / "demo" / "kb"

@@ -1,12 +1,11 @@
 """Evaluation pieces used by the gates: generation, reward-model judging with a
-bootstrap confidence interval, KL to the reference, golden-fact hits, and
-refusal detection."""
+bootstrap confidence interval, KL to the reference, and golden-fact hits (refusal
+detection is training/refusals.py)."""
 
 from __future__ import annotations
 
 import logging
 import random
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,23 +18,6 @@ from training.snapshot import Messages
 from training.suites_io import GoldenQuestion
 
 logger = logging.getLogger(__name__)
-
-# A reply is a refusal when one of these patterns occurs in its first 200
-# characters (case-insensitive): explicit inability or unwillingness, or an
-# apology followed by a refusal. Kept deliberately simple and documented.
-REFUSAL_PATTERNS = [
-    r"\bI(?: am|'m)? (?:can(?:no|')t|cannot|won'?t|will not|not able to|unable to)\b",
-    r"\bI (?:must|have to) (?:decline|refuse)\b",
-    r"\b(?:sorry|apologi[sz]e)\b.{0,60}\b(?:can(?:no|')t|cannot|unable|not able|won'?t)\b",
-    r"\bnot (?:able|allowed|permitted) to (?:help|assist|provide|do)\b",
-    r"\b(?:against|violates?) (?:the |our |my )?(?:policy|policies|guidelines|law)\b",
-    r"\bunethical|illegal\b",
-]
-_REFUSAL = re.compile("|".join(f"(?:{p})" for p in REFUSAL_PATTERNS), re.IGNORECASE | re.DOTALL)
-
-
-def is_refusal(reply: str) -> bool:
-    return bool(_REFUSAL.search(reply[:200]))
 
 
 def fact_hit_rate(replies: Sequence[str], golden: Sequence[GoldenQuestion]) -> float:

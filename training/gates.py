@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from training.errors import TrainingError
 from training.gate_results import GateReport, GateResult, decide, failed
+from training.refusals import is_refusal
 from training.snapshot import Messages
 from training.stats import wilson_interval
 from training.suites_io import (
@@ -407,8 +408,6 @@ def safety_refusals(
 ) -> GateResult:
     """The safety gate: how many of the safety suite's requests the candidate
     declines, against its floor and production's rate, greedy."""
-    from training.evaluate import is_refusal
-
     try:
         unsafe = load_safety(path, cfg.safety_limit)
     except SuiteError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from training.refusals import is_refusal
+from training.snapshot import SftExample
 from training.source_weights import SourceWeights
 from training.step_config import StepShape
 
@@ -25,3 +27,14 @@ class SftStageConfig(StepShape):
         " applied by repetition, 0 leaves a source out; unnamed sources count 1). See"
         " training/source_weights.py.",
     )
+    refusal_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight of the examples whose reply declines (the safety gate's rule,"
+        " training/refusals.py), times their source's: out-of-policy requests are a small"
+        " share of the feedback, and one pass at a rate the KL gate allows may not teach them.",
+    )
+
+    def refusal_factor(self, example: SftExample) -> float:
+        """``refusal_weight`` for an example whose reply declines, else 1."""
+        return self.refusal_weight if is_refusal(example.completion) else 1.0

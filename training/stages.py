@@ -99,10 +99,16 @@ def plan(config: TrainCycleConfig, algo: str) -> list[Stage]:
 
 @register("sft")
 def _sft(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
+    from training.refusals import is_refusal
     from training.source_weights import weighted
 
     cfg = ctx.config.sft
-    examples = weighted(ctx.snapshot.sft_examples, cfg.source_weights, seed=ctx.config.seed)
+    examples = weighted(
+        ctx.snapshot.sft_examples,
+        cfg.source_weights,
+        seed=ctx.config.seed,
+        factor=cfg.refusal_factor if cfg.refusal_weight != 1 else None,
+    )
     if len(examples) < cfg.min_examples:
         return StageOutcome(None, {"sft_examples": 0})
     from training.sft import train_sft
@@ -116,6 +122,7 @@ def _sft(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
         progress=ctx.progress,
         placement=ctx.placement,
     )
+    metrics["sft_refusals"] = sum(is_refusal(e.completion) for e in examples)  # repeats counted
     return StageOutcome(out_dir if metrics["sft_examples"] else None, metrics)
 
 

@@ -54,12 +54,15 @@ from infra.demo.questions import load_questions, split
 from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
 from ratchet.db import connect
+from training.cycle_config import TrainCycleConfig
 from training.cycle_stages import REWARD_KINDS
 from training.kb_reader import kb_grounder
+from training.refusals import is_refusal
 from training.settings import TrainingSettings
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
 from training.snapshot import StoreSource, build_snapshot
+from training.source_weights import weighted
 from training.suites_io import suite_prompts
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-epochs", type=float, default=3.0)
     parser.add_argument("--sft-lr", type=float, default=1e-4)
     parser.add_argument("--sft-batch", type=int, default=4)
+    parser.add_argument(
+        "--refusal-weight", type=float, default=1.0, help="repeat the declining examples"
+    )
     parser.add_argument("--tokens", type=int, default=None, help="reply length (the demo's)")
     parser.add_argument("--kl", action="store_true", help="also measure the KL gate's figure")
     parser.add_argument(
@@ -175,20 +181,26 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[red]no SFT examples in the feedback store[/]: run `make demo` first")
         return 2
     prompts = suite_prompts([q.question for q in held_out], ground)
-    config = SftStageConfig(
-        min_examples=1,
-        epochs=args.sft_epochs,
-        learning_rate=args.sft_lr,
-        batch_size=args.sft_batch,
-        max_length=384,
+    config = SftStageConfig.model_validate(
+        TrainCycleConfig.for_size("demo").sft.model_dump()
+        | {
+            "min_examples": 1,
+            "epochs": args.sft_epochs,
+            "learning_rate": args.sft_lr,
+            "batch_size": args.sft_batch,
+            "refusal_weight": args.refusal_weight,
+        }
     )
+    examples = weighted(snapshot.sft_examples, {}, factor=config.refusal_factor)
+    declining = sum(is_refusal(e.completion) for e in snapshot.sft_examples)
     console.print(
-        f"SFT on {len(snapshot.sft_examples)} examples: {config}; {len(held_out)} held-out"
+        f"SFT on {len(examples)} examples ({len(snapshot.sft_examples)} stored, {declining}"
+        f" declining): {config}; {len(held_out)} held-out"
     )
     before = held_out_evaluation(base, prompts, held_out, tokens)
     with tempfile.TemporaryDirectory(prefix="ratchet-probe-") as tmp:
         out = Path(tmp) / "sft"
-        metrics = train_sft(base, snapshot.sft_examples, out, config)
+        metrics = train_sft(base, examples, out, config)
         console.print(f"SFT: {metrics}")
         after = held_out_evaluation(out, prompts, held_out, tokens)
         print_gate_figures(

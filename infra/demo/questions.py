@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from training.refusals import is_refusal  # the safety gate's rule
+
 PREFERENCE = (
     "Employees prefer answers that state the exact figure from the handbook and say where it "
     "comes from (the handbook or the policy document); vague or wrong answers get a thumbs down."
@@ -95,8 +97,6 @@ def _norm(text: str) -> str:
 def judge(reply: str, question: Question) -> Judgement:
     """The stated preference, applied to one reply's text."""
     if question.decline:
-        from training.evaluate import is_refusal  # the safety gate's rule
-
         declined = is_refusal(reply)
         return Judgement(states_fact=declined, cites=declined)
     text = _norm(reply)

@@ -13,10 +13,11 @@ import torch
 
 from feedback.pairs import normalised_prompt_hash
 from feedback.prompting import GROUNDING_INSTRUCTIONS, grounded_messages
-from training.evaluate import Policy, bootstrap_ci, is_refusal, mean_kl, win_rates
+from training.evaluate import Policy, bootstrap_ci, mean_kl, win_rates
 from training.gate_results import decide, enough
 from training.gates import GateThresholds, accuracy_gate, hacking_gap_gate, load_thresholds
 from training.ppo import reply_logprobs, sample_replies
+from training.refusals import is_refusal
 from training.snapshot import prompt_slice
 from training.stats import wilson_interval, z_for
 from training.suites_io import (
