@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")
+    declined = [sum(is_refusal(r.text) for _, r in m.rows) for m in (before, after)]
+    console.print(f"held-out questions declined: {declined[0]} -> {declined[1]}")
     for (q, b), (_, a) in list(zip(before.rows, after.rows, strict=True))[:3]:
         console.print(
             f"[bold]{q.question}[/]\n  before: {b.text[:160]!r}\n  after:  {a.text[:160]!r}"
