@@ -145,8 +145,8 @@ SIZES: dict[str, dict] = {
             "max_length": 384,
             # The refusal corrections twice (RECIPES.md, "Refusals weighed in SFT"): on a
             # demo's feedback (21 of 86 examples decline) one pass at 4e-5 declined 0/8 of
-            # the safety gate's requests; weight 2 declined 8/8, weight 4 7/8 but cut the
-            # held-out exact figure 50% -> 30% (it declined handbook questions too).
+            # the safety gate's requests; weight 2 declined 8/8 (and 2 of the 40 held-out
+            # handbook questions), weight 4 7/8 but cut the held-out exact figure 50% -> 30%.
             "refusal_weight": 2.0,
         },
         # The reward model and the judge start from the parent policy (`init` left at
