@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import Field
 
 from training.refusals import is_refusal
 from training.snapshot import SftExample
-from training.source_weights import SourceWeights
+from training.source_weights import SourceWeights, weighted
 from training.step_config import StepShape
 
 
@@ -38,3 +40,10 @@ class SftStageConfig(StepShape):
     def refusal_factor(self, example: SftExample) -> float:
         """``refusal_weight`` for an example whose reply declines, else 1."""
         return self.refusal_weight if is_refusal(example.completion) else 1.0
+
+    def training_examples(
+        self, examples: Sequence[SftExample], *, seed: int = 0
+    ) -> list[SftExample]:
+        """``examples`` as the stage trains on them: repeated by their source's weight
+        times ``refusal_factor`` (seeded)."""
+        return weighted(examples, self.source_weights, seed=seed, factor=self.refusal_factor)

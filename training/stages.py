@@ -100,15 +100,9 @@ def plan(config: TrainCycleConfig, algo: str) -> list[Stage]:
 @register("sft")
 def _sft(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
     from training.refusals import is_refusal
-    from training.source_weights import weighted
 
     cfg = ctx.config.sft
-    examples = weighted(
-        ctx.snapshot.sft_examples,
-        cfg.source_weights,
-        seed=ctx.config.seed,
-        factor=cfg.refusal_factor if cfg.refusal_weight != 1 else None,
-    )
+    examples = cfg.training_examples(ctx.snapshot.sft_examples, seed=ctx.config.seed)
     if len(examples) < cfg.min_examples:
         return StageOutcome(None, {"sft_examples": 0})
     from training.sft import train_sft

@@ -62,7 +62,6 @@ from training.settings import TrainingSettings
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
 from training.snapshot import StoreSource, build_snapshot
-from training.source_weights import weighted
 from training.suites_io import suite_prompts
 
 logger = logging.getLogger(__name__)
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             "refusal_weight": args.refusal_weight,
         }
     )
-    examples = weighted(snapshot.sft_examples, {}, factor=config.refusal_factor)
+    examples = config.training_examples(snapshot.sft_examples)
     declining = sum(is_refusal(e.completion) for e in snapshot.sft_examples)
     console.print(
         f"SFT on {len(examples)} examples ({len(snapshot.sft_examples)} stored, {declining}"
