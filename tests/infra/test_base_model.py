@@ -96,6 +96,43 @@ def test_cast_weights_saves_a_trained_version_in_bf16(tiny_model_dir: Path, tmp_
     assert cast_weights(model_dir, "bfloat16") is False  # already bf16: untouched
 
 
+def test_a_fine_tunes_small_changes_survive_the_cast_to_bf16(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A bf16 base moved by a quarter of a bf16 step, as SFT moves most weights: rounding
+    to nearest would give the base back; the cast keeps the change on average, leaves
+    values bf16 already holds as they are, and casts the same weights the same way."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from training.base_model import cast_weights, weights_digest
+
+    model_dir = tmp_path / "policy"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (path,) = model_dir.glob("*.safetensors")
+    name, weight = max(load_file(path).items(), key=lambda kv: kv[1].numel())
+    base = weight.to(torch.bfloat16).float()
+    base = base[base != 0]  # each value's next bf16 away from zero is one step on
+    step = (base.to(torch.bfloat16).view(torch.int16) + 1).view(torch.bfloat16).float() - base
+    tensors = load_file(path)
+    tensors[name] = base + step / 4
+    tensors["exact"] = base
+    save_file(tensors, path, metadata={"format": "pt"})
+    assert torch.equal((base + step / 4).to(torch.bfloat16).float(), base)  # nearest: lost
+
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    assert cast_weights(model_dir, "bfloat16") and cast_weights(copy, "bfloat16")
+    assert weights_digest(model_dir) == weights_digest(copy)
+    cast = load_file(path)
+    assert torch.equal(cast["exact"].float(), base)
+    moved = (cast[name].float() - base) / step  # 0 or 1 step each
+    assert set(moved.unique().tolist()) <= {0.0, 1.0}
+    assert abs(moved.mean().item() - 0.25) < 0.01, moved.mean()
+
+
 def test_transformers_loads_it_with_its_chat_template(bootstrapped) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
