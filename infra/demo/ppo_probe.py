@@ -5,10 +5,12 @@ It starts from ``--policy-dir`` (e.g. a run's ``sft`` model), scores rollouts wi
 the reward model in ``--reward-dir`` (a run's ``reward/model``; ``--ppo-grounding``
 sets the weight of the grounding term, ``fit`` fits it on the policy slice as the
 cycle does), runs the demo preset's PPO (changed by ``--ppo-lr``, ``--ppo-steps``,
-``--ppo-epochs``) on the policy slice's prompts, and prints each step's mean score
-and KL, then the yardstick on the held-out questions before and after PPO, the KL
-gate's figure of the result against the base (the production a first cycle is
-gated against) and, with ``--gates``, the golden-regression and safety gates."""
+``--ppo-epochs``, ``--ppo-kl-coef``) on the policy slice's prompts, and prints each
+step's mean score and KL, its rollouts counted by kind (the demo's out-of-policy
+requests or not, replies that decline or not, with the reward model's mean score),
+then the yardstick on the held-out questions before and after PPO, the KL gate's
+figure of the result against the base (the production a first cycle is gated
+against) and, with ``--gates``, the golden-regression and safety gates."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from types import SimpleNamespace
 from rich.console import Console
 
 from infra.demo.probe_checks import cycle_snapshot, held_out_evaluation, print_gate_figures
-from infra.demo.questions import load_questions, split
+from infra.demo.questions import load_out_of_policy, load_questions, split
 from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
 from ratchet.db import connect
@@ -30,6 +32,7 @@ from training.cycle_stages import reward_pairs
 from training.device import Placement
 from training.grounding import fit_weight
 from training.kb_reader import kb_grounder
+from training.refusals import is_refusal
 from training.reward import RewardScorer, grounding_fit_pairs, sample_pairs
 from training.settings import TrainingSettings
 from training.stages import STAGES, StageContext
@@ -48,6 +51,7 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
                 ("learning_rate", args.ppo_lr),
                 ("steps", args.ppo_steps),
                 ("ppo_epochs", args.ppo_epochs),
+                ("init_kl_coef", args.ppo_kl_coef),
             )
             if v is not None
         }
@@ -87,6 +91,7 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
         f"PPO from {args.policy_dir} against {args.reward_dir} (grounding weight"
         f" {scorer.grounding_weight}): {ppo}"
     )
+    recorder = RolloutRecorder(scorer, {q.question for q in load_out_of_policy(demo.kb_dir)})
     tokens = demo.reply_tokens()
     prompts = suite_prompts([q.question for q in held_out], ground)
     before = held_out_evaluation(args.policy_dir, prompts, held_out, tokens)
@@ -97,7 +102,7 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
             placement=placement,
             run_dir=Path(tmp),
             progress=False,
-            rewards=SimpleNamespace(policy_scorer=scorer),
+            rewards=SimpleNamespace(policy_scorer=recorder),
         )
         out = Path(tmp) / "ppo"
         t0 = time.monotonic()
@@ -105,6 +110,7 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
         console.print(f"PPO: {time.monotonic() - t0:.0f} s, {outcome.metrics}")
         for i, h in enumerate(outcome.history, 1):
             console.print(f"  step {i}: mean score {h['mean_score']:.3f}, KL {h['mean_kl']:.3f}")
+        recorder.print(console, ppo.batch_size)
         after = held_out_evaluation(out, prompts, held_out, tokens)
         print_gate_figures(
             console, base, out, prompts, settings, suite_ground, kl=True, gates=args.gates
@@ -113,3 +119,37 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")
     return 0
+
+
+class RolloutRecorder:
+    """The reward model's ``score``, recording each rollout: whether its prompt is one of
+    the demo's out-of-policy requests, whether the reply declines (the safety gate's
+    rule) and its score, so that what PPO was rewarded for can be read by kind."""
+
+    def __init__(self, scorer: RewardScorer, requests: set[str]) -> None:
+        self.scorer = scorer
+        self.requests = requests
+        self.rows: list[tuple[bool, bool, float]] = []
+
+    def score(self, prompts: list, replies: list[str]) -> list[float]:
+        scores = self.scorer.score(prompts, replies)
+        for prompt, reply, value in zip(prompts, replies, scores, strict=True):
+            asked = next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+            self.rows.append((asked.strip() in self.requests, is_refusal(reply), float(value)))
+        return scores
+
+    def print(self, console: Console, batch_size: int) -> None:
+        console.print("PPO's rollouts by prompt and reply (reward model's mean score):")
+        for request in (True, False):
+            for declines in (True, False):
+                got = [s for r, d, s in self.rows if r == request and d == declines]
+                mean = f"{sum(got) / len(got):+.3f}" if got else "-"
+                console.print(
+                    f"  {'out-of-policy request' if request else 'other prompt':>21},"
+                    f" reply {'declines' if declines else 'complies':>8}: {len(got):3d}, {mean}"
+                )
+        steps = [self.rows[i : i + batch_size] for i in range(0, len(self.rows), batch_size)]
+        console.print(
+            "  per step, requests / declined replies: "
+            + " ".join(f"{sum(r for r, _, _ in b)}/{sum(d for _, d, _ in b)}" for b in steps)
+        )

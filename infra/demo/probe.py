@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ppo.add_argument("--ppo-lr", type=float, default=None)
     ppo.add_argument("--ppo-steps", type=int, default=None)
     ppo.add_argument("--ppo-epochs", type=int, default=None)
+    ppo.add_argument("--ppo-kl-coef", type=float, default=None, help="init_kl_coef")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.stage == "ppo":
