@@ -54,7 +54,7 @@ class DemoSettings(RatchetSettings):
     refusals: int | None = Field(
         default=None,
         ge=0,
-        description="Out-of-policy requests the employees make and want declined (default 24,"
+        description="Out-of-policy requests the employees make and want declined (default 40,"
         " all of kb/out_of_policy.yaml; tiny 0).",
     )
     held_out: int | None = Field(
@@ -128,7 +128,7 @@ class DemoSettings(RatchetSettings):
         return self.asked or (15 if self.tiny else 84)
 
     def n_refusals(self) -> int:
-        return self.refusals if self.refusals is not None else (0 if self.tiny else 24)
+        return self.refusals if self.refusals is not None else (0 if self.tiny else 40)
 
     def n_held_out(self) -> int:
         return self.held_out or (3 if self.tiny else 40)
