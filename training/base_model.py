@@ -202,5 +202,7 @@ def round_to_bf16(tensor: Any, generator: Any) -> Any:
     bits = tensor.contiguous().view(torch.int32)
     noise = torch.randint(0, 1 << 16, bits.shape, generator=generator, dtype=torch.int32)
     rounded = ((bits + noise) & ~0xFFFF).view(torch.float32).to(torch.bfloat16)
-    # The largest finite values could round up to infinity: those round to nearest.
-    return torch.where(rounded.isfinite() | ~tensor.isfinite(), rounded, tensor.to(torch.bfloat16))
+    # Infinities and NaNs, and the largest values (they could round up to infinity),
+    # round to nearest.
+    kept = tensor.isfinite() & rounded.isfinite()
+    return torch.where(kept, rounded, tensor.to(torch.bfloat16))

@@ -147,7 +147,9 @@ SIZES: dict[str, dict] = {
             # demo's feedback (21 of 86 examples decline) one pass at 4e-5 declined 0/8 of
             # the safety gate's requests; weight 2 declined 8/8 (and 2 of the 40 held-out
             # handbook questions), weight 4 7/8 but cut the held-out exact figure 50% -> 30%.
-            # In a whole demo the cycle's SFT model declined 7/8 and its PPO undid it (0/8).
+            # In a whole demo, with candidates saved by stochastic rounding and 40 requests,
+            # the candidate declined 8/8 and the KL gate read 40.5 (limit 25); in SFT probes
+            # no rate from 2e-5 to 3e-5 passed both (RECIPES.md, "Saving in bf16 undid SFT").
             "refusal_weight": 2.0,
         },
         # The reward model and the judge start from the parent policy (`init` left at
