@@ -79,6 +79,9 @@ def _switch_under_traffic(
         if new_pid is not None:
             assert server.models.current.pid == new_pid  # the same server: no restart
         traffic.wait_for(traffic.completed + 6)
+        # Six replies may all have streamed (the clients' turns are not in step): the
+        # new version is to answer both kinds before the traffic stops.
+        traffic.wait_for_both_kinds(new)
     replies = traffic.all_replies()
     print(
         f"\n{' '.join(cli[:2])}: {traffic.sent} sent, {len(replies)} replies,"

@@ -107,6 +107,14 @@ class Traffic:
             assert time.monotonic() < deadline, f"{self.completed} of {count} requests completed"
             time.sleep(0.05)
 
+    def wait_for_both_kinds(self, version: str, timeout: float = 300) -> None:
+        """Until ``version`` has answered a streaming and a non-streaming request."""
+        deadline = time.monotonic() + timeout
+        while {r.stream for r in self.all_replies() if r.version == version} != {True, False}:
+            assert not self.failures, self.failures[:3]
+            assert time.monotonic() < deadline, f"{version} did not answer both kinds"
+            time.sleep(0.05)
+
     def __enter__(self) -> Traffic:
         self._workers = []
         for i in range(self.threads):
