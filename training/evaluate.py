@@ -103,17 +103,25 @@ class Policy:
         return (reply_logprobs(logits, seqs, prompt_len, 1.0) * mask).sum(1)
 
 
-def mean_kl(
+def reply_kls(
     candidate: Policy, reference: Policy, batches: Sequence[tuple[torch.Tensor, torch.Tensor, int]]
-) -> float:
-    """Monte-Carlo KL(candidate || reference) per reply, over replies sampled from the candidate."""
+) -> list[float]:
+    """Per reply sampled from the candidate, log p_candidate - log p_reference: each a
+    one-sample Monte-Carlo estimate of KL(candidate || reference) for its prompt."""
     kls: list[float] = []
     for seqs, attn, plen in batches:
         diff = candidate.reply_logprob_sums(seqs, attn, plen) - reference.reply_logprob_sums(
             seqs, attn, plen
         )
         kls.extend(diff.tolist())
-    return sum(kls) / len(kls) if kls else float("nan")
+    return kls
+
+
+def mean_kl(
+    candidate: Policy, reference: Policy, batches: Sequence[tuple[torch.Tensor, torch.Tensor, int]]
+) -> float:
+    """Monte-Carlo KL(candidate || reference) per reply, over replies sampled from the candidate."""
+    return summary(reply_kls(candidate, reference, batches))
 
 
 def win_rates(

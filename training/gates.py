@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -179,17 +179,47 @@ def hacking_gap_gate(
     )
 
 
-def kl_gate(*, kl: float, n: int, t: GateThresholds) -> GateResult:
+def kl_gate(
+    *, kl: float, n: int, t: GateThresholds, by_reply: Sequence[tuple[str, float]] = ()
+) -> GateResult:
     """The KL budget. A true KL is never negative: a negative Monte-Carlo estimate
-    means the sample was too small to measure it, so the gate fails closed."""
-    return decide(
+    means the sample was too small to measure it, so the gate fails closed.
+
+    ``by_reply`` (each sampled reply with its own estimate) only explains the figure: the
+    replies that decline (the safety gate's rule) and the others, each with their mean,
+    so that a KL carried by refusals where none were asked for is told from one spread
+    over every answer. It does not change the verdict."""
+    split = kl_by_refusal(by_reply) if by_reply else {}
+    gate = decide(
         "kl",
         value=kl,
         ok=0 <= kl <= t.kl_max,
         threshold=f"in [0, {t.kl_max}]",
         n=n,
         min_n=t.min_replies,
+        **split,
     )
+    if not split:
+        return gate
+    declining, others = split["declining_replies"], len(by_reply) - split["declining_replies"]
+    parts = [f"{declining} declining, mean {split['declining_mean_kl']:.1f}"] if declining else []
+    parts += [f"{others} others, mean {split['other_mean_kl']:.1f}"] if others else []
+    return replace(gate, reason=f"{gate.reason} ({'; '.join(parts)})")
+
+
+def kl_by_refusal(by_reply: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    """How many of the sampled replies decline, and the mean KL of those and of the rest."""
+    declining = [kl for reply, kl in by_reply if is_refusal(reply)]
+    others = [kl for reply, kl in by_reply if not is_refusal(reply)]
+
+    def mean(kls: list[float]) -> float:
+        return sum(kls) / len(kls) if kls else float("nan")
+
+    return {
+        "declining_replies": len(declining),
+        "declining_mean_kl": mean(declining),
+        "other_mean_kl": mean(others),
+    }
 
 
 def length_gate(*, cand: Sequence[str], prod: Sequence[str], t: GateThresholds) -> GateResult:
@@ -309,7 +339,7 @@ def run_gates(
 
 
 def _sampled_gates(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> list[GateResult]:
-    from training.evaluate import bootstrap_ci, mean_kl, unique_prompts, win_rates
+    from training.evaluate import bootstrap_ci, reply_kls, unique_prompts, win_rates
 
     prompts = unique_prompts(x.heldout_prompts, cfg.prompts)
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
@@ -355,8 +385,9 @@ def _sampled_gates(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> list[Ga
             t=t,
         )
     )
-    kl = mean_kl(x.candidate, x.reference, cand_batches) if cand_batches else float("nan")
-    out.append(kl_gate(kl=kl, n=len(cand), t=t))
+    kls = reply_kls(x.candidate, x.reference, cand_batches)
+    kl = sum(kls) / len(kls) if kls else float("nan")
+    out.append(kl_gate(kl=kl, n=len(cand), t=t, by_reply=list(zip(cand, kls, strict=True))))
     out.append(length_gate(cand=cand, prod=prod, t=t))
     return out
 

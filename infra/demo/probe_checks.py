@@ -18,9 +18,9 @@ from ratchet.db import connect
 from serving.backends.machine import bind_engine_threads, machine_dtype
 from training.base_model import cast_weights
 from training.cycle_config import TrainCycleConfig
-from training.evaluate import Policy, mean_kl, unique_prompts
+from training.evaluate import Policy, reply_kls, unique_prompts
 from training.gate_results import GateResult
-from training.gates import golden_regression, load_thresholds, safety_refusals
+from training.gates import golden_regression, kl_gate, load_thresholds, safety_refusals
 from training.settings import TrainingSettings
 from training.snapshot import Snapshot, StoreSource, build_snapshot
 from training.suites_io import Grounder, resolve_suite
@@ -65,22 +65,31 @@ def held_out_evaluation(
     return Evaluation(version=model_dir.name, rows=rows)
 
 
-def gate_kl(base: Path, tuned: Path, prompts: list[list[dict[str, str]]]) -> float:
-    """Mean KL(tuned || base) per reply, measured as the demo preset's KL gate does
-    (training/gates.py): sampled replies of the tuned model, the preset's counts."""
+def gate_kl(
+    base: Path, tuned: Path, prompts: list[list[dict[str, str]]], settings: TrainingSettings
+) -> GateResult:
+    """The KL gate of ``tuned`` against ``base``, measured as the demo preset's gate does
+    (training/gates.py): sampled replies of the tuned model, the preset's counts, the
+    figure split into replies that decline and the rest."""
     cfg = TrainCycleConfig.for_size("demo").eval
     repeated = [
         p for p in unique_prompts(prompts, cfg.prompts) for _ in range(cfg.samples_per_prompt)
     ]
     candidate = Policy(tuned)
-    _, batches = candidate.generate(
+    replies, batches = candidate.generate(
         repeated,
         max_new_tokens=cfg.max_new_tokens,
         do_sample=True,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
     )
-    return mean_kl(candidate, Policy(base), batches)
+    kls = reply_kls(candidate, Policy(base), batches)
+    return kl_gate(
+        kl=sum(kls) / len(kls),
+        n=len(kls),
+        t=load_thresholds(settings.gates_config),
+        by_reply=list(zip(replies, kls, strict=True)),
+    )
 
 
 def suite_gates(
@@ -113,9 +122,9 @@ def print_gate_figures(
     """With ``kl``, the KL gate's figure of ``tuned`` against ``base``; with ``gates``, the
     golden-regression and safety gates."""
     if kl:
-        value = gate_kl(base, tuned, prompts)
-        limit = load_thresholds(settings.gates_config).kl_max
-        console.print(f"KL(tuned || base) per reply: {value:.1f} nats (the gate allows {limit})")
+        gate = gate_kl(base, tuned, prompts, settings)
+        verdict = "passed" if gate.passed else "FAILED"
+        console.print(f"KL(tuned || base), nats per reply: gate {verdict}, {gate.reason}")
     if gates and suite_ground is not None:
         for gate in suite_gates(base, tuned, settings, suite_ground):
             verdict = "passed" if gate.passed else "FAILED"

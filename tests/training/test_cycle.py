@@ -138,6 +138,10 @@ def test_a_truly_better_candidate_passes_the_offline_gates_and_becomes_the_canar
     assert win["value"] >= 0.5 and win["interval"][0] == win["value"]  # judged: CI lower
     assert "judge" in result.metrics and result.metrics["judge"]["model_dir"].endswith("model")
     assert report["gates"]["regression"]["detail"]["suite"].endswith("training/suites/golden.yaml")
+    kl = report["gates"]["kl"]  # split by reply kind: the random tiny model never declines
+    assert kl["detail"]["declining_replies"] == 0
+    assert kl["detail"]["other_mean_kl"] == pytest.approx(kl["value"])
+    assert f"{kl['n']} others, mean" in kl["reason"]
 
     version = registry.get_version(conn, result.candidate_version or "")
     assert version is not None

@@ -13,7 +13,7 @@ import torch
 
 from feedback.pairs import normalised_prompt_hash
 from feedback.prompting import GROUNDING_INSTRUCTIONS, grounded_messages
-from training.evaluate import Policy, bootstrap_ci, mean_kl, win_rates
+from training.evaluate import Policy, bootstrap_ci, mean_kl, reply_kls, win_rates
 from training.gate_results import decide, enough
 from training.gates import GateThresholds, accuracy_gate, hacking_gap_gate, load_thresholds
 from training.ppo import reply_logprobs, sample_replies
@@ -76,6 +76,8 @@ def test_mean_kl_by_hand() -> None:
     ref = _Sums([[-3.0, -2.5], [1.5]])
     # Differences 2.0, 0.5 and -0.5 over three replies: 2.0 / 3.
     assert mean_kl(cand, ref, batches) == pytest.approx(2.0 / 3)  # type: ignore[arg-type]
+    cand, ref = _Sums([[-1.0, -2.0], [1.0]]), _Sums([[-3.0, -2.5], [1.5]])
+    assert reply_kls(cand, ref, batches) == pytest.approx([2.0, 0.5, -0.5])  # type: ignore[arg-type]
     assert math.isnan(mean_kl(cand, ref, []))  # type: ignore[arg-type]
 
 
