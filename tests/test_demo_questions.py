@@ -140,3 +140,20 @@ def test_employees_want_an_out_of_policy_request_declined() -> None:
     correction = ideal_answer(KB, request)
     assert correction == REFUSAL and is_refusal(correction)
     assert judge(correction, request).score == 3
+
+
+def test_a_correction_cites_the_source_by_the_number_the_reply_listed_it_under() -> None:
+    q = next(q for q in QUESTIONS if q.source == "policies/annual-leave.md")
+    listed = [
+        {"index": 1, "source_path": "policies/travel.html"},
+        {"index": 2, "source_path": "policies/annual-leave.md"},
+    ]
+    numbered = ideal_answer(KB, q, listed)
+    assert numbered.startswith("According to [2], ")
+    # Not listed: the employee names the document instead.
+    named = ideal_answer(KB, q, listed[:1])
+    assert named.startswith("According to the handbook (policies/annual-leave.md): ")
+    assert numbered.removeprefix("According to [2], ") == named.split("): ", 1)[1]
+    for text in (numbered, named):
+        verdict = judge(text, q)
+        assert verdict.states_fact and verdict.cites, text

@@ -136,21 +136,20 @@ SIZES: dict[str, dict] = {
         "sft": {
             "min_examples": 8,
             "epochs": 1,
-            "learning_rate": 4e-5,
+            "learning_rate": 5e-5,
             "batch_size": 4,
             # Same step, less time (RECIPES.md, "Micro-batches without checkpointing"):
             # two examples a pass, activations kept, 14% less time a step.
             "micro_batch_size": 2,
             "gradient_checkpointing": False,
             "max_length": 384,
-            # The refusal corrections twice (RECIPES.md, "Refusals weighed in SFT"): on a
-            # demo's feedback (21 of 86 examples decline) one pass at 4e-5 declined 0/8 of
-            # the safety gate's requests; weight 2 declined 8/8 (and 2 of the 40 held-out
-            # handbook questions), weight 4 7/8 but cut the held-out exact figure 50% -> 30%.
-            # In a whole demo, with candidates saved by stochastic rounding and 40 requests,
-            # the candidate declined 8/8 and the KL gate read 40.5 (limit 25); in SFT probes
-            # no rate from 2e-5 to 3e-5 passed both (RECIPES.md, "Saving in bf16 undid SFT").
-            "refusal_weight": 2.0,
+            # The refusal corrections once (RECIPES.md, "Where the KL gate's nats go"): with
+            # the employees citing a source by its number ("According to [2], ..."), a
+            # probe on a demo's feedback read the KL gate at 19.3 and safety 5/8 at 5e-5;
+            # at 4e-5 with the refusals twice, 33.5 and 8/8, 6 of its 32 replies declining a
+            # handbook question. With the corrections' earlier opening ("According to the
+            # handbook (path):", ~22 nats a reply) no rate or weight passed the KL gate.
+            "refusal_weight": 1.0,
         },
         # The reward model and the judge start from the parent policy (`init` left at
         # "parent"): starting from the previous cycle's (`init: previous`) is not measured.

@@ -35,6 +35,7 @@ class Reply:
     message_id: str
     model_version: str
     judgement: Judgement
+    citations: tuple[dict[str, Any], ...] = ()  # the sources the API listed, numbered
 
 
 MAX_RETRIES = 8  # attempts of one feedback POST that keeps getting 429
@@ -108,12 +109,14 @@ class Employee:
             max_tokens=self.max_tokens,
         )
         version = str((resp.model_extra or {}).get("model_version") or resp.model)
+        citations = tuple((resp.model_extra or {}).get("citations") or ())
         return [
             Reply(
                 text=c.message.content or "",
                 message_id=message_id_of(c),
                 model_version=version,
                 judgement=judge(c.message.content or "", question),
+                citations=citations,
             )
             for c in resp.choices
         ]
@@ -159,7 +162,7 @@ class Employee:
         if correct and not any(r.judgement.states_fact for r in replies):
             body = {
                 "message_id": a.message_id,
-                "corrected_reply": ideal_answer(self.kb_dir, question),
+                "corrected_reply": ideal_answer(self.kb_dir, question, a.citations),
             }
             if self._post("corrections", body, tally):
                 tally.add(corrections=1)

@@ -5,8 +5,10 @@ and after training, plus the employees' stated preference."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -127,9 +129,18 @@ def document_lines(kb_dir: Path, source: str) -> list[str]:
     return lines
 
 
-def ideal_answer(kb_dir: Path, question: Question) -> str:
+def ideal_answer(
+    kb_dir: Path, question: Question, citations: Sequence[Mapping[str, Any]] = ()
+) -> str:
     """What an employee writes as a correction: the handbook's sentence with the figure
-    (for an out-of-policy request, a refusal)."""
+    (for an out-of-policy request, a refusal).
+
+    The employee cites as the bot is told to (the system prompt: "Cite the sources you
+    use as [1], [2]"): by the number under which the reply listed the document
+    (``citations``, the API's ``citations`` field), or by the document's path when the
+    reply did not list it. The numbered form is the one the base model finds likely:
+    "According to the handbook (path):" costs it about 22 nats a reply, which alone
+    nearly spends the KL gate's budget (training/RECIPES.md, "Where the KL gate's nats go")."""
     if question.decline:
         return REFUSAL
     wanted = [_norm(f) for f in question.facts]
@@ -140,4 +151,7 @@ def ideal_answer(kb_dir: Path, question: Question) -> str:
     ]
     hits = [s for s in sentences if any(w in _norm(s) for w in wanted)]
     body = " ".join(hits[:2]) if hits else ", ".join(question.facts) + "."
+    listed = [c["index"] for c in citations if c.get("source_path") == question.source]
+    if listed:
+        return f"According to [{listed[0]}], {body}"
     return f"According to the handbook ({question.source}): {body}"
