@@ -207,6 +207,23 @@ def kl_gate(
     return replace(gate, reason=f"{gate.reason} ({'; '.join(parts)})")
 
 
+def sampled_kl_gate(
+    candidate: Any,
+    reference: Any,
+    replies: Sequence[str],
+    batches: Sequence[Any],
+    t: GateThresholds,
+) -> GateResult:
+    """The KL gate of ``candidate`` (a ``training.evaluate.Policy``) against ``reference``
+    on ``replies`` sampled from the candidate (``batches``: as ``Policy.generate`` returns
+    them), its figure split by reply."""
+    from training.evaluate import reply_kls
+
+    kls = reply_kls(candidate, reference, batches)
+    kl = sum(kls) / len(kls) if kls else float("nan")
+    return kl_gate(kl=kl, n=len(kls), t=t, by_reply=list(zip(replies, kls, strict=True)))
+
+
 def kl_by_refusal(by_reply: Sequence[tuple[str, float]]) -> dict[str, Any]:
     """How many of the sampled replies decline, and the mean KL of those and of the rest."""
     declining = [kl for reply, kl in by_reply if is_refusal(reply)]
@@ -339,7 +356,7 @@ def run_gates(
 
 
 def _sampled_gates(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> list[GateResult]:
-    from training.evaluate import bootstrap_ci, reply_kls, unique_prompts, win_rates
+    from training.evaluate import bootstrap_ci, unique_prompts, win_rates
 
     prompts = unique_prompts(x.heldout_prompts, cfg.prompts)
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
@@ -385,9 +402,7 @@ def _sampled_gates(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> list[Ga
             t=t,
         )
     )
-    kls = reply_kls(x.candidate, x.reference, cand_batches)
-    kl = sum(kls) / len(kls) if kls else float("nan")
-    out.append(kl_gate(kl=kl, n=len(cand), t=t, by_reply=list(zip(cand, kls, strict=True))))
+    out.append(sampled_kl_gate(x.candidate, x.reference, cand, cand_batches, t))
     out.append(length_gate(cand=cand, prod=prod, t=t))
     return out
 

@@ -18,9 +18,9 @@ from ratchet.db import connect
 from serving.backends.machine import bind_engine_threads, machine_dtype
 from training.base_model import cast_weights
 from training.cycle_config import TrainCycleConfig
-from training.evaluate import Policy, reply_kls, unique_prompts
+from training.evaluate import Policy, unique_prompts
 from training.gate_results import GateResult
-from training.gates import golden_regression, kl_gate, load_thresholds, safety_refusals
+from training.gates import golden_regression, load_thresholds, safety_refusals, sampled_kl_gate
 from training.settings import TrainingSettings
 from training.snapshot import Snapshot, StoreSource, build_snapshot
 from training.suites_io import Grounder, resolve_suite
@@ -83,13 +83,8 @@ def gate_kl(
         seed=cfg.seed,
         batch_size=cfg.batch_size,
     )
-    kls = reply_kls(candidate, Policy(base), batches)
-    return kl_gate(
-        kl=sum(kls) / len(kls),
-        n=len(kls),
-        t=load_thresholds(settings.gates_config),
-        by_reply=list(zip(replies, kls, strict=True)),
-    )
+    t = load_thresholds(settings.gates_config)
+    return sampled_kl_gate(candidate, Policy(base), replies, batches, t)
 
 
 def suite_gates(
