@@ -9,6 +9,8 @@ from pathlib import Path
 from training import distributed
 from training.device import Placement, trl_arguments
 from training.dpo_config import DpoStageConfig
+from training.errors import TrainingError
+from training.lengths import cut_pairs_to_fit
 from training.snapshot import Pair
 
 logger = logging.getLogger(__name__)
@@ -24,12 +26,27 @@ def train_dpo(
     progress: bool = True,
     placement: Placement | None = None,
 ) -> list[dict[str, float]]:
-    """DPO on ``pairs`` from ``policy_dir`` (the reference is its starting weights)."""
+    """DPO on ``pairs`` from ``policy_dir`` (the reference is its starting weights).
+
+    A pair longer than ``max_length`` has its prompt cut by whole messages so that both
+    replies stay whole (TRL would cut the replies' ends); one that still does not fit
+    is left out."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    fitted = cut_pairs_to_fit(tokenizer, pairs, config.max_length)
+    logger.info(
+        "DPO: %d of %d pairs fit max_length %d, %d of them with their prompts cut; %d left out",
+        len(fitted.kept),
+        len(pairs),
+        config.max_length,
+        fitted.truncated,
+        fitted.too_long,
+    )
+    if not fitted.kept:
+        raise TrainingError(f"DPO: none of {len(pairs)} pairs fits max_length {config.max_length}")
     placement = placement or Placement.resolve()
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=placement.train_dtype)
     rows = [
@@ -38,7 +55,7 @@ def train_dpo(
             "chosen": [{"role": "assistant", "content": p.chosen}],
             "rejected": [{"role": "assistant", "content": p.rejected}],
         }
-        for p in pairs
+        for p in fitted.kept
     ]
     args = trl_arguments(
         DPOConfig,

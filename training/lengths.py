@@ -5,7 +5,8 @@ than ``max_length``; knowledge-bot prompts carry their sources and are long.
 SFT cuts the prompts of long examples by whole messages first (:func:`cut_to_fit`:
 the least relevant sources go, the system header and the question stay) and
 leaves out only what still does not fit, so it can say how many examples it cut
-and dropped, and skip clearly when too few are left. KTO filters
+and dropped, and skip clearly when too few are left. DPO cuts its pairs the same
+way, by the longer reply (:func:`cut_pairs_to_fit`). KTO filters
 (:func:`fitting`). (The reward stage keeps every pair: ``training.reward.encode``
 cuts a long one by whole messages too, then from the left if still needed.)"""
 
@@ -75,3 +76,28 @@ def cut_to_fit(tokenizer: Any, items: Sequence[Any], max_length: int) -> Fitted:
             kept.append(dataclasses.replace(item, prompt=cut))
             truncated += 1
     return Fitted(kept, truncated, len(items) - len(kept))
+
+
+@dataclass(frozen=True)
+class _ByLonger:
+    """A pair seen as an example whose completion is the longer of its two replies."""
+
+    prompt: Messages
+    completion: str
+    pair: Any
+
+
+def cut_pairs_to_fit(tokenizer: Any, pairs: Sequence[Any], max_length: int) -> Fitted:
+    """``pairs`` (a ``prompt``, ``chosen`` and ``rejected`` each) fitted to ``max_length``
+    as :func:`cut_to_fit` fits examples: a long pair's prompt is cut by whole messages
+    to what the longer of its replies leaves, so both replies stay whole."""
+
+    def longer(pair: Any) -> str:
+        return max(
+            (pair.chosen, pair.rejected),
+            key=lambda reply: conversation_tokens(tokenizer, pair.prompt, reply),
+        )
+
+    fitted = cut_to_fit(tokenizer, [_ByLonger(p.prompt, longer(p), p) for p in pairs], max_length)
+    kept = [dataclasses.replace(item.pair, prompt=item.prompt) for item in fitted.kept]
+    return Fitted(kept, fitted.truncated, fitted.too_long)

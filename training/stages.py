@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.errors import TrainingError
+from training.refusals import is_refusal
 
 if TYPE_CHECKING:
     from training.cycle_config import TrainCycleConfig
@@ -99,8 +100,6 @@ def plan(config: TrainCycleConfig, algo: str) -> list[Stage]:
 
 @register("sft")
 def _sft(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
-    from training.refusals import is_refusal
-
     cfg = ctx.config.sft
     examples = cfg.training_examples(ctx.snapshot.sft_examples, seed=ctx.config.seed)
     if len(examples) < cfg.min_examples:
@@ -168,6 +167,32 @@ def _dpo(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
         placement=ctx.placement,
     )
     return StageOutcome(out_dir, {}, history)
+
+
+@register("contrast")
+def _contrast(ctx: StageContext, policy_dir: Path, out_dir: Path) -> StageOutcome:
+    """DPO on the refusal-contrast pairs (training/contrast.py): after SFT, an answer
+    beats a refusal on the prompts SFT answered, a refusal beats compliance on the
+    requests it declined. Skipped with too few pairs (no refusal to contrast)."""
+    from training.contrast import contrast_pairs
+    from training.dpo import train_dpo
+
+    cfg = ctx.config.contrast
+    pairs = contrast_pairs(
+        ctx.snapshot.sft_examples,
+        ctx.snapshot.train_pairs,
+        max_pairs=cfg.max_pairs,
+        seed=ctx.config.seed,
+    )
+    declines = sum(is_refusal(p.chosen) for p in pairs)
+    metrics: dict[str, Any] = {"contrast_pairs": len(pairs), "contrast_declines": declines}
+    if len(pairs) < cfg.min_pairs:
+        return StageOutcome(None, metrics)
+    history = train_dpo(
+        policy_dir, pairs, out_dir, cfg, seed=ctx.config.seed, progress=ctx.progress,
+        placement=ctx.placement,
+    )  # fmt: skip
+    return StageOutcome(out_dir, metrics, history)
 
 
 @register("kto", final=True)

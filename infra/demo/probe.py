@@ -7,6 +7,9 @@ tuned model, greedily, and prints the employees' yardstick (exact figure, cites)
 before and after with Wilson intervals and the exact McNemar test, and the KL of
 the tuned model to the base as the KL gate measures it (``--kl``), and the
 golden-regression and safety gates of the tuned model against the base (``--gates``).
+``--contrast-lr 5e-6`` then runs the refusal-contrast stage on the SFT model
+(``training.contrast``: an answer beats a refusal where SFT answered, a refusal
+beats compliance where it declined) and measures that instead.
 
 It is how the demo preset's SFT settings were chosen (training/RECIPES.md): one
 probe takes minutes, a whole `make demo` twenty. Its prompts are grounded by
@@ -45,6 +48,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -54,14 +58,17 @@ from infra.demo.questions import load_questions, split
 from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
 from ratchet.db import connect
+from training.contrast import contrast_pairs
+from training.contrast_config import ContrastStageConfig
 from training.cycle_config import TrainCycleConfig
 from training.cycle_stages import REWARD_KINDS
+from training.dpo import train_dpo
 from training.kb_reader import kb_grounder
 from training.refusals import is_refusal
 from training.settings import TrainingSettings
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
-from training.snapshot import StoreSource, build_snapshot
+from training.snapshot import Snapshot, StoreSource, build_snapshot
 from training.suites_io import suite_prompts
 
 logger = logging.getLogger(__name__)
@@ -89,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refusal-weight", type=float, default=1.0, help="repeat the declining examples"
     )
+    parser.add_argument(
+        "--contrast-lr", type=float, default=None, help="run the contrast stage after SFT"
+    )
+    parser.add_argument("--contrast-epochs", type=float, default=None)
+    parser.add_argument("--contrast-beta", type=float, default=None)
+    parser.add_argument("--contrast-max-pairs", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=None, help="reply length (the demo's)")
     parser.add_argument("--kl", action="store_true", help="also measure the KL gate's figure")
     parser.add_argument(
@@ -202,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp) / "sft"
         metrics = train_sft(base, examples, out, config)
         console.print(f"SFT: {metrics}")
+        if args.contrast_lr is not None:
+            out = contrast(args, snapshot, out, Path(tmp) / "contrast", console)
         after = held_out_evaluation(out, prompts, held_out, tokens)
         print_gate_figures(
             console, base, out, prompts, settings, suite_ground, kl=args.kl, gates=args.gates
@@ -215,6 +230,33 @@ def main(argv: list[str] | None = None) -> int:
             f"[bold]{q.question}[/]\n  before: {b.text[:160]!r}\n  after:  {a.text[:160]!r}"
         )
     return 0
+
+
+def contrast(
+    args: argparse.Namespace, snapshot: Snapshot, sft_dir: Path, out: Path, console: Console
+) -> Path:
+    """The contrast stage on the SFT model ``sft_dir``, as the cycle runs it (the demo
+    preset's settings, changed by the options given); the model it trained."""
+    changes = {
+        "learning_rate": args.contrast_lr,
+        "epochs": args.contrast_epochs,
+        "beta": args.contrast_beta,
+        "max_pairs": args.contrast_max_pairs,
+    }
+    config = ContrastStageConfig.model_validate(
+        TrainCycleConfig.for_size("demo").contrast.model_dump()
+        | {k: v for k, v in changes.items() if v is not None}
+    )
+    pairs = contrast_pairs(snapshot.sft_examples, snapshot.train_pairs, max_pairs=config.max_pairs)
+    declines = sum(is_refusal(p.chosen) for p in pairs)
+    t0 = time.monotonic()
+    history = train_dpo(sft_dir, pairs, out, config)
+    console.print(
+        f"contrast: {len(pairs)} pairs ({declines} where the refusal wins), {config};"
+        f" loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f},"
+        f" {time.monotonic() - t0:.0f} s"
+    )
+    return out
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from transformers import AutoTokenizer
 
 from feedback.prompting import GROUNDING_INSTRUCTIONS
 from tests.training.synthetic import grounded, make_pairs
-from training.lengths import conversation_tokens, cut_to_fit, fitting
+from training.lengths import conversation_tokens, cut_pairs_to_fit, cut_to_fit, fitting
 from training.reward import encode, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.sft import train_sft
 from training.sft_config import SftStageConfig
-from training.snapshot import SftExample
+from training.snapshot import Pair, SftExample
 
 
 def test_only_pairs_that_fit_are_kept(tiny_model_dir: Path) -> None:
@@ -111,3 +111,35 @@ def test_sft_cuts_the_least_relevant_sources_of_a_long_correction(
     result = train_sft(tiny_model_dir, examples, tmp_path / "sft", config, progress=False)
     assert (result["sft_examples"], result["sft_truncated"], result["sft_too_long"]) == (4, 1, 1)
     assert (tmp_path / "sft" / "config.json").exists()
+
+
+def test_dpo_cuts_a_long_pairs_sources_by_the_longer_reply(tiny_model_dir: Path) -> None:
+    """A DPO pair whose grounded prompt is too long loses its last source, not the end of
+    a reply (TRL's own truncation would cut the longer reply): both replies stay whole,
+    with the system header and the question."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    question = "How many days of leave do I get?"
+    short = "25 days."
+    long = "According to the handbook [1]: 25 days of paid leave per year, and more."
+    max_length = conversation_tokens(tok, grounded(question, n_sources=3, turns=0), long)
+    prompt = grounded(question, n_sources=4, turns=0)
+    # The longer reply decides the cut, whichever side it is on.
+    pairs = [
+        Pair(prompt, short, long, "rejected-longer"),
+        Pair(prompt, long, short, "chosen-longer"),
+    ]
+
+    fitted = cut_pairs_to_fit(tok, pairs, max_length)
+    assert (len(fitted.kept), fitted.truncated, fitted.too_long) == (2, 2, 0)
+    for before, after in zip(pairs, fitted.kept, strict=True):
+        assert (after.chosen, after.rejected) == (before.chosen, before.rejected)
+        assert after.conversation_id == before.conversation_id
+        system = after.prompt[0]["content"]
+        assert system.startswith(GROUNDING_INSTRUCTIONS)
+        assert "[3] Doc 3" in system and "[4] Doc 4" not in system
+        assert after.prompt[-1]["content"] == question
+        assert conversation_tokens(tok, after.prompt, long) <= max_length
+    # Cut by the shorter reply instead, the longer one would not fit.
+    assert cut_to_fit(tok, [SftExample(prompt, short, "s")], max_length).kept[0].prompt != (
+        fitted.kept[0].prompt
+    )
