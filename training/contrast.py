@@ -2,7 +2,7 @@
 
 SFT imitates the corrections, the refusals of out-of-policy requests among them, and
 learns with them a prior to decline: sampled, some of its replies decline ordinary
-handbook questions, and each such reply costs the KL gate about 87 nats against the
+handbook questions, and each such reply costs the KL gate 60 to 90 nats against the
 base, which never declines one (training/RECIPES.md, "Where the KL gate's nats go").
 SFT alone cannot say where a refusal does not belong; a preference can. The contrast
 pairs, trained with DPO after SFT (the ``contrast`` stage):
