@@ -114,15 +114,17 @@ def test_sft_cuts_the_least_relevant_sources_of_a_long_correction(
 
 
 def test_dpo_cuts_a_long_pairs_sources_by_the_longer_reply(tiny_model_dir: Path) -> None:
-    """A DPO pair whose grounded prompt is too long loses its last source, not the end of
-    a reply (TRL's own truncation would cut the longer reply): both replies stay whole,
-    with the system header and the question."""
+    """A DPO pair whose grounded prompt fits with its shorter reply but not with its
+    longer one loses its last source, not the end of the longer reply (TRL's own
+    truncation would cut it): both replies stay whole, with the system header and
+    the question."""
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     question = "How many days of leave do I get?"
     short = "25 days."
     long = "According to the handbook [1]: 25 days of paid leave per year, and more."
-    max_length = conversation_tokens(tok, grounded(question, n_sources=3, turns=0), long)
     prompt = grounded(question, n_sources=4, turns=0)
+    max_length = conversation_tokens(tok, prompt, short)  # the shorter reply just fits
+    assert conversation_tokens(tok, prompt, long) > max_length
     # The longer reply decides the cut, whichever side it is on.
     pairs = [
         Pair(prompt, short, long, "rejected-longer"),
@@ -139,7 +141,5 @@ def test_dpo_cuts_a_long_pairs_sources_by_the_longer_reply(tiny_model_dir: Path)
         assert "[3] Doc 3" in system and "[4] Doc 4" not in system
         assert after.prompt[-1]["content"] == question
         assert conversation_tokens(tok, after.prompt, long) <= max_length
-    # Cut by the shorter reply instead, the longer one would not fit.
-    assert cut_to_fit(tok, [SftExample(prompt, short, "s")], max_length).kept[0].prompt != (
-        fitted.kept[0].prompt
-    )
+    # Cut by the shorter reply, nothing would have been cut.
+    assert cut_to_fit(tok, [SftExample(prompt, short, "s")], max_length).truncated == 0
