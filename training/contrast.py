@@ -42,6 +42,9 @@ def contrast_pairs(
     if not refusals:
         return []
     rng = random.Random(seed)
+    first: dict[str, SftExample] = {}  # one answer per prompt: a prompt answered twice
+    for e in examples:  # is contrasted with a refusal once
+        first.setdefault(repr(e.prompt), e)
     answers = [
         Pair(
             prompt=e.prompt,
@@ -51,7 +54,7 @@ def contrast_pairs(
             created_at=e.created_at,
             provenance=e.provenance,
         )
-        for e in _unique_prompts(examples)
+        for e in first.values()
         if not is_refusal(e.completion)
     ]
     declines = [p for p in pairs if is_refusal(p.chosen) and not is_refusal(p.rejected)]
@@ -61,17 +64,4 @@ def contrast_pairs(
         answers = rng.sample(answers, min(len(answers), max_pairs - n_declines))
     out = answers + declines
     rng.shuffle(out)
-    return out
-
-
-def _unique_prompts(examples: Sequence[SftExample]) -> list[SftExample]:
-    """One example per prompt (the first): a prompt answered twice would be contrasted
-    with a refusal twice."""
-    seen: set[str] = set()
-    out = []
-    for e in examples:
-        key = repr(e.prompt)
-        if key not in seen:
-            seen.add(key)
-            out.append(e)
     return out
