@@ -35,6 +35,8 @@ def train_dpo(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    from training.shared_prompt import SharedPromptDPOTrainer
+
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     fitted = cut_pairs_to_fit(tokenizer, pairs, config.max_length)
     logger.info(
@@ -69,7 +71,8 @@ def train_dpo(
         progress=progress,
         beta=config.beta,
     )
-    trainer = DPOTrainer(
+    trainer_class = SharedPromptDPOTrainer if config.pack_pairs else DPOTrainer
+    trainer = trainer_class(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     trainer.train()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from training.source_weights import SourceWeights
-from training.step_config import StepShape
+from training.step_config import PairStepShape
 
 
-class DpoStageConfig(StepShape):
+class DpoStageConfig(PairStepShape):
     epochs: float = Field(default=1.0, gt=0, description="Passes over the training pairs.")
     learning_rate: float = Field(default=5e-6, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(default=4, ge=1, description="Pairs per optimizer step.")

@@ -353,6 +353,8 @@ def _fit(
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
+    from training.shared_prompt import SharedPromptRewardTrainer
+
     # The new score head is drawn as the model loads, before the trainer seeds anything:
     # seeded here, a cycle's reward model is the same on a rerun, not partly luck.
     set_seed(seed)
@@ -379,7 +381,8 @@ def _fit(
         progress=progress,
         **extra,
     )
-    trainer = RewardTrainer(
+    trainer_class = SharedPromptRewardTrainer if config.pack_pairs else RewardTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),

@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from training.source_weights import SourceWeights
-from training.step_config import StepShape
+from training.step_config import PairStepShape
 
 
-class RewardStageConfig(StepShape):
+class RewardStageConfig(PairStepShape):
     init: Literal["parent", "previous"] = Field(
         default="parent",
         description="Weights to start from: the parent policy's, under a new score head"

@@ -50,3 +50,14 @@ class StepShape(BaseModel):
         if self.gradient_checkpointing is not None:
             args["gradient_checkpointing"] = self.gradient_checkpointing
         return args
+
+
+class PairStepShape(StepShape):
+    """A step over preference pairs (the reward model and judge, DPO)."""
+
+    pack_pairs: bool = Field(
+        default=True,
+        description="Run each pair as one sequence, the prompt once and both replies after it"
+        " (training/shared_prompt.py): the same outputs and gradients as TRL's two sequences"
+        " a pair, with the prompt's share of the compute spent once. False: TRL's own.",
+    )

@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contrast-epochs", type=float, default=None)
     parser.add_argument("--contrast-beta", type=float, default=None)
     parser.add_argument("--contrast-max-pairs", type=int, default=None)
+    parser.add_argument(
+        "--no-pack-pairs",
+        dest="pack_pairs",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="the reward model's and contrast's pairs as TRL's two sequences, not packed",
+    )
     parser.add_argument("--tokens", type=int, default=None, help="reply length (the demo's)")
     parser.add_argument("--kl", action="store_true", help="also measure the KL gate's figure")
     parser.add_argument(
@@ -242,6 +249,7 @@ def contrast(
         "epochs": args.contrast_epochs,
         "beta": args.contrast_beta,
         "max_pairs": args.contrast_max_pairs,
+        "pack_pairs": getattr(args, "pack_pairs", None),
     }
     config = ContrastStageConfig.model_validate(
         TrainCycleConfig.for_size("demo").contrast.model_dump()
