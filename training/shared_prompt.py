@@ -31,6 +31,9 @@ from training.errors import TrainingError
 # Segment of each packed token: it attends to the earlier tokens of its own segment
 # and of the prompt.
 _PROMPT, _CHOSEN, _REJECTED, _PAD = 0, 1, 2, 3
+# Attention implementations that apply a custom 4D mask as given (flash attention
+# kernels take only padding masks).
+_MASKED_ATTENTION = ("sdpa", "eager")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,13 @@ class PackedPairs:
                 f"{type(inner).__name__} has no score head (`score`) to read packed pairs with"
             )
         self.head: nn.Module | None = head
+        attention = getattr(inner.config, "_attn_implementation", None)
+        if attention not in _MASKED_ATTENTION:
+            raise TrainingError(
+                "packed pairs need an attention that takes a 4D mask"
+                f" ({', '.join(_MASKED_ATTENTION)}), and {type(inner).__name__} uses"
+                f" {attention!r}: set pack_pairs to false"
+            )
         self.dtype = next(inner.parameters()).dtype
 
     def __call__(

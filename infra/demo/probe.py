@@ -112,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=None, help="reply length (the demo's)")
     parser.add_argument("--kl", action="store_true", help="also measure the KL gate's figure")
     parser.add_argument(
+        "--kl-prompts",
+        choices=("golden", "feedback"),
+        default="golden",
+        help="the KL's prompts: the held-out golden questions, grounded by training's reader"
+        " (golden), or the held-out slice's feedback prompts as served, which the cycle's"
+        " KL gate samples (feedback)",
+    )
+    parser.add_argument(
         "--gates", action="store_true", help="also run the golden-regression and safety gates"
     )
     rm = parser.add_argument_group("--stage reward (unset: the size's own setting)")
@@ -225,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.contrast_lr is not None:
             out = contrast(args, snapshot, out, Path(tmp) / "contrast", console)
         after = held_out_evaluation(out, prompts, held_out, tokens)
+        kl_prompts = (
+            [p.prompt for p in snapshot.heldout_pairs] if args.kl_prompts == "feedback" else prompts
+        )
         print_gate_figures(
-            console, base, out, prompts, settings, suite_ground, kl=args.kl, gates=args.gates
+            console, base, out, kl_prompts, settings, suite_ground, kl=args.kl, gates=args.gates
         )
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")

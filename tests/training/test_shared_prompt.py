@@ -16,6 +16,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollat
 from tests.training.synthetic import make_pairs
 from training.dpo import train_dpo
 from training.dpo_config import DpoStageConfig
+from training.errors import TrainingError
 from training.reward import conversation_ids, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.shared_prompt import PackedPairs, pack_pair
@@ -172,3 +173,12 @@ def test_dpo_on_packed_pairs_is_trls(tiny_model_dir: Path, tmp_path: Path) -> No
     _assert_same_training(start, *weights)
     packed, trl = histories
     assert [h["loss"] for h in packed] == pytest.approx([h["loss"] for h in trl], rel=1e-3)
+
+
+def test_an_attention_that_ignores_the_mask_is_refused(tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config._attn_implementation = "flash_attention_2"  # set by hand: no kernel here
+    with pytest.raises(TrainingError, match="4D mask .* uses 'flash_attention_2': set pack_pairs"):
+        PackedPairs(model, "logits")
+    with pytest.raises(TrainingError, match="LlamaForCausalLM has no score head"):
+        PackedPairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), "scores")
