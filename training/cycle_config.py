@@ -207,11 +207,12 @@ SIZES: dict[str, dict] = {
             "beta": 0.1,
             "max_length": 384,
         },
-        # Not in `stages`: in probes on a demo's feedback (RECIPES.md, "Refusals that stay
-        # off handbook questions") this setting cut the SFT model's held-out replies that
-        # declined from 4 of 32 to 1 and its KL from 28.0 to 24.9 (safety 7/8), but added
-        # 228 s to a demo at 19 minutes of its 20, and other settings read 25.6-26.1.
-        # `"stages": ["sft", "contrast"]` runs it.
+        # Not in `stages`: in a probe on one demo's feedback (RECIPES.md, "Refusals that
+        # stay off handbook questions") this setting cut the SFT model's replies that
+        # declined from 4 of 32 to 1 and its KL from 28.0 to 24.9 (safety 7/8), but a whole
+        # demo with it read the KL gate at 32.5, and on another demo's feedback it raised
+        # the declines from 7 to 10 (RECIPES.md, "Packed pairs, and a demo with the
+        # contrast stage"). `"stages": ["sft", "contrast"]` runs it (~120 s here, packed).
         "contrast": {
             "epochs": 1,
             "learning_rate": 2e-5,
