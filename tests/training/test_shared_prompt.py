@@ -71,6 +71,12 @@ def test_packed_scores_and_gradients_are_the_two_sequences(tiny_model_dir: Path,
     nn.init.normal_(model.score.weight, std=1.0)  # scores far enough apart to compare
     rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in _conversations(tokenizer, 3)]
     batch = RewardCollator(tokenizer.pad_token_id)(rows)
+    for pair, row in zip(make_pairs(3), rows, strict=True):  # the prompt is packed once
+        text = tokenizer.apply_chat_template(
+            pair.prompt, tokenize=False, add_generation_prompt=True
+        )
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert pack_pair(row["chosen_ids"], row["rejected_ids"]).shared >= len(prompt) > 8
 
     def loss(scores: torch.Tensor) -> torch.Tensor:
         chosen, rejected = scores.squeeze(-1).chunk(2)
