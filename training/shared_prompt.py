@@ -118,7 +118,7 @@ class PackedPairs:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool = False
     ) -> Any:
         n_pairs = input_ids.shape[0] // 2
-        lengths = attention_mask.sum(dim=1).tolist()
+        lengths = attention_mask.sum(dim=1).tolist()  # TRL's collators pad on the right
         rows = [input_ids[i, : lengths[i]].tolist() for i in range(2 * n_pairs)]
         packed = [pack_pair(rows[i], rows[n_pairs + i]) for i in range(n_pairs)]
         width = max(len(p.input_ids) for p in packed)
