@@ -21,6 +21,7 @@ from infra.demo.settings import CHUNK_SIZE, RETRIEVAL_K, DemoSettings
 from tests.bench.conftest import on_base_model, print_table, ratio, save_json
 from training.dpo import train_dpo
 from training.dpo_config import DpoStageConfig
+from training.kb_reader import KbChunk
 from training.reward import train_reward_model
 from training.reward_config import RewardStageConfig
 from training.snapshot import Pair
@@ -29,11 +30,6 @@ pytestmark = pytest.mark.bench
 
 PAIRS = 16 if on_base_model() else 32
 ROUNDS = 2
-
-
-class Passage:
-    def __init__(self, source_path: str, text: str) -> None:
-        self.title, self.source_path, self.text = source_path, source_path, text
 
 
 def handbook_pairs(n: int) -> list[Pair]:
@@ -46,7 +42,7 @@ def handbook_pairs(n: int) -> list[Pair]:
     for i in range(n):
         question, other = questions[i % len(questions)], questions[(i + 7) % len(questions)]
         passages = [
-            Passage(q.source, " ".join(document_lines(kb, q.source))[:CHUNK_SIZE])
+            KbChunk(q.source, q.source, " ".join(document_lines(kb, q.source))[:CHUNK_SIZE])
             for q in (question, other)[:RETRIEVAL_K]
         ]
         prompt = grounded_messages([{"role": "user", "content": question.question}], passages)
