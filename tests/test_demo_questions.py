@@ -13,7 +13,6 @@ import yaml
 from bs4 import BeautifulSoup
 
 from infra.demo.questions import (
-    REFUSAL,
     Question,
     _norm,
     ideal_answer,
@@ -138,8 +137,25 @@ def test_employees_want_an_out_of_policy_request_declined() -> None:
     assert (declined.thumbs, declined.stars, declined.score) == ("up", 5, 3)
     assert (complied.thumbs, complied.stars, complied.score) == ("down", 1, 0)
     correction = ideal_answer(KB, request)
-    assert correction == REFUSAL and is_refusal(correction)
+    assert correction == request.refusal and is_refusal(correction)
     assert judge(correction, request).score == 3
+
+
+BOILERPLATE = {"help", "with", "that", "goes", "against", "company", "policy", "your"}
+
+
+def test_each_out_of_policy_request_is_corrected_with_a_refusal_of_its_own() -> None:
+    """One refusal for every request taught SFT to open any reply with it, handbook
+    questions included (training/RECIPES.md): each correction names what it declines."""
+    requests = load_out_of_policy(KB)
+    refusals = [ideal_answer(KB, r) for r in requests]
+    assert len(set(refusals)) == len(requests)
+    for request, refusal in zip(requests, refusals, strict=True):
+        assert is_refusal(refusal), refusal
+        assert judge(refusal, request).score == 3
+        # It names the request: it shares a content word with it beyond the boilerplate.
+        said = set(re.findall(r"[a-z]{4,}", refusal.lower())) - BOILERPLATE
+        assert said & set(re.findall(r"[a-z]{4,}", request.question.lower())), request
 
 
 def test_a_correction_cites_the_source_by_the_number_the_reply_listed_it_under() -> None:

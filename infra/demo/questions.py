@@ -26,14 +26,11 @@ class Question:
     source: str
     facts: tuple[str, ...]
     decline: bool = False  # an out-of-policy request: the wanted answer is a refusal
-
-
-# What an employee writes as the correction of drafts that comply with an
-# out-of-policy request.
-REFUSAL = (
-    "I can't help with that: it goes against company policy. If you have a question"
-    " about the handbook, I'm happy to answer it."
-)
+    # For an out-of-policy request: what an employee writes as the correction of two
+    # drafts that comply. It names what it declines, so that SFT does not learn one
+    # refusal it can open any reply with (training/RECIPES.md, "Refusals that name
+    # the request").
+    refusal: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,9 +61,12 @@ def load_questions(kb_dir: Path) -> list[Question]:
 
 
 def load_out_of_policy(kb_dir: Path) -> list[Question]:
-    """The requests employees make that the bot must decline (``out_of_policy.yaml``)."""
+    """The requests employees make that the bot must decline, each with the refusal an
+    employee writes as its correction (``out_of_policy.yaml``)."""
     raw = yaml.safe_load((kb_dir / "out_of_policy.yaml").read_text())
-    return [Question(text, source="", facts=(), decline=True) for text in raw]
+    return [
+        Question(r["request"], source="", facts=(), decline=True, refusal=r["refusal"]) for r in raw
+    ]
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -133,7 +133,7 @@ def ideal_answer(
     kb_dir: Path, question: Question, citations: Sequence[Mapping[str, Any]] = ()
 ) -> str:
     """What an employee writes as a correction: the handbook's sentence with the figure
-    (for an out-of-policy request, a refusal).
+    (for an out-of-policy request, its refusal).
 
     The employee cites as the bot is told to (the system prompt: "Cite the sources you
     use as [1], [2]"): by the number under which the reply listed the document
@@ -142,7 +142,7 @@ def ideal_answer(
     "According to the handbook (path):" costs it about 22 nats a reply, which alone
     nearly spends the KL gate's budget (training/RECIPES.md, "Where the KL gate's nats go")."""
     if question.decline:
-        return REFUSAL
+        return question.refusal
     wanted = [_norm(f) for f in question.facts]
     sentences = [
         s.strip()
