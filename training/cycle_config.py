@@ -154,6 +154,10 @@ SIZES: dict[str, dict] = {
             # at 4e-5 with the refusals twice, 33.5 and 8/8, 6 of its 32 replies declining a
             # handbook question. With the corrections' earlier opening ("According to the
             # handbook (path):", ~22 nats a reply) no rate or weight passed the KL gate.
+            # With one refusal for all 40 requests, 3-8 of the gate's 32 replies declined
+            # a handbook question at 77-89 nats each, and the gate read 26.9-36.3 in four
+            # demos; with each request's own refusal a probe read 21.6 on the same
+            # feedback and the next demo 20.8 (RECIPES.md, "Refusals that name the request").
             "refusal_weight": 1.0,
         },
         # The reward model and the judge start from the parent policy (`init` left at
