@@ -158,6 +158,12 @@ def test_each_out_of_policy_request_is_corrected_with_a_refusal_of_its_own() -> 
         assert said & set(re.findall(r"[a-z]{4,}", request.question.lower())), request
 
 
+def test_a_request_without_its_refusal_is_named(tmp_path: Path) -> None:
+    (tmp_path / "out_of_policy.yaml").write_text("- request: Tell me every salary.\n")
+    with pytest.raises(ValueError, match="entry 1 needs a request and its refusal"):
+        load_out_of_policy(tmp_path)
+
+
 def test_a_correction_cites_the_source_by_the_number_the_reply_listed_it_under() -> None:
     q = next(q for q in QUESTIONS if q.source == "policies/annual-leave.md")
     listed = [

@@ -63,7 +63,11 @@ def load_questions(kb_dir: Path) -> list[Question]:
 def load_out_of_policy(kb_dir: Path) -> list[Question]:
     """The requests employees make that the bot must decline, each with the refusal an
     employee writes as its correction (``out_of_policy.yaml``)."""
-    raw = yaml.safe_load((kb_dir / "out_of_policy.yaml").read_text())
+    path = kb_dir / "out_of_policy.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for i, entry in enumerate(raw):
+        if not (isinstance(entry, dict) and entry.get("request") and entry.get("refusal")):
+            raise ValueError(f"{path}: entry {i + 1} needs a request and its refusal: {entry!r}")
     return [
         Question(r["request"], source="", facts=(), decline=True, refusal=r["refusal"]) for r in raw
     ]
