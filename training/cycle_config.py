@@ -157,7 +157,8 @@ SIZES: dict[str, dict] = {
             # With one refusal for all 40 requests, 3-8 of the gate's 32 replies declined
             # a handbook question at 77-89 nats each, and the gate read 26.9-36.3 in four
             # demos; with each request's own refusal a probe read 21.6 on the same
-            # feedback and the next demo 20.8 (RECIPES.md, "Refusals that name the request").
+            # feedback and the next two demos 20.8 and 25.9, a decline costing 29-43 nats
+            # (RECIPES.md, "Refusals that name the request").
             "refusal_weight": 1.0,
         },
         # The reward model and the judge start from the parent policy (`init` left at
