@@ -236,7 +236,12 @@ class Evaluation:
             "cite_rate": self.cite_rate,
             "mean_score": self.mean_score,
             "answers": [
-                {"question": q.question, "reply": r.text, "score": r.judgement.score}
+                {
+                    "question": q.question,
+                    "reply": r.text,
+                    "score": r.judgement.score,
+                    "message_id": r.message_id,
+                }
                 for q, r in self.rows
             ],
         }

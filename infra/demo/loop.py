@@ -19,10 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from infra.demo.canary_stage import canary_evidence, canary_picks, wait_for_canary, wait_for_picks
 from infra.demo.employees import Employee, Evaluation, evaluate, simulate
 from infra.demo.questions import load_out_of_policy
+from infra.demo.replay import replay_held_out
 from infra.demo.results import CycleRun, DemoResult
 from infra.demo.training_step import promote, run_training_cycle, served_version, wait_for_version
 from ratchet.db import connect
+from serving.backends.machine import engine_dtype
 from training.errors import RegistryError
+from training.registry import get_version
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -56,6 +59,9 @@ class CycleSteps:
         raise NotImplementedError
 
     def _employee(self, name: str) -> Employee:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
         raise NotImplementedError
 
     @property
@@ -254,11 +260,9 @@ class CycleSteps:
 
     def ask_after(self, held_out: list) -> None:
         if self.run_.promotion is None:
-            self.steps.skip(
-                self._cycle("held-out questions after training"), "nothing was promoted"
-            )
             self.cstate["after"] = None
             self._save()
+            self.replay_refused()
             return
         with self.steps.step(self._cycle("held-out questions after training")) as step:
             asker = self._employee(OPERATOR)
@@ -267,6 +271,49 @@ class CycleSteps:
             self.cstate["after"] = self.run_.after.as_dict()
             self._save()
             step.note = f"version {self.run_.after.version}: " + _eval_note(self.run_.after)
+
+    def replay_refused(self) -> None:
+        """Nothing was promoted, so the API never serves the candidate: ask it the
+        held-out questions offline instead (``infra.demo.replay``), from the prompts the
+        API rendered for the served version's answers, beside that version replayed."""
+        cycle, asked = self.run_.cycle, self._served_answers()
+        title = self._cycle("held-out questions after training")
+        with connect(self.database_url) as conn:
+            served = get_version(conn, asked.version) if asked else None
+            candidate = get_version(conn, cycle.version) if cycle and cycle.version else None
+        if asked is None or candidate is None or served is None:
+            why = "no candidate" if candidate is None else "no one version answered before"
+            self.steps.skip(title, f"nothing was promoted; {why} to replay")
+            return
+        title = self._cycle(
+            f"held-out questions replayed offline: {served.id} and the refused {candidate.id}"
+        )
+        with self.steps.step(title) as step:
+            step.update(f"vLLM in this process: {served.id}, then {candidate.id}")
+            replay = replay_held_out(
+                self.database_url,
+                asked,
+                Path(served.path),
+                (candidate.id, Path(candidate.path)),
+                tokens=self.s.reply_tokens(),
+                dtype=engine_dtype(self._env()["RATCHET_DTYPE"]),
+            )
+            self.run_.replay = replay
+            self.cstate["replay"] = replay.as_dict()
+            self._save()
+            step.note = (
+                f"{candidate.id} (not served): {_eval_note(replay.candidate)}; {served.id}"
+                f" replayed: {_eval_note(replay.served)} ({replay.identical} of"
+                f" {len(asked.rows)} replies as the API gave them)"
+            )
+
+    def _served_answers(self) -> Evaluation | None:
+        """The held-out answers the API gave for the version it serves now: the last
+        promoted cycle's, else those from before training."""
+        for run in reversed(self.result.runs[: self.number]):
+            if run.after is not None:
+                return run.after
+        return self.result.before
 
 
 def stored_ratings(database_url: str, users: list[str], since: datetime) -> int:

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from infra.demo.employees import Evaluation
 from infra.demo.results import DemoResult
 
 
@@ -44,7 +45,14 @@ def plots(result: DemoResult) -> list[tuple[str, str]]:
         axes[2].set_title("A/B picks")
         out.append(("Feedback the employees gave", _png(fig)))
     if result.before is not None:
-        out.append(("Held-out questions, before and after (95% Wilson)", _heldout_plot(result)))
+        evals = [("before", result.before)] + ([("after", result.after)] if result.after else [])
+        out.append(("Held-out questions, before and after (95% Wilson)", _heldout_plot(evals)))
+    for number, run in enumerate(result.runs, 1):
+        if run.replay is not None:
+            title = "Held-out questions replayed offline: served vs the refused candidate"
+            evals = [("served", run.replay.served), ("refused", run.replay.candidate)]
+            prefix = f"Cycle {number}: " if len(result.runs) > 1 else ""
+            out.append((f"{prefix}{title} (95% Wilson)", _heldout_plot(evals)))
     if len(result.runs) > 1 and result.before is not None:
         out.append(("Held-out yardstick across versions (95% Wilson)", _versions_plot(result)))
     gates = (result.cycle.gate_report if result.cycle else {}).get("gates", {})
@@ -73,16 +81,15 @@ def plots(result: DemoResult) -> list[tuple[str, str]]:
     return out
 
 
-def _heldout_plot(result: DemoResult) -> str:
-    """The yardstick's rates with Wilson intervals, and the paired test's p-values."""
+def _heldout_plot(evals: list[tuple[str, Evaluation]]) -> str:
+    """The yardstick's rates of one or two evaluations (label, rows) with Wilson
+    intervals, and the paired test's p-values of the second against the first."""
     import matplotlib.pyplot as plt
 
     from infra.demo.yardstick import compare
     from training.stats import wilson_interval
 
-    assert result.before is not None
-    evals = [("before", result.before)] + ([("after", result.after)] if result.after else [])
-    pvalues = compare(result.before, result.after) if result.after is not None else []
+    pvalues = compare(evals[0][1], evals[1][1]) if len(evals) > 1 else []
     fig, ax = plt.subplots(figsize=(6, 3))
     width = 0.35
     for i, (label, ev) in enumerate(evals):

@@ -8,14 +8,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, cast
 
 from rich.console import Console
 
-from infra.demo.employees import Evaluation, Reply
-from infra.demo.questions import Question, judge
+from infra.demo.employees import Evaluation
+from infra.demo.questions import Question
+from infra.demo.replay import greedy_replies, judged
 from ratchet.db import connect
-from serving.backends.machine import bind_engine_threads, machine_dtype
 from training.base_model import cast_weights
 from training.cycle_config import TrainCycleConfig
 from training.evaluate import Policy, unique_prompts
@@ -30,39 +29,17 @@ def held_out_evaluation(
     model_dir: Path, prompts: list[list[dict[str, str]]], questions: list[Question], tokens: int
 ) -> Evaluation:
     """The yardstick's rows for ``model_dir``: one greedy reply per held-out question,
-    from vLLM's engine (as the API serves) in its own process, gone when this returns.
+    from vLLM's engine (as the API serves, ``infra.demo.replay.greedy_replies``).
     A tuned model is first saved as the cycle saves a version (``cast_weights`` to
     ``RATCHET_SAVE_DTYPE``, on a copy): the engine, loading fp32 weights in bf16, would
     round them to nearest, and lose much of what SFT changed (RECIPES.md, "Saving in
     bf16 undid SFT")."""
-    from vllm import LLM, SamplingParams
-
-    bind_engine_threads("all")  # as the API's engine decodes
     with tempfile.TemporaryDirectory(prefix="ratchet-served-") as tmp:
         served = Path(tmp) / model_dir.name
         shutil.copytree(model_dir, served)
         cast_weights(served, TrainingSettings().save_dtype)
-        llm = LLM(
-            model=str(served),
-            dtype=machine_dtype(),
-            enforce_eager=True,
-            max_model_len=2048,
-            kv_cache_memory_bytes=2 * 2**30,
-            seed=0,
-            disable_log_stats=True,
-        )
-        try:
-            params = SamplingParams(temperature=0.0, max_tokens=tokens)
-            outputs = llm.chat(cast(Any, prompts), params)
-        finally:
-            llm.llm_engine.engine_core.shutdown()
-            del llm
-    texts = [o.outputs[0].text.strip() for o in outputs]
-    rows = [
-        (q, Reply(text=t, message_id="", model_version=model_dir.name, judgement=judge(t, q)))
-        for q, t in zip(questions, texts, strict=True)
-    ]
-    return Evaluation(version=model_dir.name, rows=rows)
+        replies = greedy_replies(served, prompts, tokens)
+    return judged(model_dir.name, questions, [text for text, _ in replies])
 
 
 def gate_kl(

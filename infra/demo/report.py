@@ -152,6 +152,36 @@ def headline(result: DemoResult) -> list[tuple[str, str]]:
             )
         )
     rows += [(f"cycle {n}: held-out yardstick", line) for n, line, _ in regressions(result)]
+    rows += replay_rows(result)
+    return rows
+
+
+def replay_rows(result: DemoResult) -> list[tuple[str, str]]:
+    """Each refused candidate's held-out answers, asked offline (``infra.demo.replay``),
+    against the served version replayed the same way, and how faithful the replay was."""
+    from infra.demo.yardstick import compare
+
+    rows = []
+    for number, run in enumerate(result.runs, 1):
+        replay = run.replay
+        if replay is None:
+            continue
+        prefix = f"cycle {number}: " if len(result.runs) > 1 else ""
+        served, candidate = replay.served.version, replay.candidate.version
+        for change in compare(replay.served, replay.candidate):
+            rows.append(
+                (
+                    f"{prefix}held-out {change.criterion}, replayed offline:"
+                    f" {served} -> refused {candidate} (95% Wilson)",
+                    change.line(),
+                )
+            )
+        rows.append(
+            (
+                f"{prefix}replay check: {served}'s replayed replies as the API gave them",
+                f"{replay.identical} of {len(replay.served.rows)}, token for token",
+            )
+        )
     return rows
 
 
@@ -230,7 +260,12 @@ def write_html(result: DemoResult, settings: DemoSettings) -> Path:
         for title, data in plots(result)
     )
     answers = ""
-    for label, ev in result.yardstick():
+    replayed = [
+        ("refused candidate, replayed offline (not served)", r.replay.candidate)
+        for r in result.runs
+        if r.replay is not None
+    ]
+    for label, ev in [*result.yardstick(), *replayed]:
         answers += f"<h3>{label} ({esc(ev.version)})</h3><table>"
         answers += "<tr><th>question</th><th>reply</th><th>score</th></tr>"
         answers += "".join(

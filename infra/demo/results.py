@@ -11,13 +11,15 @@ from typing import Any
 
 from infra.demo.employees import Evaluation, Reply, Tally
 from infra.demo.questions import Judgement, Question
+from infra.demo.replay import Replay
 from infra.demo.training_step import CycleOutcome
 
 
 @dataclass
 class CycleRun:
     """One cycle of the demo: the employees' feedback, the training cycle, the canary
-    stage, the promotion, and the held-out answers after it (None: nothing promoted)."""
+    stage, the promotion, and the held-out answers after it (None: nothing promoted;
+    then ``replay`` holds the refused candidate's answers, asked offline)."""
 
     tally: Tally | None = None
     stored_ratings: int = 0
@@ -28,6 +30,7 @@ class CycleRun:
     swap_seconds: float | None = None
     served: str | None = None
     after: Evaluation | None = None
+    replay: Replay | None = None
 
 
 @dataclass
@@ -96,7 +99,10 @@ def evaluation_from(data: dict[str, Any] | None) -> Evaluation | None:
         score = int(a["score"])
         judgement = Judgement(states_fact=score >= 2, cites=score % 2 == 1)
         rows.append(
-            (Question(a["question"], "", ()), Reply(a["reply"], "", data["version"], judgement))
+            (
+                Question(a["question"], "", ()),
+                Reply(a["reply"], a.get("message_id", ""), data["version"], judgement),
+            )
         )
     return Evaluation(version=data["version"], rows=rows)
 
@@ -131,7 +137,17 @@ def run_from(state: dict[str, Any]) -> CycleRun:
         swap_seconds=state.get("swap_seconds"),
         served=state.get("served"),
         after=evaluation_from(state.get("after")),
+        replay=replay_from(state.get("replay")),
     )
+
+
+def replay_from(data: dict[str, Any] | None) -> Replay | None:
+    if not data:
+        return None
+    served, candidate = evaluation_from(data["served"]), evaluation_from(data["candidate"])
+    if served is None or candidate is None:
+        return None
+    return Replay(served=served, candidate=candidate, identical=int(data["identical"]))
 
 
 def cycle_from(data: dict[str, Any] | None) -> CycleOutcome | None:

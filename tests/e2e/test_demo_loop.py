@@ -20,7 +20,9 @@ import pytest
 from rich.console import Console
 
 from infra.demo.driver import OPERATOR, Demo, DemoResult
+from infra.demo.employees import Evaluation
 from infra.demo.report import regressions
+from infra.demo.results import CycleRun
 from infra.demo.settings import DemoSettings
 from infra.local.tansu import Broker, free_port
 from tests.conftest import CACHE
@@ -151,6 +153,7 @@ def test_the_promotion_policy_decides_what_is_served(demo_run) -> None:
         assert result.canary is None and result.promotion is None
         assert first.served == parent[0]  # type: ignore[index]
         assert "not promoted" in page
+        check_replay(first, result.before, cycle.version, page)
         return
     # Offline gates passed: employees picked between canary and production.
     assert result.canary is not None and result.canary["total"] >= result.canary["min_picks"]
@@ -161,6 +164,19 @@ def test_the_promotion_policy_decides_what_is_served(demo_run) -> None:
     else:
         assert result.promotion is None and result.refusal is not None
         assert "A/B picks" in result.refusal and first.served == parent[0]  # type: ignore[index]
+        check_replay(first, result.before, cycle.version, page)
+
+
+def check_replay(run: CycleRun, asked: Evaluation, candidate: str, page: str) -> None:
+    """A refused candidate is asked the held-out questions offline, beside the served
+    version, from the prompts the API rendered for ``asked`` (infra/demo/replay.py)."""
+    assert run.after is None and run.replay is not None
+    assert (run.replay.served.version, run.replay.candidate.version) == (asked.version, candidate)
+    questions = [q.question for q, _ in asked.rows]
+    for ev in (run.replay.served, run.replay.candidate):
+        assert [q.question for q, _ in ev.rows] == questions
+    assert 0 <= run.replay.identical <= len(questions)
+    assert f"refused {candidate}" in page and "replay check" in page
 
 
 def test_a_second_cycle_trains_on_what_the_first_left_serving(demo_run) -> None:
@@ -180,6 +196,10 @@ def test_a_second_cycle_trains_on_what_the_first_left_serving(demo_run) -> None:
         assert result.served == second.cycle.version
     else:
         assert second.after is None and result.served == first.served
+        asked = first.after or result.before
+        assert asked is not None
+        page = (home / "demo" / "report.html").read_text()
+        check_replay(second, asked, second.cycle.version, page)
     # The report compares the second cycle with what was served before it.
     [(number, line, regressed)] = regressions(result)
     assert number == 2 and ("REGRESSED" in line) == regressed

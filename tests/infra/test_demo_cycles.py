@@ -57,3 +57,32 @@ def test_two_cycles_save_apart_and_are_rebuilt_from_state(
     assert "cycle 2 on the held-out yardstick: v0002 -> v0003: REGRESSED" in text
     with pytest.raises(ValueError):
         DemoSettings(cycles=0)
+
+
+def test_a_refused_candidate_replayed_offline_is_reported_and_rebuilt_from_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RATCHET_HOME", str(tmp_path))
+    console = Console(width=200, record=True)
+    demo = Demo(DemoSettings(size="tiny", fresh=True), console)
+    demo.state = {
+        "before": answers("v0001", 0),
+        "cycle": {"version": "v0002", "gates_passed": False},
+        "after": None,
+        "served": "v0001",
+        "replay": {"served": answers("v0001", 0), "candidate": answers("v0002", 3), "identical": 1},
+    }
+    demo._reuse_finished_run()
+    [run] = demo.result.runs
+    assert run.after is None and run.replay is not None and run.replay.identical == 1
+    assert (run.replay.served.fact_rate, run.replay.candidate.fact_rate) == (0.0, 1.0)
+    from infra.demo.report import summarize, write_html
+
+    summarize(console, demo.result, demo.s)
+    text = console.export_text()
+    assert "held-out exact figure, replayed offline: v0001 -> refused v0002" in text
+    assert "0/1 = 0% [0%, 79%] -> 1/1 = 100% [21%, 100%] (+1 -0" in text
+    assert "1 of 1, token for token" in text
+    page = write_html(demo.result, demo.s).read_text()
+    assert "replayed offline: served vs the refused candidate" in page
+    assert "refused candidate, replayed offline (not served) (v0002)" in page
