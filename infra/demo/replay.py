@@ -17,7 +17,9 @@ use it too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -60,29 +62,46 @@ def greedy_replies(
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    bind_engine_threads("all")  # as the API's engine decodes
     as_ids = bool(prompts) and isinstance(prompts[0][0], int)
     longest = max((len(p) for p in prompts), default=0) if as_ids else 0
-    llm = LLM(
-        model=str(model_dir),
-        dtype=dtype or machine_dtype(),
-        enforce_eager=True,
-        max_model_len=max(2048, longest + tokens),
-        kv_cache_memory_bytes=2 * 2**30,
-        seed=0,
-        disable_log_stats=True,
-    )
-    try:
-        params = SamplingParams(temperature=0.0, max_tokens=tokens)
-        if as_ids:
-            requests = [TokensPrompt(prompt_token_ids=list(cast(list[int], p))) for p in prompts]
-            outputs = llm.generate(requests, params, use_tqdm=False)
-        else:
-            outputs = llm.chat(cast(Any, prompts), params, use_tqdm=False)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
+    with _engine_threads():
+        llm = LLM(
+            model=str(model_dir),
+            dtype=dtype or machine_dtype(),
+            enforce_eager=True,
+            max_model_len=max(2048, longest + tokens),
+            kv_cache_memory_bytes=2 * 2**30,
+            seed=0,
+            disable_log_stats=True,
+        )
+        try:
+            params = SamplingParams(temperature=0.0, max_tokens=tokens)
+            if as_ids:
+                ids = [TokensPrompt(prompt_token_ids=list(cast(list[int], p))) for p in prompts]
+                outputs = llm.generate(ids, params, use_tqdm=False)
+            else:
+                outputs = llm.chat(cast(Any, prompts), params, use_tqdm=False)
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
     return [(o.outputs[0].text.strip(), list(o.outputs[0].token_ids)) for o in outputs]
+
+
+@contextlib.contextmanager
+def _engine_threads() -> Iterator[None]:
+    """The engine's threads on every core, as the API's engine decodes; the variable
+    is put back after, so an engine this process starts later (PPO's rollouts in the
+    next cycle) binds as it would have."""
+    name = "VLLM_CPU_OMP_THREADS_BIND"
+    before = os.environ.get(name)
+    bind_engine_threads("all")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def judged(version: str, questions: Sequence[Question], texts: Sequence[str]) -> Evaluation:
