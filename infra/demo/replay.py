@@ -123,8 +123,8 @@ def stored_exchanges(
             "SELECT id, prompt_token_ids, reply_token_ids FROM messages WHERE id = ANY(%s)",
             (list(message_ids),),
         ).fetchall()
-    found = {r[0]: (r[1], r[2]) for r in rows}
-    missing = [m for m in message_ids if not (found.get(m) or (None,))[0]]
+    found = {r[0]: (r[1], r[2]) for r in rows if r[1]}  # stored with its prompt's ids
+    missing = [m for m in message_ids if m not in found]
     if missing:
         raise RuntimeError(
             f"{len(missing)} held-out replies are not stored with their prompt's token ids"
