@@ -71,7 +71,8 @@ class PpoStageConfig(BaseModel):
     )
     vllm_dtype: Literal["auto", "bfloat16", "float32"] = Field(
         default="auto",
-        description="Dtype of the vLLM rollout engine (auto: bf16 on GPUs and AVX-512 CPUs).",
+        description="Dtype of the vLLM rollout engine (auto: bf16 on GPUs and on CPUs with bf16"
+        " instructions, else fp32).",
     )
     vllm_gpu_memory_utilization: float = Field(
         default=0.3,

