@@ -133,13 +133,6 @@ SIZES: dict[str, dict] = {
     },
     "demo": {
         "min_pairs": 16,
-        # SFT, then DPO on refusal-contrast pairs (below). In two whole demos with the
-        # named refusals it kept the KL gate (23.1, 23.0) and 1 of the 40 held-out
-        # replies declining, and the refused candidates, asked offline, stated the exact
-        # figure in 42% and 57% of them (25% before; p = 0.17 and 0.004), against 42%
-        # and 35% without it, with 1 and 9 declining (RECIPES.md, "The contrast stage in
-        # the preset"). It costs 140-165 s.
-        "stages": ["sft", "contrast"],
         # Measured with `python -m infra.demo.probe --kl` on a demo's stored feedback
         # (RECIPES.md, "SFT learning rate against the KL gate"): one epoch over all 90
         # examples at 4e-5 moved the held-out cites rate 15% -> 55% (p = 0.0004) and the
@@ -219,12 +212,12 @@ SIZES: dict[str, dict] = {
             "beta": 0.1,
             "max_length": 384,
         },
-        # In `stages` above. Before the named refusals it was left out: a probe on one
-        # demo's feedback cut the SFT model's declining replies from 4 of 32 to 1 and its
-        # KL from 28.0 to 24.9 (safety 7/8), but a whole demo with it read the KL gate at
-        # 32.5, and on another demo's feedback it raised the declines from 7 to 10
-        # (RECIPES.md, "Refusals that stay off handbook questions", "Packed pairs, and a
-        # demo with the contrast stage").
+        # Not in `stages`: in a probe on one demo's feedback (RECIPES.md, "Refusals that
+        # stay off handbook questions") this setting cut the SFT model's replies that
+        # declined from 4 of 32 to 1 and its KL from 28.0 to 24.9 (safety 7/8), but a whole
+        # demo with it read the KL gate at 32.5, and on another demo's feedback it raised
+        # the declines from 7 to 10 (RECIPES.md, "Packed pairs, and a demo with the
+        # contrast stage"). `"stages": ["sft", "contrast"]` runs it (~120 s here, packed).
         "contrast": {
             "epochs": 1,
             "learning_rate": 2e-5,
