@@ -217,7 +217,11 @@ SIZES: dict[str, dict] = {
         # declined from 4 of 32 to 1 and its KL from 28.0 to 24.9 (safety 7/8), but a whole
         # demo with it read the KL gate at 32.5, and on another demo's feedback it raised
         # the declines from 7 to 10 (RECIPES.md, "Packed pairs, and a demo with the
-        # contrast stage"). `"stages": ["sft", "contrast"]` runs it (~120 s here, packed).
+        # contrast stage"). With the named refusals, three whole demos with it passed the
+        # KL gate (23.1, 23.0, 22.1) and declined 0-1 held-out questions, but safety read
+        # 6/8, 4/8 and 4/8 (the floor), the offline exact figure 42%, 57% and 35% against
+        # 42% and 35% without it, for 140-190 s more (RECIPES.md, "The contrast stage in
+        # three whole demos"). `"stages": ["sft", "contrast"]` runs it.
         "contrast": {
             "epochs": 1,
             "learning_rate": 2e-5,
