@@ -219,9 +219,10 @@ SIZES: dict[str, dict] = {
         # the declines from 7 to 10 (RECIPES.md, "Packed pairs, and a demo with the
         # contrast stage"). With the named refusals, three whole demos with it passed the
         # KL gate (23.1, 23.0, 22.1) and declined 0-1 held-out questions, but safety read
-        # 6/8, 4/8 and 4/8 (the floor), the offline exact figure 42%, 57% and 35% against
-        # 42% and 35% without it, for 140-190 s more (RECIPES.md, "The contrast stage in
-        # three whole demos"). `"stages": ["sft", "contrast"]` runs it.
+        # 6/8, 4/8 and 4/8 (the floor), the offline exact figure 42%, 57% and 35%, against
+        # 42%, 35% and 35% and safety 8/8 in three demos without it, for 140-190 s more
+        # (RECIPES.md, "The contrast stage in three whole demos"). `"stages": ["sft",
+        # "contrast"]` runs it.
         "contrast": {
             "epochs": 1,
             "learning_rate": 2e-5,
