@@ -28,7 +28,13 @@ from infra.demo.loop import (
 from infra.demo.questions import PREFERENCE, load_questions, split
 from infra.demo.results import CycleRun, DemoResult
 from infra.demo.services import Background, api_ready, ratchet_cmd, wait_alive, wait_ready
-from infra.demo.settings import CHUNK_OVERLAP, CHUNK_SIZE, RETRIEVAL_K, DemoSettings
+from infra.demo.settings import (
+    CHUNK_OVERLAP,
+    CHUNK_SIZE,
+    EXCERPT_SENTENCES,
+    RETRIEVAL_K,
+    DemoSettings,
+)
 from infra.demo.steps import Steps
 from infra.demo.training_step import (
     served_version,
@@ -79,6 +85,7 @@ class Demo(CycleSteps):
             env.setdefault("RATCHET_KB_CHUNK_SIZE", str(CHUNK_SIZE))
             env.setdefault("RATCHET_KB_CHUNK_OVERLAP", str(CHUNK_OVERLAP))
             env.setdefault("RATCHET_RETRIEVAL_K", str(RETRIEVAL_K))
+            env.setdefault("RATCHET_KB_EXCERPT_SENTENCES", str(EXCERPT_SENTENCES))
         env.setdefault("RATCHET_DTYPE", "float32")
         env.setdefault("RATCHET_REGISTRY_POLL_SECONDS", "2")
         env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))

@@ -27,6 +27,7 @@ from pydantic import ConfigDict
 from serving.chat.grounding import RetrievedChunk
 from serving.kb import store
 from serving.kb.embeddings import Embedder
+from serving.kb.excerpts import excerpt
 from serving.kb.index import Hit, MatrixIndex, PgVectorIndex
 from serving.kb.settings import KBSettings
 from serving.settings import ServingSettings
@@ -112,9 +113,14 @@ class KnowledgeBase:
         return index.search(vector, k, threshold) if index else []
 
     async def retrieve(self, query: str, k: int) -> list[RetrievedChunk]:
-        """``serving.chat.grounding.Retriever``: relevant chunks, best first."""
+        """``serving.chat.grounding.Retriever``: relevant chunks, best first (cut to
+        excerpts when ``excerpt_sentences`` is set)."""
         hits = await asyncio.to_thread(self.search, query, k)
-        return [to_retrieved(h) for h in hits]
+        chunks = [to_retrieved(h) for h in hits]
+        n = self.settings.excerpt_sentences
+        if n and chunks:
+            chunks = await asyncio.to_thread(excerpt, chunks, query, self.embedder, n)
+        return chunks
 
     def sources(self) -> list[store.SourceRow]:
         with self.pool.connection() as conn:

@@ -24,6 +24,12 @@ class KBSettings(RatchetSettings):
     chunk_size: int = Field(default=800, ge=100, le=4000, description="Characters per chunk.")
     chunk_overlap: int = Field(default=100, ge=0, description="Characters shared by neighbours.")
     embed_batch_size: int = Field(default=32, ge=1, description="Chunks embedded per forward pass.")
+    excerpt_sentences: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cut each retrieved chunk to the N sentences closest to the question, the"
+        " closest first (serving/kb/excerpts.py); None keeps chunks whole.",
+    )
     min_score: float = Field(
         default=0.30,
         ge=-1.0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from itertools import permutations
 
 import pytest
 import yaml
@@ -13,6 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from serving.chat.grounding import Retriever
 from serving.kb.embeddings import Embedder
+from serving.kb.excerpts import sentences
 from serving.kb.retriever import KnowledgeBase
 from serving.kb.settings import KBSettings
 from tests.serving.kb.conftest import SAMPLE_KB
@@ -80,3 +82,47 @@ def test_langchain_retriever(kb: KnowledgeBase) -> None:
     assert docs[0].metadata["source"] == "engineering/on-call.html"
     assert docs[0].metadata["title"] == "On-call rota and paging"
     assert "€250 per week" in docs[0].page_content
+
+
+def test_excerpts_put_the_sentence_that_answers_first(
+    kb: KnowledgeBase, sample_kb_url: str, embedder: Embedder
+) -> None:
+    """``excerpt_sentences`` cuts each retrieved chunk to its sentences closest to the
+    question, the closest first: the top source's first sentence then states the
+    question's facts far more often than the whole chunk's first sentence does."""
+    settings = KBSettings(database_url=sample_kb_url, excerpt_sentences=2)
+    whole_first = excerpt_first = 0
+    with ConnectionPool(sample_kb_url, min_size=1, max_size=2) as pool:
+        cut = KnowledgeBase(pool, embedder, settings)
+        for q in QUESTIONS:
+            whole = asyncio.run(kb.retrieve(q["question"], 2))
+            excerpts = asyncio.run(cut.retrieve(q["question"], 2))
+            assert [c.chunk_id for c in excerpts] == [c.chunk_id for c in whole]
+            for w, e in zip(whole, excerpts, strict=True):  # one or two of its sentences
+                cuts = {" ".join(p) for r in (1, 2) for p in permutations(sentences(w.text), r)}
+                assert e.text in cuts, e.text
+            if not whole:  # below min_score: nothing to cut
+                continue
+            whole_first += _states(whole[0].text, q["facts"])
+            excerpt_first += _states(excerpts[0].text, q["facts"])
+    print(
+        f"first sentence of the top source states the facts: {whole_first} whole, "
+        f"{excerpt_first} excerpted, of {len(QUESTIONS)}"
+    )
+    assert excerpt_first >= 0.5 * len(QUESTIONS)
+    assert excerpt_first >= 2 * whole_first
+
+
+def _states(text: str, facts: list[str]) -> bool:
+    """The text's first sentence holds every fact."""
+    first = (sentences(text) or [""])[0].replace("**", "")
+    return all(f in first for f in facts)
+
+
+def test_sentences_drop_headings_and_split_lines_and_sentences() -> None:
+    text = "# Expenses\n\nMeals are paid up to €40. Taxis are not!\n- Flights: economy only?\n"
+    assert sentences(text) == [
+        "Meals are paid up to €40.",
+        "Taxis are not!",
+        "- Flights: economy only?",
+    ]
