@@ -37,16 +37,16 @@ def sentences(text: str) -> list[str]:
 
 
 def excerpt(
-    chunks: list[RetrievedChunk], query: str, embedder: Embedder, n: int
+    chunks: list[RetrievedChunk], query_vector: np.ndarray, embedder: Embedder, n: int
 ) -> list[RetrievedChunk]:
-    """``chunks`` in the same order, each text cut to its ``n`` sentences closest to
-    ``query``, the closest first. A chunk with no sentence to rank keeps its text."""
+    """``chunks`` in the same order, each text cut to its ``n`` sentences closest to the
+    question (``query_vector``, its embedding), the closest first. A chunk with no
+    sentence to rank keeps its text."""
     split = [sentences(c.text) for c in chunks]
     flat = [s for ss in split for s in ss]
     if not flat:
         return chunks
-    vectors = embedder.embed([query, *flat])
-    scores = vectors[1:] @ vectors[0]
+    scores = embedder.embed(flat) @ query_vector
     out, start = [], 0
     for chunk, ss in zip(chunks, split, strict=True):
         mine = scores[start : start + len(ss)]

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForRetrieverRun,
@@ -101,10 +102,12 @@ class KnowledgeBase:
 
     def search(self, query: str, k: int, *, min_score: float | None = None) -> list[Hit]:
         """The ``k`` best chunks for ``query`` scoring at least ``min_score`` (blocking)."""
-        threshold = self.settings.min_score if min_score is None else min_score
         if not query.strip():
             return []
-        vector = self.embedder.embed([query])[0]
+        return self._search(self.embedder.embed([query])[0], k, min_score)
+
+    def _search(self, vector: np.ndarray, k: int, min_score: float | None = None) -> list[Hit]:
+        threshold = self.settings.min_score if min_score is None else min_score
         if self._pgvector is not None:
             with self.pool.connection() as conn:
                 return self._pgvector.search_with(conn, vector, k, threshold)
@@ -115,12 +118,15 @@ class KnowledgeBase:
     async def retrieve(self, query: str, k: int) -> list[RetrievedChunk]:
         """``serving.chat.grounding.Retriever``: relevant chunks, best first (cut to
         excerpts when ``excerpt_sentences`` is set)."""
-        hits = await asyncio.to_thread(self.search, query, k)
-        chunks = [to_retrieved(h) for h in hits]
+        return await asyncio.to_thread(self._retrieve, query, k)
+
+    def _retrieve(self, query: str, k: int) -> list[RetrievedChunk]:
+        if not query.strip():
+            return []
+        vector = self.embedder.embed([query])[0]
+        chunks = [to_retrieved(h) for h in self._search(vector, k)]
         n = self.settings.excerpt_sentences
-        if n and chunks:
-            chunks = await asyncio.to_thread(excerpt, chunks, query, self.embedder, n)
-        return chunks
+        return excerpt(chunks, vector, self.embedder, n) if n and chunks else chunks
 
     def sources(self) -> list[store.SourceRow]:
         with self.pool.connection() as conn:
