@@ -72,7 +72,7 @@ class VllmRollouts:
         else:
             kwargs["kv_cache_memory_bytes"] = int(config.vllm_kv_cache_gib * 2**30)
         threads = torch.get_num_threads()  # vLLM's CPU worker lowers them for serving
-        with _in_process_engine():
+        with in_process_engine():
             self.llm = LLM(
                 model=str(model_dir),
                 enforce_eager=True,
@@ -135,9 +135,7 @@ class VllmRollouts:
 
     def sync(self, policy: nn.Module) -> None:
         """Copy the policy's weights into the engine (in memory), then drop stale KV."""
-        weights = iter(list(policy.state_dict().items()))
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        self.llm.reset_prefix_cache()
+        load_weights_in_place(self.llm, weights=iter(list(policy.state_dict().items())))
 
     def prompt_logprobs(self, token_ids: Sequence[int]) -> list[float]:
         """The engine's log-probability of each token of ``token_ids`` after the first."""
@@ -201,8 +199,36 @@ def make_rollouts(
     return VllmRollouts(model_dir, tokenizer, config, placement)
 
 
+def load_weights_in_place(
+    llm: Any, *, weights: Iterator[tuple[str, torch.Tensor]] | None = None, path: Path | None = None
+) -> None:
+    """New weights into ``llm``'s model, from ``weights`` (name, tensor) or from the
+    checkpoint in ``path``; then its prefix cache, keys and values of the old weights,
+    is emptied.
+
+    A checkpoint saved with the output layer tied to the input embeddings (SmolLM2's
+    and the tiny model's ``lm_head``) holds no output layer, and vLLM's in-place reload
+    (0.32) then leaves it as it was: on a CPU its matrix product keeps the old
+    embeddings, packed for the CPU's kernels when the engine started, and the engine
+    decodes with the old model's output layer (a policy's ``state_dict`` names
+    ``lm_head`` and is not affected). Here it is tied to the new embeddings and packed
+    again. ``llm`` runs in this process (:func:`in_process_engine`): that is a function
+    run on the model, which cannot be sent to an engine in another process."""
+    kwargs = {"weights_iterator": weights} if weights is not None else {"weights_path": str(path)}
+    llm.collective_rpc("reload_weights", kwargs=kwargs)
+    llm.apply_model(_tie_output_layer)
+    llm.reset_prefix_cache()
+
+
+def _tie_output_layer(model: Any) -> None:
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        head = model.lm_head
+        head.weight = model.model.embed_tokens.weight
+        head.quant_method.process_weights_after_loading(head)  # on a CPU: packs it again
+
+
 @contextlib.contextmanager
-def _in_process_engine() -> Iterator[None]:
+def in_process_engine() -> Iterator[None]:
     """vLLM's engine core in this process (V1 otherwise starts it in another), so
     weights can be handed over without serialising them."""
     old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")

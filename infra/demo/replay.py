@@ -12,12 +12,15 @@ many of the served version's replayed replies equal, token for token, what the
 API returned: how faithful the replay is to serving.
 
 :func:`greedy_replies` is that engine call; the probes (``infra.demo.probe_checks``)
-use it too.
+use it too. The replay starts one engine, in this process, on the served version,
+and loads the candidate's weights into it (:func:`greedy_replies_each`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from infra.demo.employees import Evaluation, Reply
 from infra.demo.questions import Question, judge
 from ratchet.db import connect
 from serving.backends.machine import EngineDtype, bind_engine_threads, machine_dtype
+from training.rollouts import in_process_engine, load_weights_in_place
 
 Messages = list[dict[str, str]]
 
@@ -59,32 +63,79 @@ def greedy_replies(
     messages, or token ids as the API rendered them), from vLLM's engine as the API
     decodes (its threads on every core; ``dtype``, else the machine's), started in
     this process and shut down before this returns."""
+    return greedy_replies_each([model_dir], prompts, tokens, dtype=dtype)[0]
+
+
+def greedy_replies_each(
+    model_dirs: Sequence[Path],
+    prompts: Sequence[Messages] | Sequence[list[int]],
+    tokens: int,
+    *,
+    dtype: EngineDtype | None = None,
+) -> list[list[tuple[str, list[int]]]]:
+    """:func:`greedy_replies` of each of ``model_dirs`` in turn, from one engine in
+    this process: it starts on the first, and each next model of the same shape
+    (config and tokenizer) is loaded into it in place, from its directory
+    (``training.rollouts.load_weights_in_place``), which takes a second where an
+    engine's start takes tens. A model of another shape gets an engine of its own."""
+    import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     as_ids = bool(prompts) and isinstance(prompts[0][0], int)
     longest = max((len(p) for p in prompts), default=0) if as_ids else 0
-    with _engine_threads():
-        llm = LLM(
-            model=str(model_dir),
-            dtype=dtype or machine_dtype(),
-            enforce_eager=True,
-            max_model_len=max(2048, longest + tokens),
-            kv_cache_memory_bytes=2 * 2**30,
-            seed=0,
-            disable_log_stats=True,
-        )
+    params = SamplingParams(temperature=0.0, max_tokens=tokens)
+    replies: list[list[tuple[str, list[int]]]] = []
+    llm: Any = None
+    loaded: Path | None = None
+    threads = torch.get_num_threads()  # vLLM's CPU worker sets this process's own
+    with _engine_threads(), in_process_engine():
         try:
-            params = SamplingParams(temperature=0.0, max_tokens=tokens)
-            if as_ids:
-                ids = [TokensPrompt(prompt_token_ids=list(cast(list[int], p))) for p in prompts]
-                outputs = llm.generate(ids, params, use_tqdm=False)
-            else:
-                outputs = llm.chat(cast(Any, prompts), params, use_tqdm=False)
+            for model_dir in model_dirs:
+                if loaded is not None and model_shape(model_dir) == model_shape(loaded):
+                    load_weights_in_place(llm, path=model_dir)
+                else:
+                    _shut_down(llm)
+                    llm = None  # a failed start below must not shut the old engine twice
+                    llm = LLM(
+                        model=str(model_dir),
+                        dtype=dtype or machine_dtype(),
+                        enforce_eager=True,
+                        max_model_len=max(2048, longest + tokens),
+                        kv_cache_memory_bytes=2 * 2**30,
+                        seed=0,
+                        disable_log_stats=True,
+                    )
+                loaded = model_dir
+                if as_ids:
+                    ids = [TokensPrompt(prompt_token_ids=list(cast(list[int], p))) for p in prompts]
+                    outputs = llm.generate(ids, params, use_tqdm=False)
+                else:
+                    outputs = llm.chat(cast(Any, prompts), params, use_tqdm=False)
+                replies.append(
+                    [(o.outputs[0].text.strip(), list(o.outputs[0].token_ids)) for o in outputs]
+                )
         finally:
-            llm.llm_engine.engine_core.shutdown()
+            _shut_down(llm)
             del llm
-    return [(o.outputs[0].text.strip(), list(o.outputs[0].token_ids)) for o in outputs]
+            gc.collect()
+            torch.set_num_threads(threads)
+    return replies
+
+
+def model_shape(model_dir: Path) -> tuple[dict[str, Any], bytes]:
+    """What one engine needs to serve ``model_dir`` as well as another model: its
+    config (less the keys that only say where and how it was saved) and tokenizer."""
+    config = json.loads((model_dir / "config.json").read_text())
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        config.pop(key, None)
+    tokenizer = model_dir / "tokenizer.json"
+    return config, tokenizer.read_bytes() if tokenizer.exists() else b""
+
+
+def _shut_down(llm: Any) -> None:
+    if llm is not None:
+        llm.llm_engine.engine_core.shutdown()
 
 
 @contextlib.contextmanager
@@ -148,9 +199,8 @@ def replay_held_out(
     exchanges = stored_exchanges(database_url, [r.message_id for _, r in asked.rows])
     prompts = [p for p, _ in exchanges]
     questions = [q for q, _ in asked.rows]
-    served = greedy_replies(served_dir, prompts, tokens, dtype=dtype)
     version, candidate_dir = candidate
-    tuned = greedy_replies(candidate_dir, prompts, tokens, dtype=dtype)
+    served, tuned = greedy_replies_each([served_dir, candidate_dir], prompts, tokens, dtype=dtype)
     identical = sum(ids == stored for (_, ids), (_, stored) in zip(served, exchanges, strict=True))
     return Replay(
         served=judged(asked.version, questions, [t for t, _ in served]),

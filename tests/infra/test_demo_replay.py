@@ -4,6 +4,7 @@ the API stores them, with the token ids it rendered and returned."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -16,7 +17,12 @@ from feedback.message_ids import new_message_id
 from feedback.store import write_batch
 from infra.demo.employees import Evaluation, Reply
 from infra.demo.questions import Question, judge
-from infra.demo.replay import greedy_replies, replay_held_out, stored_exchanges
+from infra.demo.replay import (
+    greedy_replies_each,
+    model_shape,
+    replay_held_out,
+    stored_exchanges,
+)
 from serving.backends.base import render_chat
 from tests.fixtures.tiny_model import build_tiny_model
 
@@ -51,7 +57,9 @@ def test_a_replay_asks_the_stored_prompts_and_counts_the_replies_it_reproduces(
     candidate = build_tiny_model(tmp_path / "candidate", seed=1, init_std=0.1)
     tokenizer = AutoTokenizer.from_pretrained(production)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q.question}]) for q in QUESTIONS]
-    served = greedy_replies(production, prompts, TOKENS, dtype="float32")
+    # One engine: started on the candidate, then the production weights loaded into it.
+    # The replay below does the reverse, so each model is asked both ways.
+    alone, served = greedy_replies_each([candidate, production], prompts, TOKENS, dtype="float32")
     assert all(text and ids for text, ids in served)
     # What the API returned: the first two as the replay decodes them, the third not.
     returned = [ids for _, ids in served]
@@ -79,12 +87,15 @@ def test_a_replay_asks_the_stored_prompts_and_counts_the_replies_it_reproduces(
         dtype="float32",
     )
 
+    # The production weights loaded in place gave the replies a fresh engine gives.
     assert replay.identical == 2
     assert (replay.served.version, replay.candidate.version) == ("v0001", "v0002")
     assert [r.text for _, r in replay.served.rows] == [text for text, _ in served]
     assert [q for q, _ in replay.candidate.rows] == QUESTIONS
     # The candidate is another model: its greedy replies to the same prompts differ.
     assert [r.text for _, r in replay.candidate.rows] != [text for text, _ in served]
+    # ... and are the ones it gave from an engine started on it.
+    assert [r.text for _, r in replay.candidate.rows] == [text for text, _ in alone]
     for q, r in [*replay.served.rows, *replay.candidate.rows]:
         assert r.judgement == judge(r.text, q)  # the employees' rule, as through the API
 
@@ -101,3 +112,13 @@ def test_a_reply_stored_without_its_prompt_ids_cannot_be_replayed(database_url: 
         stored_exchanges(database_url, [logged.message_id, bare.message_id])
     with pytest.raises(RuntimeError, match="not stored"):
         stored_exchanges(database_url, [new_message_id("you", "test-secret")])
+
+
+def test_a_model_of_another_config_is_of_another_shape(tmp_path: Path) -> None:
+    first = build_tiny_model(tmp_path / "first", seed=2, init_std=0.1)
+    second = build_tiny_model(tmp_path / "second", seed=1, init_std=0.1)
+    assert model_shape(first) == model_shape(second)  # other weights, one shape
+    config = json.loads((second / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (second / "config.json").write_text(json.dumps(config))
+    assert model_shape(first) != model_shape(second)
