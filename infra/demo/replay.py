@@ -123,14 +123,21 @@ def greedy_replies_each(
     return replies
 
 
-def model_shape(model_dir: Path) -> tuple[dict[str, Any], bytes]:
+def model_shape(model_dir: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
     """What one engine needs to serve ``model_dir`` as well as another model: its
-    config (less the keys that only say where and how it was saved) and tokenizer."""
+    config, tokenizer and chat template, less what only says where and how it was
+    saved or trained (a trained version's config turns ``use_cache`` off, and its
+    tokenizer carries the trainer's padding; neither reaches vLLM's replies)."""
     config = json.loads((model_dir / "config.json").read_text())
-    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"):
         config.pop(key, None)
-    tokenizer = model_dir / "tokenizer.json"
-    return config, tokenizer.read_bytes() if tokenizer.exists() else b""
+    tokenizer_file = model_dir / "tokenizer.json"
+    tokenizer = json.loads(tokenizer_file.read_text()) if tokenizer_file.exists() else {}
+    for key in ("padding", "truncation"):
+        tokenizer.pop(key, None)
+    template_file = model_dir / "chat_template.jinja"
+    template = template_file.read_text() if template_file.exists() else ""
+    return config, tokenizer, template
 
 
 def _shut_down(llm: Any) -> None:

@@ -114,11 +114,20 @@ def test_a_reply_stored_without_its_prompt_ids_cannot_be_replayed(database_url: 
         stored_exchanges(database_url, [new_message_id("you", "test-secret")])
 
 
-def test_a_model_of_another_config_is_of_another_shape(tmp_path: Path) -> None:
+def test_a_trained_version_shares_its_parents_engine_and_another_config_does_not(
+    tmp_path: Path,
+) -> None:
     first = build_tiny_model(tmp_path / "first", seed=2, init_std=0.1)
     second = build_tiny_model(tmp_path / "second", seed=1, init_std=0.1)
     assert model_shape(first) == model_shape(second)  # other weights, one shape
+    # What the cycle's trainers leave in a version they save: not the engine's business.
     config = json.loads((second / "config.json").read_text())
-    config["num_hidden_layers"] += 1
-    (second / "config.json").write_text(json.dumps(config))
+    (second / "config.json").write_text(json.dumps({**config, "use_cache": False}))
+    tokenizer = json.loads((second / "tokenizer.json").read_text())
+    padding = {"strategy": "BatchLongest", "direction": "Left", "pad_id": 2}
+    (second / "tokenizer.json").write_text(json.dumps({**tokenizer, "padding": padding}))
+    assert model_shape(first) == model_shape(second)
+    (second / "config.json").write_text(
+        json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] + 1})
+    )
     assert model_shape(first) != model_shape(second)
