@@ -229,8 +229,9 @@ def _tie_output_layer(model: Any) -> None:
 
 @contextlib.contextmanager
 def in_process_engine() -> Iterator[None]:
-    """vLLM's engine core in this process (V1 otherwise starts it in another), so
-    weights can be handed over without serialising them."""
+    """vLLM's engine core in this process (V1 otherwise starts it in another, which on
+    a CPU imports torch and vLLM again), so weights, and functions run on the model,
+    can be handed over without serialising them."""
     old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:

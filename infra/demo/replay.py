@@ -75,7 +75,7 @@ def greedy_replies_each(
 ) -> list[list[tuple[str, list[int]]]]:
     """:func:`greedy_replies` of each of ``model_dirs`` in turn, from one engine in
     this process: it starts on the first, and each next model of the same shape
-    (config and tokenizer) is loaded into it in place, from its directory
+    (:func:`model_shape`) is loaded into it in place, from its directory
     (``training.rollouts.load_weights_in_place``), which takes a second where an
     engine's start takes tens. A model of another shape gets an engine of its own."""
     import torch
