@@ -173,7 +173,7 @@ SIZES: dict[str, dict] = {
         # two demos' stores the reward model ordered 54 and 55 held-out pairs right where
         # lr 2e-5 and batch 8 ordered 45 of 73 and 49 of 75 (RECIPES.md, "One engine for
         # the offline replay, and excerpts on the bf16 EPYC"). The judge keeps its rate:
-        # the same change read 48 against 44 on one store and 40 of 75 on the other.
+        # the same change read 48 against 44 on one store and 40 against 43 on the other.
         "reward": {
             "epochs": 1,
             "learning_rate": 1e-4,
