@@ -71,7 +71,6 @@ class VllmRollouts:
             kwargs["gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
         else:
             kwargs["kv_cache_memory_bytes"] = int(config.vllm_kv_cache_gib * 2**30)
-        threads = torch.get_num_threads()  # vLLM's CPU worker lowers them for serving
         with in_process_engine():
             self.llm = LLM(
                 model=str(model_dir),
@@ -82,7 +81,6 @@ class VllmRollouts:
                 disable_log_stats=True,
                 **kwargs,
             )
-        torch.set_num_threads(threads)
         self.eos_ids = _eos_ids(tokenizer)
         logger.info("PPO rollouts on vLLM (%s, in process) from %s", self.dtype, model_dir)
 
@@ -231,12 +229,15 @@ def _tie_output_layer(model: Any) -> None:
 def in_process_engine() -> Iterator[None]:
     """vLLM's engine core in this process (V1 otherwise starts it in another, which on
     a CPU imports torch and vLLM again), so weights, and functions run on the model,
-    can be handed over without serialising them."""
+    can be handed over without serialising them. The engine's CPU worker sets this
+    process's torch threads for serving; they are put back on leaving."""
     old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    threads = torch.get_num_threads()
     try:
         yield
     finally:
+        torch.set_num_threads(threads)
         if old is None:
             os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
         else:

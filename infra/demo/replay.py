@@ -78,7 +78,6 @@ def greedy_replies_each(
     (:func:`model_shape`) is loaded into it in place, from its directory
     (``training.rollouts.load_weights_in_place``), which takes a second where an
     engine's start takes tens. A model of another shape gets an engine of its own."""
-    import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -88,7 +87,6 @@ def greedy_replies_each(
     replies: list[list[tuple[str, list[int]]]] = []
     llm: Any = None
     loaded: Path | None = None
-    threads = torch.get_num_threads()  # vLLM's CPU worker sets this process's own
     with _engine_threads(), in_process_engine():
         try:
             for model_dir in model_dirs:
@@ -119,7 +117,6 @@ def greedy_replies_each(
             _shut_down(llm)
             del llm
             gc.collect()
-            torch.set_num_threads(threads)
     return replies
 
 
