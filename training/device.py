@@ -6,13 +6,17 @@
 
 - ``auto`` device: CUDA when present, else the CPU. Under ``accelerate launch``
   (or ``torchrun``) each process takes the GPU of its ``LOCAL_RANK``.
-- ``auto`` precision: ``bf16`` on a GPU that supports it, else ``fp32``.
+- ``auto`` precision: ``bf16`` where the hardware computes it natively (a GPU that
+  supports it, or a CPU with bf16 instructions), else ``fp32``: on a CPU without them,
+  bf16 runs in emulation, about twice as slow as fp32 (RECIPES.md, "Training under
+  bf16 autocast on a CPU with bf16 instructions").
 - ``bf16``: models that train keep fp32 master weights and run their forward
-  passes under bf16 autocast; frozen models (PPO's reference, the reward
-  scorer, the evaluated policies) are loaded in bf16.
-- ``fp32``: models that train are fp32; frozen models keep the checkpoint's
-  dtype (a bf16 checkpoint is scored in bf16), except on a CPU without bf16
-  instructions, where they are fp32.
+  passes under bf16 autocast; frozen policies (PPO's reference, the evaluated
+  policies) are loaded in bf16.
+- ``fp32``: models that train are fp32; frozen policies keep the checkpoint's
+  dtype, except on a CPU without bf16 instructions, where they are fp32.
+
+Reward models score in fp32 under either precision (:attr:`Placement.score_dtype`).
 
 Every stage (SFT, reward model, PPO, DPO, scoring, evaluation) takes its
 device and dtypes from a Placement, and TRL's trainers get theirs through
@@ -57,8 +61,7 @@ class Placement:
                 f"unknown training precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
         if precision == "auto":
-            bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-            precision = "bf16" if bf16_ok else "fp32"
+            precision = "bf16" if _computes_bf16(dev) else "fp32"
         placement = cls(dev, precision)  # type: ignore[arg-type]
         logger.debug("training placement: %s", placement)
         return placement
@@ -78,7 +81,7 @@ class Placement:
 
     @property
     def frozen_dtype(self) -> torch.dtype | str:
-        """Dtype of models that only infer: bf16 under bf16 precision; else the
+        """Dtype of policies that only infer: bf16 under bf16 precision; else the
         checkpoint's own (``"auto"``), except on a CPU without bf16 instructions, where
         a bf16 checkpoint (what Ratchet saves) would compute in emulation, several times
         slower than fp32 (RECIPES.md, "bf16 checkpoints on a CPU without bf16"): fp32 there."""
@@ -87,6 +90,15 @@ class Placement:
         if self.device.type == "cpu" and not hardware.cpu_has_bf16():
             return torch.float32
         return "auto"
+
+    @property
+    def score_dtype(self) -> torch.dtype:
+        """Dtype of reward models that score: fp32 under any precision. A bf16 forward pass
+        moves a score by more than a reward model trained on little feedback tells its
+        pairs apart: the demo's judge, scored in bf16, ordered 27 of 54 held-out pairs
+        right (8 of 20 corrections) and 39 (20 of 20) in fp32 (RECIPES.md, "Training
+        under bf16 autocast on a CPU with bf16 instructions")."""
+        return torch.float32
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on this device, or nothing."""
@@ -104,6 +116,13 @@ class Placement:
 
     def describe(self) -> dict[str, str]:
         return {"device": str(self.device), "precision": self.precision}
+
+
+def _computes_bf16(dev: torch.device) -> bool:
+    """Whether ``dev`` computes bf16 natively, so that autocast is faster than fp32."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return hardware.cpu_has_bf16()
 
 
 def _resolve_device(device: str) -> torch.device:

@@ -36,7 +36,7 @@ class RewardResult:
 
 class RewardScorer:
     """Scores (prompt, reply) pairs with a trained reward model, on ``placement``'s
-    device in its frozen dtype (bf16 on a GPU, the checkpoint's own on the CPU)."""
+    device, in fp32 (:attr:`~training.device.Placement.score_dtype`)."""
 
     def __init__(
         self,
@@ -51,7 +51,7 @@ class RewardScorer:
         self.placement = placement or Placement.resolve()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=1, dtype=self.placement.frozen_dtype
+            model_dir, num_labels=1, dtype=self.placement.score_dtype
         ).to(self.placement.device)
         self.model.eval().requires_grad_(False)
         self.batch_size = batch_size

@@ -61,13 +61,24 @@ def test_auto_resolves_to_the_cpu_here_and_bad_values_are_named() -> None:
     placement = Placement.resolve()
     assert placement.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        assert placement.precision == "fp32"
+        assert placement.precision == ("bf16" if hardware.cpu_has_bf16() else "fp32")
         with pytest.raises(TrainingError, match="no CUDA device"):
             Placement.resolve("cuda")
     with pytest.raises(TrainingError, match="unknown training precision 'fp8'"):
         Placement.resolve("cpu", "fp8")
     with pytest.raises(TrainingError, match="unknown training device 'gpu0'"):
         Placement.resolve("gpu0")
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without bf16 instructions autocast would run bf16 in emulation, slower than fp32."""
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert Placement.resolve("cpu").precision == "fp32"
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    assert Placement.resolve("cpu").precision == "bf16"
+    assert Placement.resolve("cpu", "fp32").precision == "fp32"
 
 
 def test_trl_arguments_carry_the_placement(tmp_path: Path) -> None:
@@ -92,13 +103,13 @@ def test_trl_arguments_carry_the_placement(tmp_path: Path) -> None:
 def test_ppo_step_on_a_bf16_checkpoint(
     bf16_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bf16 policy (value head in bf16), bf16 reference and bf16 scorer: one step (as
-    on a CPU with bf16 instructions, whatever this one has)."""
+    """A bf16 policy (value head in bf16) and bf16 reference, scored by a bf16 checkpoint
+    in fp32: one step (as on a CPU with bf16 instructions, whatever this one has)."""
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     policy_dir, reward_dir = bf16_dirs
     placement = Placement.resolve("cpu", "fp32")
     scorer = RewardScorer(reward_dir, batch_size=4, max_length=64, placement=placement)
-    assert next(scorer.model.parameters()).dtype == torch.bfloat16  # the checkpoint's dtype
+    assert next(scorer.model.parameters()).dtype == torch.float32  # not the checkpoint's
     policy = placement.load_causal_lm(policy_dir, trainable=False)  # bf16, as saved
     reference = placement.load_causal_lm(policy_dir, trainable=False)
     _, _, tokenizer = load_models(policy_dir, policy_dir, placement)
@@ -144,6 +155,32 @@ def test_scorer_and_evaluator_on_a_bf16_checkpoint(
     assert mean_kl(candidate, reference, batches) == pytest.approx(0.0, abs=1e-6)
     scores = RewardScorer(reward_dir, placement=placement).score(prompts(3), texts)
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
+
+
+def test_reward_models_score_in_fp32_under_bf16_precision(
+    bf16_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A bf16 forward pass moves a score by more than a little-trained reward model's
+    margins (RECIPES.md): the scorer computes in fp32 under bf16 precision too, and
+    gives the scores of the fp32 model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, reward_dir = bf16_dirs
+    fp32_dir = tmp_path / "rm-fp32"
+    rm = AutoModelForSequenceClassification.from_pretrained(
+        reward_dir, num_labels=1, dtype=torch.float32
+    )
+    rm.save_pretrained(fp32_dir)
+    AutoTokenizer.from_pretrained(reward_dir).save_pretrained(fp32_dir)
+    asked = prompts(4)
+    replies = ["The deadline is 30 days.", "I am not sure.", "See [1]: 25%.", "No."]
+    bf16 = Placement.resolve("cpu", "bf16")
+    scorer = RewardScorer(fp32_dir, batch_size=4, max_length=64, placement=bf16)
+    assert next(scorer.model.parameters()).dtype == torch.float32
+    in_fp32 = RewardScorer(
+        fp32_dir, batch_size=4, max_length=64, placement=Placement.resolve("cpu", "fp32")
+    ).score(asked, replies)
+    assert scorer.score(asked, replies) == pytest.approx(in_fp32, abs=1e-6)
 
 
 def test_frozen_models_are_fp32_on_a_cpu_without_bf16(
