@@ -12,7 +12,7 @@
   bf16 autocast on a CPU with bf16 instructions").
 - ``bf16``: models that train keep fp32 master weights and run their forward
   passes under bf16 autocast; frozen policies (PPO's reference, the evaluated
-  policies) are loaded in bf16.
+  policies) are loaded in bf16 on a GPU and in their checkpoint's dtype on a CPU.
 - ``fp32``: models that train are fp32; frozen policies keep the checkpoint's
   dtype, except on a CPU without bf16 instructions, where they are fp32.
 
@@ -81,15 +81,18 @@ class Placement:
 
     @property
     def frozen_dtype(self) -> torch.dtype | str:
-        """Dtype of policies that only infer: bf16 under bf16 precision; else the
-        checkpoint's own (``"auto"``), except on a CPU without bf16 instructions, where
-        a bf16 checkpoint (what Ratchet saves) would compute in emulation, several times
-        slower than fp32 (RECIPES.md, "bf16 checkpoints on a CPU without bf16"): fp32 there."""
-        if self.precision == "bf16":
-            return torch.bfloat16
-        if self.device.type == "cpu" and not hardware.cpu_has_bf16():
-            return torch.float32
-        return "auto"
+        """Dtype of policies that only infer. On a GPU: bf16 under bf16 precision, else the
+        checkpoint's own (``"auto"``). On a CPU: the checkpoint's own, so that an fp32
+        model (the SFT model that is PPO's reference) is not rounded to nearest bf16,
+        which loses most of a fine-tune's change (RECIPES.md, "Saving in bf16 undid
+        SFT"); except on a CPU without bf16 instructions under fp32 precision, where a
+        bf16 checkpoint (what Ratchet saves) would compute in emulation, several times
+        slower than fp32 (RECIPES.md, "bf16 checkpoints on a CPU without bf16"): fp32."""
+        if self.device.type == "cpu":
+            if self.precision == "fp32" and not hardware.cpu_has_bf16():
+                return torch.float32
+            return "auto"
+        return torch.bfloat16 if self.precision == "bf16" else "auto"
 
     @property
     def score_dtype(self) -> torch.dtype:

@@ -62,6 +62,7 @@ from training.contrast import contrast_pairs
 from training.contrast_config import ContrastStageConfig
 from training.cycle_config import TrainCycleConfig
 from training.cycle_stages import REWARD_KINDS
+from training.device import Placement
 from training.dpo import train_dpo
 from training.kb_reader import kb_grounder
 from training.refusals import is_refusal
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     before = held_out_evaluation(base, prompts, held_out, tokens)
     with tempfile.TemporaryDirectory(prefix="ratchet-probe-") as tmp:
         out = Path(tmp) / "sft"
-        metrics = train_sft(base, examples, out, config)
+        placement = Placement.resolve(settings.train_device, settings.train_precision)
+        metrics = train_sft(base, examples, out, config, placement=placement)
         console.print(f"SFT: {metrics}")
         if args.contrast_lr is not None:
             out = contrast(args, snapshot, out, Path(tmp) / "contrast", console)

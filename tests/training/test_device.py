@@ -183,6 +183,21 @@ def test_reward_models_score_in_fp32_under_bf16_precision(
     assert scorer.score(asked, replies) == pytest.approx(in_fp32, abs=1e-6)
 
 
+def test_a_cpu_keeps_a_frozen_policys_checkpoint_dtype_under_bf16_precision(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PPO's reference is the fp32 SFT model: rounded to nearest bf16 it would lose most
+    of SFT's change (RECIPES.md, "Saving in bf16 undid SFT"), so on a CPU it stays fp32
+    while the policy trains under bf16 autocast."""
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    bf16 = Placement.resolve("cpu")
+    assert bf16.precision == "bf16"
+    policy, reference, _ = load_models(tiny_model_dir, tiny_model_dir, bf16)
+    assert next(policy.parameters()).dtype == torch.float32
+    assert next(reference.parameters()).dtype == torch.float32
+    assert next(Policy(tiny_model_dir, placement=bf16).model.parameters()).dtype == torch.float32
+
+
 def test_frozen_models_are_fp32_on_a_cpu_without_bf16(
     bf16_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
