@@ -26,6 +26,7 @@ device and dtypes from a Placement, and TRL's trainers get theirs through
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -65,6 +66,10 @@ class Placement:
         placement = cls(dev, precision)  # type: ignore[arg-type]
         logger.debug("training placement: %s", placement)
         return placement
+
+    def in_precision(self, precision: Literal["bf16", "fp32"]) -> Placement:
+        """This device in ``precision`` (a stage that asks for its own)."""
+        return dataclasses.replace(self, precision=precision)
 
     @property
     def on_cuda(self) -> bool:

@@ -60,6 +60,8 @@ def train_sft(
         return {"sft_examples": 0, **counts}
     examples = fitted.kept
     placement = placement or Placement.resolve()
+    if config.precision == "fp32":
+        placement = placement.in_precision("fp32")
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=placement.train_dtype)
     rows = [
         {"prompt": e.prompt, "completion": [{"role": "assistant", "content": e.completion}]}
@@ -85,4 +87,9 @@ def train_sft(
         tokenizer.save_pretrained(out_dir)
     distributed.barrier()
     logger.info("SFT on %d examples: loss %.4f", len(rows), result.training_loss)
-    return {"sft_examples": len(rows), **counts, "sft_loss": result.training_loss}
+    return {
+        "sft_examples": len(rows),
+        **counts,
+        "sft_loss": result.training_loss,
+        "sft_precision": "bf16" if args.bf16 else "fp32",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field
 
@@ -35,6 +36,12 @@ class SftStageConfig(StepShape):
         description="Weight of the examples whose reply declines (the safety gate's rule,"
         " training/refusals.py), times their source's: out-of-policy requests are a small"
         " share of the feedback, and one pass at a rate the KL gate allows may not teach them.",
+    )
+
+    precision: Literal["auto", "fp32"] = Field(
+        default="auto",
+        description="auto: the cycle's training precision (RATCHET_TRAIN_PRECISION); fp32: this"
+        " stage in fp32 whatever that is.",
     )
 
     def refusal_factor(self, example: SftExample) -> float:

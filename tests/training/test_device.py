@@ -21,6 +21,9 @@ from training.ppo import PpoTrainer, load_models
 from training.ppo_config import PpoStageConfig
 from training.reward import RewardScorer
 from training.reward_config import RewardStageConfig
+from training.sft import train_sft
+from training.sft_config import SftStageConfig
+from training.snapshot import SftExample
 
 PPO = PpoStageConfig(
     steps=1, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, max_prompt_length=64
@@ -196,6 +199,22 @@ def test_a_cpu_keeps_a_frozen_policys_checkpoint_dtype_under_bf16_precision(
     assert next(policy.parameters()).dtype == torch.float32
     assert next(reference.parameters()).dtype == torch.float32
     assert next(Policy(tiny_model_dir, placement=bf16).model.parameters()).dtype == torch.float32
+
+
+def test_an_sft_stage_in_fp32_trains_so_under_bf16_precision(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The stage's own precision wins over the cycle's, and the run record says which."""
+    examples = [
+        SftExample(p.prompt, p.chosen, p.conversation_id, p.created_at) for p in make_pairs(4)
+    ]
+    bf16 = Placement.resolve("cpu", "bf16")
+    for precision, trained in (("auto", "bf16"), ("fp32", "fp32")):
+        config = SftStageConfig(min_examples=1, batch_size=4, precision=precision)
+        metrics = train_sft(
+            tiny_model_dir, examples, tmp_path / precision, config, progress=False, placement=bf16
+        )
+        assert metrics["sft_examples"] == 4 and metrics["sft_precision"] == trained
 
 
 def test_frozen_models_are_fp32_on_a_cpu_without_bf16(
