@@ -6,10 +6,11 @@
 
 - ``auto`` device: CUDA when present, else the CPU. Under ``accelerate launch``
   (or ``torchrun``) each process takes the GPU of its ``LOCAL_RANK``.
-- ``auto`` precision: ``bf16`` where the hardware computes it natively (a GPU that
-  supports it, or a CPU with bf16 instructions), else ``fp32``: on a CPU without them,
-  bf16 runs in emulation, about twice as slow as fp32 (RECIPES.md, "Training under
-  bf16 autocast on a CPU with bf16 instructions").
+- ``auto`` precision: ``bf16`` on a GPU that supports it, else ``fp32``. On a CPU
+  without bf16 instructions bf16 runs in emulation, twice as slow as fp32; on one
+  with them autocast is 1.5x faster a step, but four whole demos trained so each
+  lost the safety gate's refusals (RECIPES.md, "Training under bf16 autocast on a
+  CPU with bf16 instructions"): ask for ``bf16`` there to trade that for time.
 - ``bf16``: models that train keep fp32 master weights and run their forward
   passes under bf16 autocast; frozen policies (PPO's reference, the evaluated
   policies) are loaded in bf16 on a GPU and in their checkpoint's dtype on a CPU.
@@ -62,7 +63,8 @@ class Placement:
                 f"unknown training precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
         if precision == "auto":
-            precision = "bf16" if _computes_bf16(dev) else "fp32"
+            bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+            precision = "bf16" if bf16_ok else "fp32"
         placement = cls(dev, precision)  # type: ignore[arg-type]
         logger.debug("training placement: %s", placement)
         return placement
@@ -124,13 +126,6 @@ class Placement:
 
     def describe(self) -> dict[str, str]:
         return {"device": str(self.device), "precision": self.precision}
-
-
-def _computes_bf16(dev: torch.device) -> bool:
-    """Whether ``dev`` computes bf16 natively, so that autocast is faster than fp32."""
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return hardware.cpu_has_bf16()
 
 
 def _resolve_device(device: str) -> torch.device:
