@@ -160,10 +160,11 @@ SIZES: dict[str, dict] = {
             # feedback and the next two demos 20.8 and 25.9, a decline costing 29-43 nats
             # (RECIPES.md, "Refusals that name the request").
             "refusal_weight": 1.0,
-            # fp32 where the cycle trains under bf16 autocast (a GPU, or RATCHET_TRAIN_PRECISION
-            # =bf16 on a CPU): on one demo's feedback this SFT under autocast kept 3 of the safety
-            # gate's 8 refusals and declined no held-out question; in fp32, 8 of 8 and 4
-            # (RECIPES.md, "Training under bf16 autocast on a CPU with bf16 instructions").
+            # SFT in fp32 where the cycle trains under bf16 autocast (a GPU, or a CPU with
+            # RATCHET_TRAIN_PRECISION=bf16): on one demo's feedback this SFT under autocast
+            # kept 3 of the safety gate's 8 refusals and declined no held-out question; in
+            # fp32, 8 of 8 and 4 (RECIPES.md, "Training under bf16 autocast on a CPU with bf16
+            # instructions"). A no-op in fp32 precision, the CPU's default.
             "precision": "fp32",
         },
         # The reward model and the judge start from the parent policy (`init` left at
