@@ -32,7 +32,8 @@ def train_sft(
     least relevant sources first; the system header and the question stay) and is
     left out only if it still does not fit; with fewer than ``min_examples`` left the
     stage is skipped (``sft_examples`` is 0 and nothing is saved). ``sft_truncated``
-    and ``sft_too_long`` count the examples cut and left out."""
+    and ``sft_too_long`` count the examples cut and left out. It trains on
+    ``placement``, in fp32 when ``config.precision`` says so (``sft_precision``)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer

@@ -37,7 +37,6 @@ class SftStageConfig(StepShape):
         " training/refusals.py), times their source's: out-of-policy requests are a small"
         " share of the feedback, and one pass at a rate the KL gate allows may not teach them.",
     )
-
     precision: Literal["auto", "fp32"] = Field(
         default="auto",
         description="auto: the cycle's training precision (RATCHET_TRAIN_PRECISION); fp32: this"
