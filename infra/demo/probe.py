@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     demo = DemoSettings()
     settings = TrainingSettings()
+    placement = Placement.resolve(settings.train_device, settings.train_precision)
     base = (demo.model or Path("models/base")).resolve()
     tokens = args.tokens or demo.reply_tokens()
     _, held_out = split(
@@ -229,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     before = held_out_evaluation(base, prompts, held_out, tokens)
     with tempfile.TemporaryDirectory(prefix="ratchet-probe-") as tmp:
         out = Path(tmp) / "sft"
-        placement = Placement.resolve(settings.train_device, settings.train_precision)
         metrics = train_sft(base, examples, out, config, placement=placement)
         console.print(f"SFT: {metrics}")
         if args.contrast_lr is not None:
