@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from training.device import Placement
-from training.ppo import position_ids, reply_logits_to_keep, reply_logprobs, sample_replies
+from training.ppo import reply_logits, reply_logprobs, sample_replies
 from training.snapshot import Messages
 from training.suites_io import GoldenQuestion
 
@@ -93,12 +93,7 @@ class Policy:
         self, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int
     ) -> torch.Tensor:
         seqs, attn = seqs.to(self.placement.device), attn.to(self.placement.device)
-        logits = self.model(
-            input_ids=seqs,
-            attention_mask=attn,
-            position_ids=position_ids(attn),
-            logits_to_keep=reply_logits_to_keep(seqs, prompt_len),
-        ).logits
+        logits, _ = reply_logits(self.model, seqs, attn, prompt_len)
         mask = attn[:, prompt_len:].float()
         return (reply_logprobs(logits, seqs, prompt_len, 1.0) * mask).sum(1)
 

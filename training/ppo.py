@@ -145,15 +145,9 @@ class PolicyWithValueHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits that predict the reply (from position ``prompt_len - 1`` on: see
         :func:`reply_logits_to_keep`) and a value for every position."""
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            output_hidden_states=True,
-            logits_to_keep=reply_logits_to_keep(input_ids, prompt_len),
-        )
-        values = self.value_head(out.hidden_states[-1]).squeeze(-1)
-        return out.logits, values.float()
+        logits, hidden = reply_logits(self.policy, input_ids, attention_mask, prompt_len)
+        values = self.value_head(hidden).squeeze(-1)
+        return logits, values.float()
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -171,6 +165,34 @@ def reply_logits_to_keep(sequences: torch.Tensor, prompt_len: int) -> int:
     other positions would cost a vocabulary-sized projection each (49,152 x 576 for
     SmolLM2) and predict nothing PPO uses."""
     return sequences.size(1) - prompt_len + 1
+
+
+def reply_logits(
+    policy: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict the reply (:func:`reply_logits_to_keep`), and the final
+    hidden state of every position. The output layer runs in fp32 outside autocast.
+
+    Under bf16 autocast the model's own forward rounds its logits to bf16: a logit of 16-32
+    moves by up to 0.06, noise in every token's log-probability, and so in PPO's ratio and
+    its KL to the reference. The hidden state reaches the head in fp32 (the residual stream
+    of fp32 weights stays fp32 under autocast), so only the head's product is rounded; here
+    it is not. Without autocast and with fp32 weights this is the model's own head."""
+    out = policy.get_decoder()(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+    )
+    hidden = out.last_hidden_state
+    kept = hidden[:, -reply_logits_to_keep(input_ids, prompt_len) :]
+    head = policy.get_output_embeddings()
+    bias = None if head.bias is None else head.bias.float()
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = nn.functional.linear(kept.float(), head.weight.float(), bias)
+    cap = getattr(policy.config, "final_logit_softcapping", None)
+    if cap:  # Gemma's heads squash their logits; Llama's (Ratchet's bases) do not
+        logits = torch.tanh(logits / cap) * cap
+    return logits, hidden
 
 
 def reply_logprobs(
@@ -349,12 +371,7 @@ class PpoTrainer:
             mask = attention[:, prompt_len:].float()
             logits, values = self.model(sequences, attention, prompt_len)
             logprobs = reply_logprobs(logits, sequences, prompt_len, cfg.temperature)
-            ref_logits = self.ref_policy(
-                input_ids=sequences,
-                attention_mask=attention,
-                position_ids=position_ids(attention),
-                logits_to_keep=reply_logits_to_keep(sequences, prompt_len),
-            ).logits
+            ref_logits, _ = reply_logits(self.ref_policy, sequences, attention, prompt_len)
             ref_logprobs = reply_logprobs(ref_logits, sequences, prompt_len, cfg.temperature)
         scores = torch.tensor(
             self.reward_fn(prompts, texts), dtype=torch.float32, device=sequences.device

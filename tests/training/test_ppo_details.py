@@ -20,6 +20,7 @@ from training.ppo import (
     PpoTrainer,
     load_models,
     position_ids,
+    reply_logits,
     reply_logits_to_keep,
     reply_logprobs,
     sample_replies,
@@ -251,3 +252,41 @@ def test_only_the_replys_logits_are_computed_and_they_are_the_same(
         reply_logprobs(kept, sequences, prompt_len, 0.7),
         reply_logprobs(full, sequences, prompt_len, 0.7),
     )
+
+
+def test_under_bf16_autocast_the_replys_logits_come_from_an_fp32_head(
+    tiny_model_dir: Path,
+) -> None:
+    """Under autocast the model's own head rounds its logits to bf16; the policy's, the
+    reference's and the KL gate's come from an fp32 head (``reply_logits``), so a reply's
+    log-probabilities stay close to fp32's. Logits of ~20, as a trained model's."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        policy.get_output_embeddings().weight.mul_(8)
+    sequences = torch.randint(3, 100, (3, 12))
+    attention = torch.ones_like(sequences)
+    prompt_len = 6
+    with torch.no_grad():
+        fp32 = policy(input_ids=sequences, attention_mask=attention).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            own = policy(input_ids=sequences, attention_mask=attention).logits
+            kept, _ = PolicyWithValueHead(policy)(sequences, attention, prompt_len)
+            reference, _ = reply_logits(policy, sequences, attention, prompt_len)
+    assert 10 < fp32.abs().amax(-1).mean() < 40
+    assert own.dtype == torch.bfloat16 and kept.dtype == reference.dtype == torch.float32
+    torch.testing.assert_close(kept, reference)
+
+    def error(logits: torch.Tensor) -> float:
+        return float(
+            (
+                reply_logprobs(logits, sequences, prompt_len, 1.0)
+                - reply_logprobs(fp32, sequences, prompt_len, 1.0)
+            )
+            .abs()
+            .mean()
+        )
+
+    assert error(kept) < error(own) / 2
