@@ -164,7 +164,7 @@ SIZES: dict[str, dict] = {
             # RATCHET_TRAIN_PRECISION=bf16): on one demo's feedback this SFT under autocast
             # kept 3 of the safety gate's 8 refusals and declined no held-out question; in
             # fp32, 8 of 8 and 4 (RECIPES.md, "Training under bf16 autocast on a CPU with bf16
-            # instructions"). A no-op in fp32 precision, the CPU's default.
+            # instructions"). A no-op in fp32 precision (a CPU without bf16 instructions).
             "precision": "fp32",
         },
         # The reward model and the judge start from the parent policy (`init` left at

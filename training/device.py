@@ -6,11 +6,13 @@
 
 - ``auto`` device: CUDA when present, else the CPU. Under ``accelerate launch``
   (or ``torchrun``) each process takes the GPU of its ``LOCAL_RANK``.
-- ``auto`` precision: ``bf16`` on a GPU that supports it, else ``fp32``. On a CPU
-  without bf16 instructions bf16 runs in emulation, twice as slow as fp32; on one
-  with them autocast is 1.5x faster a step, but four whole demos trained so each
-  lost the safety gate's refusals (RECIPES.md, "Training under bf16 autocast on a
-  CPU with bf16 instructions"): ask for ``bf16`` there to trade that for time.
+- ``auto`` precision: ``bf16`` on a GPU that supports it and on a CPU with bf16
+  instructions (``avx512_bf16``, ``amx_bf16``), else ``fp32``: without them bf16
+  runs in emulation, twice as slow as fp32. With them an SFT step is 1.4-1.5x
+  faster under autocast; four demos trained so lost the safety gate's refusals
+  while PPO's log-probabilities came from bf16 logits, and kept them once the
+  output layer ran in fp32 (RECIPES.md, "The AMX Xeon with excerpts, and PPO's
+  logits from an fp32 head").
 - ``bf16``: models that train keep fp32 master weights and run their forward
   passes under bf16 autocast; frozen policies (PPO's reference, the evaluated
   policies) are loaded in bf16 on a GPU and in their checkpoint's dtype on a CPU.
@@ -63,7 +65,10 @@ class Placement:
                 f"unknown training precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
         if precision == "auto":
-            bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+            if dev.type == "cuda":
+                bf16_ok = torch.cuda.is_bf16_supported()
+            else:
+                bf16_ok = dev.type == "cpu" and hardware.cpu_has_bf16()
             precision = "bf16" if bf16_ok else "fp32"
         placement = cls(dev, precision)  # type: ignore[arg-type]
         logger.debug("training placement: %s", placement)

