@@ -161,7 +161,7 @@ SIZES: dict[str, dict] = {
             # (RECIPES.md, "Refusals that name the request").
             "refusal_weight": 1.0,
             # SFT in fp32 where the cycle trains under bf16 autocast (a GPU, or a CPU with
-            # RATCHET_TRAIN_PRECISION=bf16): on one demo's feedback this SFT under autocast
+            # bf16 instructions): on one demo's feedback this SFT under autocast
             # kept 3 of the safety gate's 8 refusals and declined no held-out question; in
             # fp32, 8 of 8 and 4 (RECIPES.md, "Training under bf16 autocast on a CPU with bf16
             # instructions"). A no-op in fp32 precision (a CPU without bf16 instructions).
