@@ -14,6 +14,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference as DpoCollator
 from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
 
 from tests.training.synthetic import make_pairs
+from training.device import Placement
 from training.dpo import train_dpo
 from training.dpo_config import DpoStageConfig
 from training.errors import TrainingError
@@ -126,6 +127,11 @@ def test_packed_logits_and_gradients_are_the_two_sequences(tiny_model_dir: Path)
     _assert_same_gradients(packed_grads, unpacked_grads)
 
 
+# Trained in fp32: the two ways agree to fp32's float noise. Under bf16 autocast (`auto` on
+# a CPU with bf16 instructions) they differ by bf16's, which the tolerances are not for.
+FP32 = Placement.resolve("cpu", "fp32")
+
+
 def _assert_same_training(start: dict, packed: dict, unpacked: dict) -> None:
     """Adam turns float noise in near-zero gradients into steps of up to the learning
     rate, so the two runs' weights are compared by how far training moved them: they
@@ -153,6 +159,7 @@ def test_a_reward_model_trained_on_packed_pairs_is_trls(
             tmp_path / str(pack),
             config,
             progress=False,
+            placement=FP32,
         )
         rm = AutoModelForSequenceClassification.from_pretrained(result.model_dir, num_labels=1)
         results.append(result)
@@ -173,7 +180,9 @@ def test_dpo_on_packed_pairs_is_trls(tiny_model_dir: Path, tmp_path: Path) -> No
             epochs=1, learning_rate=1e-3, batch_size=4, max_length=1024, pack_pairs=pack
         )
         out = tmp_path / str(pack)
-        histories.append(train_dpo(tiny_model_dir, make_pairs(8), out, config, progress=False))
+        histories.append(
+            train_dpo(tiny_model_dir, make_pairs(8), out, config, progress=False, placement=FP32)
+        )
         weights.append(AutoModelForCausalLM.from_pretrained(out).state_dict())
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     _assert_same_training(start, *weights)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from transformers import AutoModelForSequenceClassification
 
 from tests.training.synthetic import make_pairs
+from training.device import Placement
 from training.reward import train_reward_model
 from training.reward_config import RewardStageConfig
 from training.sft_config import SftStageConfig
@@ -25,7 +26,15 @@ def _trained_weights(
         epochs=1, learning_rate=1e-3, batch_size=batch_size, max_length=1024, **step
     )
     result = train_reward_model(
-        tiny_model_dir, make_pairs(8), make_pairs(2), out, config, progress=False
+        tiny_model_dir,
+        make_pairs(8),
+        make_pairs(2),
+        out,
+        config,
+        progress=False,
+        # fp32: the two step shapes agree to fp32's float noise; under bf16 autocast (`auto`
+        # on a CPU with bf16 instructions) to bf16's, which the tolerance is not for.
+        placement=Placement.resolve("cpu", "fp32"),
     )
     model = AutoModelForSequenceClassification.from_pretrained(result.model_dir, num_labels=1)
     return model.state_dict(), result.train_metrics["train_loss"]
