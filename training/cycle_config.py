@@ -178,8 +178,12 @@ SIZES: dict[str, dict] = {
         # Five times the rate, half the batch (16 steps of 4, the same pairs and time): on
         # two demos' stores the reward model ordered 54 and 55 held-out pairs right where
         # lr 2e-5 and batch 8 ordered 45 of 73 and 49 of 75 (RECIPES.md, "One engine for
-        # the offline replay, and excerpts on the bf16 EPYC"). The judge keeps its rate:
-        # the same change read 48 against 44 on one store and 40 against 43 on the other.
+        # the offline replay, and excerpts on the bf16 EPYC"). The judge the same, on up to
+        # 64 of its pairs (all of them in these stores): at 2e-5, batch 8, on 32 pairs (4
+        # steps) its loss stayed at chance (0.69-0.71), and on three demos' stores this
+        # setting ordered 45 of 58, 45 of 54 and 42 of 70 held-out pairs right against 42,
+        # 36 and 38, for 23-39 s more (RECIPES.md, "The AMX Xeon with excerpts, and PPO's
+        # logits from an fp32 head").
         "reward": {
             "epochs": 1,
             "learning_rate": 1e-4,
@@ -195,10 +199,10 @@ SIZES: dict[str, dict] = {
         },
         "judge": {
             "epochs": 1,
-            "learning_rate": 2e-5,
-            "batch_size": 8,
+            "learning_rate": 1e-4,
+            "batch_size": 4,
             "max_length": 384,
-            "max_train_pairs": 32,
+            "max_train_pairs": 64,
             "micro_batch_size": 1,
             "gradient_checkpointing": False,
         },
