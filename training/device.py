@@ -9,10 +9,10 @@
 - ``auto`` precision: ``bf16`` on a GPU that supports it and on a CPU with bf16
   instructions (``avx512_bf16``, ``amx_bf16``), else ``fp32``: without them bf16
   runs in emulation, twice as slow as fp32. With them an SFT step is 1.4-1.5x
-  faster under autocast; four demos trained so lost the safety gate's refusals
-  while PPO's log-probabilities came from bf16 logits, and kept them once the
-  output layer ran in fp32 (RECIPES.md, "The AMX Xeon with excerpts, and PPO's
-  logits from an fp32 head").
+  faster under autocast. Four demos trained so kept 3 of the safety gate's 8
+  refusals while PPO's log-probabilities came from bf16 logits; with the output
+  layer in fp32, the next three kept 8, 8 and 6 (RECIPES.md, "The AMX Xeon with
+  excerpts, and PPO's logits from an fp32 head").
 - ``bf16``: models that train keep fp32 master weights and run their forward
   passes under bf16 autocast; frozen policies (PPO's reference, the evaluated
   policies) are loaded in bf16 on a GPU and in their checkpoint's dtype on a CPU.
