@@ -65,11 +65,7 @@ class Placement:
                 f"unknown training precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
         if precision == "auto":
-            if dev.type == "cuda":
-                bf16_ok = torch.cuda.is_bf16_supported()
-            else:
-                bf16_ok = dev.type == "cpu" and hardware.cpu_has_bf16()
-            precision = "bf16" if bf16_ok else "fp32"
+            precision = "bf16" if _computes_bf16(dev) else "fp32"
         placement = cls(dev, precision)  # type: ignore[arg-type]
         logger.debug("training placement: %s", placement)
         return placement
@@ -131,6 +127,13 @@ class Placement:
 
     def describe(self) -> dict[str, str]:
         return {"device": str(self.device), "precision": self.precision}
+
+
+def _computes_bf16(dev: torch.device) -> bool:
+    """Whether ``dev`` computes bf16 natively, so that autocast is faster than fp32."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return hardware.cpu_has_bf16()
 
 
 def _resolve_device(device: str) -> torch.device:

@@ -46,8 +46,8 @@ class TrainingSettings(RatchetSettings):
     )
     train_precision: str = Field(
         default="auto",
-        description="auto (bf16 on a GPU, else fp32), bf16 (fp32 master weights, bf16 autocast)"
-        " or fp32.",
+        description="auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), bf16"
+        " (fp32 master weights, bf16 autocast) or fp32.",
     )
     auto_promote: bool = Field(
         default=False,
