@@ -260,9 +260,11 @@ class CycleSteps:
 
     def ask_after(self, held_out: list) -> None:
         if self.run_.promotion is None:
+            self.replay_refused()
+            # Saved once the replay is done: a second `make demo` reuses a run whose state
+            # holds "after", so a replay that failed must leave it out and run again.
             self.cstate["after"] = None
             self._save()
-            self.replay_refused()
             return
         with self.steps.step(self._cycle("held-out questions after training")) as step:
             asker = self._employee(OPERATOR)

@@ -4,11 +4,14 @@ services: the driver is built but not run)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import psycopg
 import pytest
 from rich.console import Console
 
+from infra.demo import results
 from infra.demo.driver import STEPS, Demo
 from infra.demo.loop import STEPS_PER_CYCLE
 from infra.demo.settings import DemoSettings
@@ -86,3 +89,27 @@ def test_a_refused_candidate_replayed_offline_is_reported_and_rebuilt_from_state
     page = write_html(demo.result, demo.s).read_text()
     assert "replayed offline: served vs the refused candidate" in page
     assert "refused candidate, replayed offline (not served) (v0002)" in page
+
+
+def test_a_replay_that_fails_leaves_the_cycle_to_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second ``make demo`` reuses a run whose state holds "after": the refused
+    candidate's replay saves it only once it is done, so a failed replay runs again."""
+    monkeypatch.setenv("RATCHET_HOME", str(tmp_path))
+    monkeypatch.setenv(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ratchet_no_such_database"
+    )
+    demo = Demo(DemoSettings(size="tiny", fresh=True), Console(width=160, record=True))
+    demo.number = 1
+    demo.state = {
+        "before": answers("v0001", 0),
+        "cycle": {"version": "v0002", "gates_passed": False},
+        "served": "v0001",
+    }
+    demo.result.before = results.evaluation_from(demo.state["before"])
+    demo.result.runs = [results.run_from(demo.state)]
+    with pytest.raises(psycopg.OperationalError):
+        demo.ask_after([])  # the registry cannot be read: the replay fails
+    assert "after" not in demo.state
+    assert not demo.state_file.exists() or "after" not in json.loads(demo.state_file.read_text())
