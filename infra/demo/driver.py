@@ -19,7 +19,6 @@ from feedback.settings import FeedbackSettings
 from infra.demo import report, results
 from infra.demo.employees import Employee, evaluate
 from infra.demo.loop import (
-    EMPLOYEE_NAMES,
     OPERATOR,
     STEPS_PER_CYCLE,
     CycleSteps,
@@ -31,6 +30,7 @@ from infra.demo.services import Background, api_ready, ratchet_cmd, wait_alive, 
 from infra.demo.settings import (
     CHUNK_OVERLAP,
     CHUNK_SIZE,
+    EMPLOYEE_NAMES,
     EXCERPT_SENTENCES,
     RETRIEVAL_K,
     DemoSettings,

@@ -21,6 +21,7 @@ from infra.demo.employees import Employee, Evaluation, evaluate, simulate
 from infra.demo.questions import load_out_of_policy
 from infra.demo.replay import replay_held_out
 from infra.demo.results import CycleRun, DemoResult
+from infra.demo.settings import EMPLOYEE_NAMES
 from infra.demo.training_step import promote, run_training_cycle, served_version, wait_for_version
 from ratchet.db import connect
 from serving.backends.machine import engine_dtype
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EMPLOYEE_NAMES = ["ana", "bruno", "carla", "diogo", "eva", "filipe", "gita", "hugo"]
 OPERATOR = "you"
 STEPS_PER_CYCLE = 6  # feedback, stored, training, canary, promotion, held-out after
 

@@ -32,6 +32,9 @@ RETRIEVAL_K = 2
 # "Excerpts of the sources").
 EXCERPT_SENTENCES = 2
 
+# The simulated employees, in the order they join (`RATCHET_DEMO_EMPLOYEES` takes the first N).
+EMPLOYEE_NAMES = ["ana", "bruno", "carla", "diogo", "eva", "filipe", "gita", "hugo"]
+
 
 class DemoSettings(RatchetSettings):
     """How big the demo is and where it runs. Unset sizes follow ``size``. The shared
@@ -71,7 +74,7 @@ class DemoSettings(RatchetSettings):
     employees: int | None = Field(
         default=None,
         ge=1,
-        le=8,
+        le=len(EMPLOYEE_NAMES),
         description="Simulated employees, each with one chat at a time (default 8, tiny 2): the"
         " engine batches their drafts, and each key stays within the API's rate limit.",
     )

@@ -14,7 +14,7 @@ from rich.console import Console
 from infra.demo import results
 from infra.demo.driver import STEPS, Demo
 from infra.demo.loop import STEPS_PER_CYCLE
-from infra.demo.settings import DemoSettings
+from infra.demo.settings import EMPLOYEE_NAMES, DemoSettings
 
 
 def answers(version: str, score: int) -> dict:
@@ -60,6 +60,9 @@ def test_two_cycles_save_apart_and_are_rebuilt_from_state(
     assert "cycle 2 on the held-out yardstick: v0002 -> v0003: REGRESSED" in text
     with pytest.raises(ValueError):
         DemoSettings(cycles=0)
+    assert DemoSettings(employees=len(EMPLOYEE_NAMES)).n_employees() == len(EMPLOYEE_NAMES)
+    with pytest.raises(ValueError, match="employees"):  # one more than there are names
+        DemoSettings(employees=len(EMPLOYEE_NAMES) + 1)
 
 
 def test_a_refused_candidate_replayed_offline_is_reported_and_rebuilt_from_state(
