@@ -6,18 +6,23 @@
 
 - ``auto`` device: CUDA when present, else the CPU. Under ``accelerate launch``
   (or ``torchrun``) each process takes the GPU of its ``LOCAL_RANK``.
-- ``auto`` precision: ``bf16`` on a GPU that supports it and on a CPU with bf16
-  instructions (``avx512_bf16``, ``amx_bf16``), else ``fp32``: without them bf16
-  runs in emulation, twice as slow as fp32. With them an SFT step is 1.4-1.5x
-  faster under autocast. Four demos trained so kept 3 of the safety gate's 8
-  refusals while PPO's log-probabilities came from bf16 logits; with the output
-  layer in fp32, the next three kept 8, 8 and 6 (RECIPES.md, "The AMX Xeon with
-  excerpts, and PPO's logits from an fp32 head").
+- ``auto`` precision: ``bf16`` on a GPU that supports it, and on a CPU with bf16
+  instructions (``avx512_bf16``, ``amx_bf16``) where a linear layer under bf16
+  autocast, timed once per process, is at least 1.2x as fast as in fp32
+  (``ratchet.hardware.cpu_bf16_is_faster``); else ``fp32``. Without the
+  instructions bf16 runs in emulation, twice as slow as fp32. With them an SFT step
+  was 1.4-1.5x faster under autocast on an AMD EPYC and on a Xeon with AMX, and a
+  reward-model step 0.7x as fast on a Xeon that lists ``avx512_bf16`` but not AMX
+  (RECIPES.md, "A Xeon where bf16 is slower"). Four demos trained under autocast
+  kept 3 of the safety gate's 8 refusals while PPO's log-probabilities came from
+  bf16 logits; with the output layer in fp32, the next three kept 8, 8 and 6
+  (RECIPES.md, "The AMX Xeon with excerpts, and PPO's logits from an fp32 head").
 - ``bf16``: models that train keep fp32 master weights and run their forward
   passes under bf16 autocast; frozen policies (PPO's reference, the evaluated
   policies) are loaded in bf16 on a GPU and in their checkpoint's dtype on a CPU.
 - ``fp32``: models that train are fp32; frozen policies keep the checkpoint's
-  dtype, except on a CPU without bf16 instructions, where they are fp32.
+  dtype, except on a CPU where bf16 is not faster than fp32 (without bf16
+  instructions, or timed slower), where they are fp32.
 
 Reward models score in fp32 under either precision (:attr:`Placement.score_dtype`).
 
@@ -65,7 +70,7 @@ class Placement:
                 f"unknown training precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
         if precision == "auto":
-            precision = "bf16" if _computes_bf16(dev) else "fp32"
+            precision = "bf16" if _computes_bf16_faster(dev) else "fp32"
         placement = cls(dev, precision)  # type: ignore[arg-type]
         logger.debug("training placement: %s", placement)
         return placement
@@ -93,11 +98,13 @@ class Placement:
         checkpoint's own (``"auto"``). On a CPU: the checkpoint's own, so that an fp32
         model (the SFT model that is PPO's reference) is not rounded to nearest bf16,
         which loses most of a fine-tune's change (RECIPES.md, "Saving in bf16 undid
-        SFT"); except on a CPU without bf16 instructions under fp32 precision, where a
-        bf16 checkpoint (what Ratchet saves) would compute in emulation, several times
-        slower than fp32 (RECIPES.md, "bf16 checkpoints on a CPU without bf16"): fp32."""
+        SFT"); except under fp32 precision on a CPU where bf16 is not faster than fp32,
+        where a bf16 checkpoint (what Ratchet saves) would compute slower than in fp32:
+        in emulation, several times slower, without bf16 instructions (RECIPES.md, "bf16
+        checkpoints on a CPU without bf16"), or at about half fp32's speed with them
+        on a Xeon without AMX (RECIPES.md, "A Xeon where bf16 is slower"): fp32."""
         if self.device.type == "cpu":
-            if self.precision == "fp32" and not hardware.cpu_has_bf16():
+            if self.precision == "fp32" and not hardware.cpu_bf16_is_faster():
                 return torch.float32
             return "auto"
         return torch.bfloat16 if self.precision == "bf16" else "auto"
@@ -129,11 +136,12 @@ class Placement:
         return {"device": str(self.device), "precision": self.precision}
 
 
-def _computes_bf16(dev: torch.device) -> bool:
-    """Whether ``dev`` computes bf16 natively, so that autocast is faster than fp32."""
+def _computes_bf16_faster(dev: torch.device) -> bool:
+    """Whether ``dev`` computes bf16 faster than fp32, so that autocast pays for its
+    rounding: a GPU that supports bf16, or a CPU where it was timed faster."""
     if dev.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return hardware.cpu_has_bf16()
+    return hardware.cpu_bf16_is_faster()
 
 
 def _resolve_device(device: str) -> torch.device:
