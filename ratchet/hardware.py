@@ -6,7 +6,7 @@ the dtype of the models it only infers with) ask here: on a CPU without bf16
 instructions, PyTorch runs bf16 matrix products in emulation, many times slower than
 fp32. With them it is not always faster either: on 2 cores of a Xeon that lists
 ``avx512_bf16`` but not AMX, a linear layer under bf16 autocast ran at 0.51-0.63x
-fp32's speed, and a reward-model step at 0.7x; on an AMD EPYC with ``avx512_bf16``
+fp32's speed, and a reward-model step at 0.76x; on an AMD EPYC with ``avx512_bf16``
 a step ran 1.5x faster (training/RECIPES.md)."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
   (``ratchet.hardware.cpu_bf16_is_faster``); else ``fp32``. Without the
   instructions bf16 runs in emulation, twice as slow as fp32. With them an SFT step
   was 1.4-1.5x faster under autocast on an AMD EPYC and on a Xeon with AMX, and a
-  reward-model step 0.7x as fast on a Xeon that lists ``avx512_bf16`` but not AMX
+  reward-model step 0.76x as fast on a Xeon that lists ``avx512_bf16`` but not AMX
   (RECIPES.md, "A Xeon where bf16 is slower"). Four demos trained under autocast
   kept 3 of the safety gate's 8 refusals while PPO's log-probabilities came from
   bf16 logits; with the output layer in fp32, the next three kept 8, 8 and 6
