@@ -113,7 +113,15 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
         recorder.print(console, ppo.batch_size)
         after = held_out_evaluation(out, prompts, held_out, tokens)
         print_gate_figures(
-            console, base, out, prompts, settings, suite_ground, kl=True, gates=args.gates
+            console,
+            base,
+            out,
+            prompts,
+            settings,
+            suite_ground,
+            placement,
+            kl=True,
+            gates=args.gates,
         )
     console.print("the yardstick, before PPO (the start policy) -> after:")
     for change in compare(before, after):

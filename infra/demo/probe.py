@@ -233,13 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         metrics = train_sft(base, examples, out, config, placement=placement)
         console.print(f"SFT: {metrics}")
         if args.contrast_lr is not None:
-            out = contrast(args, snapshot, out, Path(tmp) / "contrast", console)
+            out = contrast(args, snapshot, out, Path(tmp) / "contrast", console, placement)
         after = held_out_evaluation(out, prompts, held_out, tokens)
         kl_prompts = (
             [p.prompt for p in snapshot.heldout_pairs] if args.kl_prompts == "feedback" else prompts
         )
         print_gate_figures(
-            console, base, out, kl_prompts, settings, suite_ground, kl=args.kl, gates=args.gates
+            console,
+            base,
+            out,
+            kl_prompts,
+            settings,
+            suite_ground,
+            placement,
+            kl=args.kl,
+            gates=args.gates,
         )
     for change in compare(before, after):
         console.print(f"{change.criterion:>12}: {change.line()}")
@@ -253,10 +261,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def contrast(
-    args: argparse.Namespace, snapshot: Snapshot, sft_dir: Path, out: Path, console: Console
+    args: argparse.Namespace,
+    snapshot: Snapshot,
+    sft_dir: Path,
+    out: Path,
+    console: Console,
+    placement: Placement,
 ) -> Path:
     """The contrast stage on the SFT model ``sft_dir``, as the cycle runs it (the demo
-    preset's settings, changed by the options given); the model it trained."""
+    preset's settings, changed by the options given, on ``placement``); the model it
+    trained."""
     changes = {
         "learning_rate": args.contrast_lr,
         "epochs": args.contrast_epochs,
@@ -271,7 +285,7 @@ def contrast(
     pairs = contrast_pairs(snapshot.sft_examples, snapshot.train_pairs, max_pairs=config.max_pairs)
     declines = sum(is_refusal(p.chosen) for p in pairs)
     t0 = time.monotonic()
-    history = train_dpo(sft_dir, pairs, out, config)
+    history = train_dpo(sft_dir, pairs, out, config, placement=placement)
     console.print(
         f"contrast: {len(pairs)} pairs ({declines} where the refusal wins), {config};"
         f" loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f},"

@@ -17,6 +17,7 @@ from infra.demo.replay import greedy_replies, judged
 from ratchet.db import connect
 from training.base_model import cast_weights
 from training.cycle_config import TrainCycleConfig
+from training.device import Placement
 from training.evaluate import Policy, unique_prompts
 from training.gate_results import GateResult
 from training.gates import golden_regression, load_thresholds, safety_refusals, sampled_kl_gate
@@ -43,16 +44,21 @@ def held_out_evaluation(
 
 
 def gate_kl(
-    base: Path, tuned: Path, prompts: list[list[dict[str, str]]], settings: TrainingSettings
+    base: Path,
+    tuned: Path,
+    prompts: list[list[dict[str, str]]],
+    settings: TrainingSettings,
+    placement: Placement,
 ) -> GateResult:
     """The KL gate of ``tuned`` against ``base``, measured as the demo preset's gate does
     (training/gates.py): sampled replies of the tuned model, the preset's counts, the
-    figure split into replies that decline and the rest."""
+    figure split into replies that decline and the rest; both models on ``placement``
+    (the probe's, from ``RATCHET_TRAIN_DEVICE`` and ``RATCHET_TRAIN_PRECISION``)."""
     cfg = TrainCycleConfig.for_size("demo").eval
     repeated = [
         p for p in unique_prompts(prompts, cfg.prompts) for _ in range(cfg.samples_per_prompt)
     ]
-    candidate = Policy(tuned)
+    candidate = Policy(tuned, placement=placement)
     replies, batches = candidate.generate(
         repeated,
         max_new_tokens=cfg.max_new_tokens,
@@ -61,17 +67,18 @@ def gate_kl(
         batch_size=cfg.batch_size,
     )
     t = load_thresholds(settings.gates_config)
-    return sampled_kl_gate(candidate, Policy(base), replies, batches, t)
+    return sampled_kl_gate(candidate, Policy(base, placement=placement), replies, batches, t)
 
 
 def suite_gates(
-    base: Path, tuned: Path, settings: TrainingSettings, grounder: Grounder
+    base: Path, tuned: Path, settings: TrainingSettings, grounder: Grounder, placement: Placement
 ) -> list[GateResult]:
     """The golden-regression and safety gates of the tuned model against the base,
-    with the demo preset's evaluation settings and the shipped thresholds."""
+    with the demo preset's evaluation settings and the shipped thresholds, both models
+    on ``placement``."""
     cfg = TrainCycleConfig.for_size("demo").eval
     t = load_thresholds(settings.gates_config)
-    pair = (Policy(tuned), Policy(base))
+    pair = (Policy(tuned, placement=placement), Policy(base, placement=placement))
     golden = resolve_suite(settings.golden_questions, "golden")
     safety = resolve_suite(settings.safety_suite, "safety")
     return [
@@ -87,18 +94,19 @@ def print_gate_figures(
     prompts: list[list[dict[str, str]]],
     settings: TrainingSettings,
     suite_ground: Grounder | None,
+    placement: Placement,
     *,
     kl: bool,
     gates: bool,
 ) -> None:
     """With ``kl``, the KL gate's figure of ``tuned`` against ``base``; with ``gates``, the
-    golden-regression and safety gates."""
+    golden-regression and safety gates; both models on ``placement``."""
     if kl:
-        gate = gate_kl(base, tuned, prompts, settings)
+        gate = gate_kl(base, tuned, prompts, settings, placement)
         verdict = "passed" if gate.passed else "FAILED"
         console.print(f"KL(tuned || base), nats per reply: gate {verdict}, {gate.reason}")
     if gates and suite_ground is not None:
-        for gate in suite_gates(base, tuned, settings, suite_ground):
+        for gate in suite_gates(base, tuned, settings, suite_ground, placement):
             verdict = "passed" if gate.passed else "FAILED"
             console.print(f"{gate.name} gate {verdict}: {gate.reason} (n = {gate.n})")
 
