@@ -83,7 +83,7 @@ def test_auto_precision_is_bf16_on_a_cpu_only_where_bf16_is_faster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without bf16 instructions autocast runs in emulation, slower than fp32; with them
-    it was 1.5x faster on an EPYC and 0.7x on a Xeon without AMX (RECIPES.md), so auto
+    it was 1.5x faster on an EPYC and 0.76x as fast on a Xeon without AMX (RECIPES.md), so auto
     follows the timing. Either is given when asked for by name."""
     for has_bf16, speedup, auto in (
         (False, 3.0, "fp32"),  # no instructions: not trusted to any timing
