@@ -73,6 +73,22 @@ class TrainCycleConfig(BaseModel):
             raise TrainingError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}") from exc
 
 
+# The `demo` preset's policy reward model and judge: one setting for both (their comments
+# in SIZES["demo"] say why).
+_DEMO_REWARD_MODEL: dict = {
+    "epochs": 1,
+    "learning_rate": 1e-4,
+    "batch_size": 4,
+    "max_length": 384,
+    # ~100 s per step of 8 on 2 busy cores: a rerun of the demo (its pairs plus
+    # the ones pairing replies across runs) would otherwise take half an hour here.
+    "max_train_pairs": 64,
+    # One pair a pass, activations kept: 27% less time a step than the whole batch
+    # with checkpointing, and less memory (4.6 GB against 6.4; RECIPES.md).
+    "micro_batch_size": 1,
+    "gradient_checkpointing": False,
+}
+
 # "tiny": the random test model, seconds. "demo": SmolLM2-135M on CPU, a few minutes.
 # "full": a GPU-sized cycle.
 SIZES: dict[str, dict] = {
@@ -184,28 +200,8 @@ SIZES: dict[str, dict] = {
         # setting ordered 45 of 58, 45 of 54 and 42 of 70 held-out pairs right against 42,
         # 36 and 38, for 23-39 s more (RECIPES.md, "The AMX Xeon with excerpts, and PPO's
         # logits from an fp32 head").
-        "reward": {
-            "epochs": 1,
-            "learning_rate": 1e-4,
-            "batch_size": 4,
-            "max_length": 384,
-            # ~100 s per step of 8 on 2 busy cores: a rerun of the demo (its pairs plus
-            # the ones pairing replies across runs) would otherwise take half an hour here.
-            "max_train_pairs": 64,
-            # One pair a pass, activations kept: 27% less time a step than the whole batch
-            # with checkpointing, and less memory (4.6 GB against 6.4; RECIPES.md).
-            "micro_batch_size": 1,
-            "gradient_checkpointing": False,
-        },
-        "judge": {
-            "epochs": 1,
-            "learning_rate": 1e-4,
-            "batch_size": 4,
-            "max_length": 384,
-            "max_train_pairs": 64,
-            "micro_batch_size": 1,
-            "gradient_checkpointing": False,
-        },
+        "reward": _DEMO_REWARD_MODEL,
+        "judge": _DEMO_REWARD_MODEL,
         # PPO at 1e-5 and 2e-5 (probe on run E's models, RECIPES.md) raised its reward but
         # not the held-out yardstick, and at 2e-5 cut the cites rate SFT taught (62% -> 40%).
         "ppo": {

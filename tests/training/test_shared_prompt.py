@@ -127,8 +127,8 @@ def test_packed_logits_and_gradients_are_the_two_sequences(tiny_model_dir: Path)
     _assert_same_gradients(packed_grads, unpacked_grads)
 
 
-# Trained in fp32: the two ways agree to fp32's float noise. Under bf16 autocast (`auto` on
-# a CPU with bf16 instructions) they differ by bf16's, which the tolerances are not for.
+# Trained in fp32: the two ways agree to fp32's float noise. Under bf16 autocast (`auto`
+# where bf16 is timed faster than fp32) they differ by bf16's, which the tolerances are not for.
 FP32 = Placement.resolve("cpu", "fp32")
 
 

@@ -33,7 +33,7 @@ def _trained_weights(
         config,
         progress=False,
         # fp32: the two step shapes agree to fp32's float noise; under bf16 autocast (`auto`
-        # on a CPU with bf16 instructions) to bf16's, which the tolerance is not for.
+        # where bf16 is timed faster than fp32) to bf16's, which the tolerance is not for.
         placement=Placement.resolve("cpu", "fp32"),
     )
     model = AutoModelForSequenceClassification.from_pretrained(result.model_dir, num_labels=1)
