@@ -37,6 +37,7 @@ from training.snapshot import (
 if TYPE_CHECKING:
     from training import stages
     from training.cycle_stages import RewardInit, RewardModels
+    from training.device import Placement
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def _stages(
     thresholds = load_thresholds(settings.gates_config)
     plan = stages.plan(config, algo)
     timings = dict(timings or {})
-    metrics = _run_metrics(algo, plan, snapshot, production, paths)
+    metrics = _run_metrics(algo, plan, snapshot, production, paths, placement)
     parent_dir = Path(production.path)
 
     def rewards() -> RewardModels:  # trained once, when first needed (before PPO, after SFT)
@@ -308,14 +309,17 @@ def _run_metrics(
     snapshot: Snapshot,
     production: registry.ModelVersion,
     paths: RunPaths,
+    placement: Placement,
 ) -> dict[str, Any]:
-    """The run's metrics before any stage: what it trains, on what, from which parent;
-    on rank 0 also the provenance file (each record traceable to the replies users rated)."""
+    """The run's metrics before any stage: what it trains, on what, from which parent,
+    where and in which precision; on rank 0 also the provenance file (each record
+    traceable to the replies users rated)."""
     metrics: dict[str, Any] = {
         "algo": algo,
         "stages": [s.name for s in plan],
         "snapshot": snapshot.stats,
         "parent": production.id,
+        "placement": placement.describe(),
     }
     if distributed.is_main():
         metrics["provenance"] = write_provenance(snapshot, paths.run_dir / "provenance.jsonl")

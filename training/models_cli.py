@@ -138,6 +138,9 @@ def _models_show(args: argparse.Namespace) -> int:
         print(
             f"training run: {run['id']} ({run['algo']}, {run['status']})  log: {run['logs_path']}"
         )
+    placement = version.metrics.get("placement")
+    if placement:
+        print(f"trained on: {_placement_line(placement, version.metrics.get('sft', {}))}")
     for key, label in (("reward", "reward model"), ("judge", "judge (independent)")):
         rm = version.metrics.get(key, {})
         if rm:
@@ -159,6 +162,18 @@ def _models_show(args: argparse.Namespace) -> int:
         exists = Path(run["plot_path"]).exists()
         print(f"plot: {run['plot_path']}" + ("" if exists else " (missing)"))
     return 0
+
+
+def _placement_line(placement: dict[str, Any], sft: dict[str, Any]) -> str:
+    """Where a run trained, as its record keeps it: "cpu, bf16 (SFT fp32; bf16 timed at
+    4.72x fp32 on this CPU)"."""
+    notes = []
+    if sft.get("sft_precision", placement["precision"]) != placement["precision"]:
+        notes.append(f"SFT {sft['sft_precision']}")
+    if "cpu_bf16_speedup" in placement:
+        notes.append(f"bf16 timed at {placement['cpu_bf16_speedup']}x fp32 on this CPU")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    return f"{placement['device']}, {placement['precision']}{extra}"
 
 
 def _actor(args: argparse.Namespace) -> str:

@@ -43,6 +43,7 @@ from tests.training.synthetic import (
 from training import registry, runs
 from training.base_model import weights_digest
 from training.cycle import CycleResult, run_cycle
+from training.device import Placement
 from training.errors import RegistryError
 from training.gates import DEFAULT_GATES_FILE, load_thresholds
 from training.settings import TrainingSettings
@@ -147,6 +148,10 @@ def test_a_truly_better_candidate_passes_the_offline_gates_and_becomes_the_canar
     assert version is not None
     assert (version.id, version.status, version.parent_id) == ("v0002", "candidate", "v0001")
     assert version.canary and version.gate_report == report
+    # The record says where it trained: the placement the settings resolve to here.
+    settings = trained.settings
+    placed = Placement.resolve(settings.train_device, settings.train_precision).describe()
+    assert version.metrics["placement"] == placed and placed["device"] == "cpu"
     path = Path(version.path)
     assert path == trained.settings.models_dir.resolve() / "v0002"
     assert version.weights_sha256 == weights_digest(path)
@@ -194,6 +199,8 @@ def test_cli_show_lists_every_gate_with_n_value_interval_and_threshold(
         assert column in out
     assert "(min 30)" in out and "Wilson lower" in out and "CI lower" in out
     assert "judge (independent) held-out accuracy" in out
+    placement = trained.hacked.metrics["placement"]
+    assert f"trained on: cpu, {placement['precision']}" in out
     assert main(["models", "show", "v0099"]) == 2
     assert "no model version 'v0099'" in capsys.readouterr().err
 
