@@ -159,12 +159,7 @@ def train_reward_models(
         timings[f"{name}_s"] = time.monotonic() - t0
         metrics[name] = {**rm_metrics(result), **init.as_metrics()}
         cfg = getattr(config, name)
-        scorer = RewardScorer(
-            result.model_dir,
-            batch_size=cfg.score_batch_size,
-            max_length=cfg.max_length,
-            placement=placement,
-        )
+        scorer = RewardScorer.for_stage(result.model_dir, cfg, placement)
         trained[name] = (result, scorer)
     return RewardModels(*trained["reward"], *trained["judge"])
 

@@ -125,6 +125,10 @@ class EvalConfig(BaseModel):
 class Scorer(Protocol):
     def score(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]: ...
 
+    def score_pairs(
+        self, prompts: Sequence[Messages], first: Sequence[str], second: Sequence[str]
+    ) -> tuple[list[float], list[float]]: ...
+
 
 # ---- one function per gate ------------------------------------------------------------
 
@@ -371,8 +375,7 @@ def _sampled_gates(x: GateInputs, t: GateThresholds, cfg: EvalConfig) -> list[Ga
     out: list[GateResult] = []
     rates: dict[str, float] = {}
     for name, scorer in (("win_rate", x.judge), ("policy_rm_win_rate", x.policy_scorer)):
-        c_scores = scorer.score(repeated, cand) if repeated else []
-        p_scores = scorer.score(repeated, prod) if repeated else []
+        c_scores, p_scores = scorer.score_pairs(repeated, cand, prod) if repeated else ([], [])
         per_prompt = win_rates(c_scores, p_scores, cfg.samples_per_prompt)
         mean, low, high = bootstrap_ci(
             per_prompt, samples=cfg.bootstrap_samples, confidence=t.confidence, seed=cfg.seed

@@ -12,8 +12,10 @@ once and gives each reply what it would give it alone.
 ``i`` the chosen and row ``B + i`` the rejected conversation of pair ``i``), runs the
 model on it packed, and hands back outputs in the trainer's layout, so TRL's losses
 and metrics run unchanged. ``tests/training/test_shared_prompt.py`` checks outputs
-and gradients against the unpacked batch. Only training is packed: scoring
-(``training.reward.RewardScorer``, PPO, the gates) reads one reply at a time.
+and gradients against the unpacked batch. A reward model's scorer packs pairs too
+(``training.reward.RewardScorer.score_pairs``: the held-out accuracy, the gates' win
+rates of candidate against production); PPO's rewards, one reply a prompt, are read
+one at a time.
 """
 
 from __future__ import annotations

@@ -59,5 +59,7 @@ class PairStepShape(StepShape):
         default=True,
         description="Run each pair as one sequence, the prompt once and both replies after it"
         " (training/shared_prompt.py): the same outputs and gradients as TRL's two sequences"
-        " a pair, with the prompt's share of the compute spent once. False: TRL's own.",
+        " a pair, with the prompt's share of the compute spent once. A reward model's"
+        " scorer reads pairs so too (its held-out accuracy, the gates' win rates)."
+        " False: TRL's own, and the scorer reads one reply at a time.",
     )

@@ -70,19 +70,14 @@ def probe_ppo(args: argparse.Namespace, console: Console, settings: TrainingSett
         console.print("[red]no knowledge base or no policy pairs in the store[/]: run `make demo`")
         return 2
     placement = Placement.resolve(settings.train_device, settings.train_precision)
-    scorer = RewardScorer(
-        args.reward_dir,
-        batch_size=config.reward.score_batch_size,
-        max_length=config.reward.max_length,
-        placement=placement,
-    )
+    scorer = RewardScorer.for_stage(args.reward_dir, config.reward, placement)
     if args.ppo_grounding == "fit":  # as the cycle fits it (training.reward)
         pairs, seed = reward_pairs("reward", snapshot, config)
         fit_on = grounding_fit_pairs(
             pairs, sample_pairs(pairs, config.reward.max_train_pairs, seed)
         )
         scorer.grounding_weight = fit_weight(
-            scorer.margins(fit_on, scorer.model_scores),
+            scorer.model_margins(fit_on),
             scorer.margins(fit_on, scorer.grounding_terms),
         )
     elif args.ppo_grounding is not None:

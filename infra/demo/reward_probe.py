@@ -163,16 +163,12 @@ def _print_with_grounding(
     from training.reward import RewardScorer, grounding_fit_pairs, sample_pairs
 
     cfg = getattr(config, kind)
-    scorer = RewardScorer(
-        model_dir, batch_size=cfg.score_batch_size, max_length=cfg.max_length, placement=placement
-    )
+    scorer = RewardScorer.for_stage(model_dir, cfg, placement)
     pairs, seed = reward_pairs(kind, snapshot, config)
     train = grounding_fit_pairs(pairs, sample_pairs(pairs, cfg.max_train_pairs, seed))
-    w = fit_weight(
-        scorer.margins(train, scorer.model_scores), scorer.margins(train, scorer.grounding_terms)
-    )
+    w = fit_weight(scorer.model_margins(train), scorer.margins(train, scorer.grounding_terms))
     held_out = snapshot.heldout_pairs
-    rm = scorer.margins(held_out, scorer.model_scores)
+    rm = scorer.model_margins(held_out)
     ground = scorer.margins(held_out, scorer.grounding_terms)
 
     def right(weight_rm: float, weight_g: float) -> int:
@@ -193,12 +189,11 @@ def accuracy_by_source(
     pairs' source (comparison, correction, rating), scored as the cycle scores them."""
     from training.reward import RewardScorer
 
-    scorer = RewardScorer(
-        model_dir, batch_size=cfg.score_batch_size, max_length=cfg.max_length, placement=placement
-    )
+    scorer = RewardScorer.for_stage(model_dir, cfg, placement)
     prompts = [p.prompt for p in pairs]
-    chosen = scorer.score(prompts, [p.chosen for p in pairs])
-    rejected = scorer.score(prompts, [p.rejected for p in pairs])
+    chosen, rejected = scorer.score_pairs(
+        prompts, [p.chosen for p in pairs], [p.rejected for p in pairs]
+    )
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for p, c, r in zip(pairs, chosen, rejected, strict=True):

@@ -1,10 +1,12 @@
 """Packed preference pairs (``training/shared_prompt.py``: the prompt once, both
 replies after it) against TRL's two sequences a pair, in the same run: the reward
-model (``train_reward_model``: load, train, save, held-out scoring) and DPO
-(``train_dpo``), each with ``pack_pairs`` on and off, on pairs shaped like the
-demo's (the grounding system prompt with two 400-character passages of the
-handbook, the question, the handbook's sentence against another question's). Two
-rounds in alternating order, the fastest of each kept."""
+model (``train_reward_model``: load, train, save, held-out scoring), DPO
+(``train_dpo``) and the reward model's scorer (``RewardScorer.model_margins``, as the
+held-out accuracy and the gates' win rates read pairs), each with ``pack_pairs`` on
+and off, on pairs shaped like the demo's (the grounding system prompt with two
+400-character passages of the handbook, the question, the handbook's sentence
+against another question's). Two rounds in alternating order, the fastest of each
+kept."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from tests.bench.conftest import on_base_model, print_table, ratio, save_json
 from training.dpo import train_dpo
 from training.dpo_config import DpoStageConfig
 from training.kb_reader import KbChunk
-from training.reward import train_reward_model
+from training.reward import RewardScorer, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.snapshot import Pair
 
@@ -65,21 +67,29 @@ def fastest(run: Any, tmp_path: Path, name: str) -> dict[bool, float]:
 def test_packed_pairs_against_two_sequences(bench_model: Path, tmp_path: Path) -> None:
     pairs, heldout = handbook_pairs(PAIRS), handbook_pairs(PAIRS + 8)[PAIRS:]
 
-    def reward(out: Path, pack: bool) -> None:
+    def reward(out: Path, pack: bool) -> Path:
         config = RewardStageConfig(
             epochs=1, batch_size=8, micro_batch_size=1, max_length=384, pack_pairs=pack
         )
         result = train_reward_model(bench_model, pairs, heldout, out, config, progress=False)
         assert result.heldout_pairs == len(heldout) and result.model_dir.is_dir()
+        return result.model_dir
+
+    scored = handbook_pairs(4 * PAIRS)
+
+    def scoring(out: Path, pack: bool) -> None:  # as the held-out accuracy and the gates
+        scorer = RewardScorer(trained, batch_size=16, max_length=384, pack_pairs=pack)
+        assert len(scorer.model_margins(scored)) == len(scored)
 
     def dpo(out: Path, pack: bool) -> None:
         config = DpoStageConfig(batch_size=4, max_length=384, pack_pairs=pack)
         assert train_dpo(bench_model, pairs, out, config, progress=False)  # its steps' losses
 
-    reward(tmp_path / "warm-up", True)  # the one-off import and set-up costs
+    trained = reward(tmp_path / "warm-up", True)  # the one-off import and set-up costs
     results = {
         "reward model": fastest(reward, tmp_path, "reward"),
         "DPO": fastest(dpo, tmp_path, "dpo"),
+        f"scoring {len(scored)} pairs (load included)": fastest(scoring, tmp_path, "scoring"),
     }
     print()
     print_table(

@@ -18,9 +18,10 @@ from training.device import Placement
 from training.dpo import train_dpo
 from training.dpo_config import DpoStageConfig
 from training.errors import TrainingError
-from training.reward import conversation_ids, train_reward_model
+from training.reward import RewardScorer, conversation_ids, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.shared_prompt import PackedPairs, pack_pair
+from training.snapshot import Pair
 
 
 def test_a_pair_packs_its_shared_beginning_once() -> None:
@@ -92,6 +93,48 @@ def test_packed_scores_and_gradients_are_the_two_sequences(tiny_model_dir: Path,
     assert torch.cdist(unpacked, unpacked).max() > 1e-2  # the scores differ
     torch.testing.assert_close(packed, unpacked, atol=1e-5, rtol=1e-4)
     _assert_same_gradients(packed_grads, unpacked_grads)
+
+
+def test_the_scorer_reads_two_replies_to_a_prompt_as_one_sequence(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The gates and the held-out accuracy score pairs packed: each reply gets the score
+    it gets read alone, over batches of pairs of different lengths, and the margins and
+    the accuracy follow; ``pack_pairs=False`` reads them one at a time."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    nn.init.normal_(model.score.weight, std=1.0)  # scores far enough apart to compare
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    pairs = make_pairs(6)
+    start = pairs[0]  # replies that begin alike: more than the prompt is shared
+    pairs.append(Pair(start.prompt, start.chosen, start.chosen + " and more", "conv-x"))
+    prompts = [p.prompt for p in pairs]
+    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
+    placement = Placement.resolve("cpu", "fp32")
+
+    scorer = RewardScorer(tmp_path, batch_size=4, placement=placement)  # 2 pairs a batch
+    assert scorer.packed is not None
+    alone = scorer.model_scores(prompts, chosen), scorer.model_scores(prompts, rejected)
+    packed = scorer.model_scores_pairs(prompts, chosen, rejected)
+    assert max(alone[0] + alone[1]) - min(alone[0] + alone[1]) > 1e-2  # the scores differ
+    for got, want in zip(packed, alone, strict=True):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=1e-4)
+    margins = [c - r for c, r in zip(*alone, strict=True)]
+    assert scorer.model_margins(pairs) == pytest.approx(margins, abs=1e-4)
+    assert scorer.accuracy(pairs) == sum(m > 0 for m in margins) / len(pairs)
+
+    scorer.grounding_weight = 0.5  # a saved grounding term is added to each score
+    with_term = scorer.score_pairs(prompts, chosen, rejected)
+    expected = scorer.score(prompts, chosen), scorer.score(prompts, rejected)
+    for got, want in zip(with_term, expected, strict=True):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=1e-4)
+
+    one_at_a_time = RewardScorer(tmp_path, batch_size=4, placement=placement, pack_pairs=False)
+    assert one_at_a_time.packed is None
+    assert one_at_a_time.model_margins(pairs) == pytest.approx(margins, abs=1e-6)
 
 
 def test_packed_logits_and_gradients_are_the_two_sequences(tiny_model_dir: Path) -> None:
