@@ -24,6 +24,10 @@ from training.truncation import cut_messages, prompt_tokens
 logger = logging.getLogger(__name__)
 
 Scoring = Callable[[Sequence[Messages], Sequence[str]], list[float]]
+# Two replies to each prompt scored together (``RewardScorer.score_pairs``).
+PairScoring = Callable[
+    [Sequence[Messages], Sequence[str], Sequence[str]], tuple[list[float], list[float]]
+]
 
 
 @dataclass
@@ -165,20 +169,12 @@ class RewardScorer:
 
     def accuracy(self, pairs: Sequence[Pair]) -> float:
         """Fraction of pairs whose chosen reply scores above the rejected one."""
-        prompts = [p.prompt for p in pairs]
-        chosen, rejected = self.score_pairs(
-            prompts, [p.chosen for p in pairs], [p.rejected for p in pairs]
-        )
-        return share_right([c - r for c, r in zip(chosen, rejected, strict=True)])
+        return share_right(_pair_margins(pairs, self.score_pairs))
 
     def model_margins(self, pairs: Sequence[Pair]) -> list[float]:
         """The learned model's chosen minus rejected score, one per pair, each pair read
         as one sequence (:meth:`model_scores_pairs`)."""
-        prompts = [p.prompt for p in pairs]
-        chosen, rejected = self.model_scores_pairs(
-            prompts, [p.chosen for p in pairs], [p.rejected for p in pairs]
-        )
-        return [c - r for c, r in zip(chosen, rejected, strict=True)]
+        return _pair_margins(pairs, self.model_scores_pairs)
 
     @staticmethod
     def margins(pairs: Sequence[Pair], score: Scoring) -> list[float]:
@@ -188,6 +184,13 @@ class RewardScorer:
         chosen = score(prompts, [p.chosen for p in pairs])
         rejected = score(prompts, [p.rejected for p in pairs])
         return [c - r for c, r in zip(chosen, rejected, strict=True)]
+
+
+def _pair_margins(pairs: Sequence[Pair], score_pairs: PairScoring) -> list[float]:
+    chosen, rejected = score_pairs(
+        [p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs]
+    )
+    return [c - r for c, r in zip(chosen, rejected, strict=True)]
 
 
 def share_right(margins: Sequence[float]) -> float:
