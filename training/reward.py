@@ -92,11 +92,16 @@ class RewardScorer:
     def score(self, prompts: Sequence[Messages], replies: Sequence[str]) -> list[float]:
         """The model's score of each reply, plus the grounding term times its weight when
         one was saved with the model (``training.grounding``)."""
-        model = self.model_scores(prompts, replies)
+        return self._plus_grounding(prompts, replies, self.model_scores(prompts, replies))
+
+    def _plus_grounding(
+        self, prompts: Sequence[Messages], replies: Sequence[str], scores: list[float]
+    ) -> list[float]:
+        """``scores`` plus the grounding term times its weight, when one was saved."""
         if not self.grounding_weight:
-            return model
+            return scores
         terms = self.grounding_terms(prompts, replies)
-        return [s + self.grounding_weight * g for s, g in zip(model, terms, strict=True)]
+        return [s + self.grounding_weight * g for s, g in zip(scores, terms, strict=True)]
 
     def _ids(self, prompt: Messages, reply: str) -> list[int]:
         return encode(self.tokenizer, prompt, reply, self.max_length)
@@ -121,15 +126,7 @@ class RewardScorer:
         """:meth:`score` of two replies to each prompt (``first[i]`` and ``second[i]``
         to ``prompts[i]``)."""
         a, b = self.model_scores_pairs(prompts, first, second)
-        if not self.grounding_weight:
-            return a, b
-        w = self.grounding_weight
-        terms_a = self.grounding_terms(prompts, first)
-        terms_b = self.grounding_terms(prompts, second)
-        return (
-            [s + w * g for s, g in zip(a, terms_a, strict=True)],
-            [s + w * g for s, g in zip(b, terms_b, strict=True)],
-        )
+        return self._plus_grounding(prompts, first, a), self._plus_grounding(prompts, second, b)
 
     @torch.no_grad()
     def model_scores_pairs(
