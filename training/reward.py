@@ -17,6 +17,8 @@ from training import distributed
 from training.device import Placement, trl_arguments
 from training.errors import TrainingError
 from training.grounding import fit_weight, grounding, load_weight, save_weight
+from training.readout import CONFIG_KEY as READOUT_KEY
+from training.readout import RepliesMean, reply_marker, saved_readout
 from training.reward_config import RewardStageConfig
 from training.snapshot import Messages, Pair
 from training.truncation import cut_messages, prompt_tokens
@@ -61,6 +63,10 @@ class RewardScorer:
             model_dir, num_labels=1, dtype=self.placement.score_dtype
         ).to(self.placement.device)
         self.model.eval().requires_grad_(False)
+        # Where the model reads a reply's score, as it was trained (training.readout).
+        self.reply_marker = (
+            reply_marker(self.tokenizer) if saved_readout(self.model) == "mean" else None
+        )
         self.batch_size = batch_size
         self.max_length = max_length
         self.grounding_weight = load_weight(model_dir)
@@ -70,7 +76,7 @@ class RewardScorer:
         self.packed: PackedPairs | None = None
         if pack_pairs:
             try:
-                self.packed = PackedPairs(self.model, "scores")
+                self.packed = PackedPairs(self.model, "scores", self.reply_marker)
             except TrainingError as e:
                 logger.info("reward scorer reads pairs unpacked: %s", e)
 
@@ -116,7 +122,12 @@ class RewardScorer:
             batch = self.tokenizer.pad(
                 {"input_ids": ids[start : start + self.batch_size]}, return_tensors="pt"
             ).to(self.placement.device)
-            out.extend(self.model(**batch).logits[:, 0].float().tolist())
+            read = (
+                self.model
+                if self.reply_marker is None
+                else RepliesMean(self.model, self.reply_marker)
+            )
+            out.extend(read(**batch).logits[:, 0].float().tolist())
         return out
 
     @torch.no_grad()
@@ -431,7 +442,7 @@ def _fit(
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from training.shared_prompt import SharedPromptRewardTrainer
+    from training.shared_prompt import MeanReadoutRewardTrainer, SharedPromptRewardTrainer
 
     # The new score head is drawn as the model loads, before the trainer seeds anything:
     # seeded here, a cycle's reward model is the same on a rerun, not partly luck.
@@ -440,6 +451,7 @@ def _fit(
         init_dir, num_labels=1, dtype=placement.train_dtype
     )
     model.config.pad_token_id = tokenizer.pad_token_id
+    setattr(model.config, READOUT_KEY, config.readout)  # saved with the weights
     extra: dict[str, Any] = {}
     if config.train_layers is not None:
         freeze_lower_layers(model, config.train_layers)
@@ -459,13 +471,19 @@ def _fit(
         progress=progress,
         **extra,
     )
-    trainer_class = SharedPromptRewardTrainer if config.pack_pairs else RewardTrainer
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
+    marker = reply_marker(tokenizer) if config.readout == "mean" else None
+    common = {
+        "model": model,
+        "args": args,
+        "train_dataset": Dataset.from_list(rows),
+        "processing_class": tokenizer,
+    }
+    if config.pack_pairs:
+        trainer: RewardTrainer = SharedPromptRewardTrainer(**common, reply_marker=marker)
+    elif marker is not None:
+        trainer = MeanReadoutRewardTrainer(**common, reply_marker=marker)
+    else:
+        trainer = RewardTrainer(**common)
     result = trainer.train()
     return trainer, float(result.training_loss)
 

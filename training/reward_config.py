@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from training.readout import Readout
 from training.source_weights import SourceWeights
 from training.step_config import PairStepShape
 
@@ -48,6 +49,14 @@ class RewardStageConfig(PairStepShape):
         " 'fit' chooses the weight that orders the most training-slice pairs right. None:"
         " the learned score alone. The policy's reward model only: the judge must leave it"
         " unset.",
+    )
+    readout: Readout = Field(
+        default="last",
+        description="Where the model reads a reply's score: at the conversation's last token"
+        " ('last', transformers' sequence classification), or as the mean of the score head"
+        " over the reply's tokens ('mean'), so that a phrase anywhere in the reply moves the"
+        " score through its own positions. Saved in the model's config, so every reader of"
+        " the model reads it the same way. See training/readout.py.",
     )
     score_batch_size: int = Field(default=16, ge=1, description="Batch size when scoring replies.")
     source_weights: SourceWeights = Field(

@@ -29,6 +29,7 @@ from torch import nn
 from trl import DPOTrainer, RewardTrainer
 
 from training.errors import TrainingError
+from training.readout import RepliesMean, head_outputs, reply_start
 
 # Segment of each packed token: it attends to the earlier tokens of its own segment
 # and of the prompt.
@@ -94,12 +95,22 @@ class PackedPairs:
     conversation, ``(2B, length, vocab)``, as the unpacked call gives them at the real
     tokens (padding's are left as any real token's). ``read="scores"`` (a
     sequence-classification model, for the reward model): each conversation's score at
-    its last token, ``(2B, 1)``. The call goes through ``model``, which may be a
-    data-parallel wrapper whose forward syncs the gradients."""
+    its last token, or with ``reply_marker`` its mean over the reply, ``(2B, 1)``. The
+    call goes through ``model``, which may be a data-parallel wrapper whose forward
+    syncs the gradients."""
 
-    def __init__(self, model: Any, read: Literal["logits", "scores"]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        read: Literal["logits", "scores"],
+        reply_marker: Sequence[int] | None = None,
+    ) -> None:
         self.model = model
         self.read = read
+        # With ``read="scores"``: None reads each conversation's score at its last token;
+        # the assistant turn's opening ids read the mean over its reply
+        # (``training.readout``).
+        self.reply_marker = reply_marker
         inner = model.module if hasattr(model, "module") else model
         head = getattr(inner, "score", None)
         if read == "scores" and not isinstance(head, nn.Module):
@@ -148,29 +159,51 @@ class PackedPairs:
             where = torch.tensor(places, device=input_ids.device).clamp(max=width - 1)
             outputs.logits = outputs.logits[pair[:, None], where]
             return outputs
-        seen: list[torch.Tensor] = []  # the head's output at every packed position
         assert self.head is not None  # __init__ checked it
-        hook = self.head.register_forward_hook(lambda _module, _args, out: seen.append(out))
-        try:
-            outputs = self.model(**call)
-        finally:
-            hook.remove()
-        scores = seen[0].squeeze(-1)
-        ends = torch.tensor([p.ends for p in packed], device=scores.device)
-        picked = scores.gather(1, ends)  # (B, 2): chosen, rejected
-        outputs.logits = torch.cat([picked[:, 0], picked[:, 1]])[:, None]
+        outputs, scores = head_outputs(self.model, self.head, **call)  # at every position
+        if self.reply_marker is None:
+            ends = torch.tensor([p.ends for p in packed], device=scores.device)
+            picked = scores.gather(1, ends)  # (B, 2): chosen, rejected
+            outputs.logits = torch.cat([picked[:, 0], picked[:, 1]])[:, None]
+            return outputs
+        means = []
+        for r, row in enumerate(rows):  # the chosen conversations, then the rejected
+            pair = packed[r % n_pairs]
+            places = pair.places(len(row), rejected=r >= n_pairs)
+            start = min(reply_start(row, self.reply_marker), len(row) - 1)
+            means.append(scores[r % n_pairs, places[start:]].mean())
+        outputs.logits = torch.stack(means)[:, None]
         return outputs
 
 
 class SharedPromptRewardTrainer(RewardTrainer):
-    """TRL's ``RewardTrainer`` with each pair packed (:class:`PackedPairs`)."""
+    """TRL's ``RewardTrainer`` with each pair packed (:class:`PackedPairs`), scores read
+    at the last token or, with ``reply_marker``, as the mean over each reply."""
+
+    def __init__(self, *args: Any, reply_marker: Sequence[int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.reply_marker = reply_marker
 
     def compute_loss(
         self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        return super().compute_loss(
-            PackedPairs(model, "scores"), inputs, return_outputs, num_items_in_batch
-        )
+        packed = PackedPairs(model, "scores", self.reply_marker)
+        return super().compute_loss(packed, inputs, return_outputs, num_items_in_batch)
+
+
+class MeanReadoutRewardTrainer(RewardTrainer):
+    """TRL's ``RewardTrainer`` with each conversation's score the mean over its reply
+    (:class:`RepliesMean`), each pair as two sequences."""
+
+    def __init__(self, *args: Any, reply_marker: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reply_marker = reply_marker
+
+    def compute_loss(
+        self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        read = RepliesMean(model, self.reply_marker)
+        return super().compute_loss(read, inputs, return_outputs, num_items_in_batch)
 
 
 class SharedPromptDPOTrainer(DPOTrainer):
