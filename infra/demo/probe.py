@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     ):
         rm.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=what)
     rm.add_argument(
+        "--readout",
+        dest="readout",
+        choices=("last", "mean"),
+        default=argparse.SUPPRESS,
+        help="where the reward model reads a reply's score (training/readout.py)",
+    )
+    rm.add_argument(
         "--source-weights",
         dest="source_weights",
         type=_weights,
@@ -161,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="start each reward model from this policy (e.g. a run's SFT model) under a new"
         " score head, instead of the base",
+    )
+    rm.add_argument(
+        "--seed",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="the cycle's seed (the sample of training pairs, the new score head; not the slicing)",
     )
     for flag, dest in (
         ("--heldout-fraction", "heldout_fraction"),

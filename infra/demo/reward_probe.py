@@ -28,7 +28,9 @@ def _probe_config(args: argparse.Namespace) -> TrainCycleConfig:
     """The size's cycle settings, changed by the options given."""
     config = TrainCycleConfig.for_size(args.size)
     changed = {k: v for k, v in vars(args).items() if k in RewardStageConfig.model_fields}
-    slicing = {k: v for k, v in vars(args).items() if k in ("heldout_fraction", "judge_fraction")}
+    slicing = {
+        k: v for k, v in vars(args).items() if k in ("heldout_fraction", "judge_fraction", "seed")
+    }
     return config.model_copy(
         update={
             **slicing,
