@@ -51,11 +51,12 @@ def reply_marker(tokenizer: Any) -> list[int]:
 
 
 def reply_start(ids: Sequence[int], marker: Sequence[int]) -> int:
-    """Where the reply begins in one conversation's ``ids``: after the last ``marker``."""
+    """Where the reply begins in one conversation's ``ids``: after the last ``marker``
+    (at the last token, where nothing follows it)."""
     n = len(marker)
     for start in range(len(ids) - n, -1, -1):
         if list(ids[start : start + n]) == list(marker):
-            return start + n
+            return min(start + n, len(ids) - 1)
     raise TrainingError("a conversation holds no assistant turn for the mean readout to read")
 
 
@@ -66,8 +67,7 @@ def mean_over_replies(
     every position) over its reply, from its start to its last real token."""
     means = []
     for row in range(scores.shape[0]):
-        ids = input_ids[row, : lengths[row]].tolist()
-        start = min(reply_start(ids, marker), lengths[row] - 1)  # an empty reply: its end
+        start = reply_start(input_ids[row, : lengths[row]].tolist(), marker)
         means.append(scores[row, start : lengths[row]].mean())
     return torch.stack(means)
 

@@ -67,6 +67,9 @@ class RewardScorer:
         self.reply_marker = (
             reply_marker(self.tokenizer) if saved_readout(self.model) == "mean" else None
         )
+        self.read = (
+            self.model if self.reply_marker is None else RepliesMean(self.model, self.reply_marker)
+        )
         self.batch_size = batch_size
         self.max_length = max_length
         self.grounding_weight = load_weight(model_dir)
@@ -122,12 +125,7 @@ class RewardScorer:
             batch = self.tokenizer.pad(
                 {"input_ids": ids[start : start + self.batch_size]}, return_tensors="pt"
             ).to(self.placement.device)
-            read = (
-                self.model
-                if self.reply_marker is None
-                else RepliesMean(self.model, self.reply_marker)
-            )
-            out.extend(read(**batch).logits[:, 0].float().tolist())
+            out.extend(self.read(**batch).logits[:, 0].float().tolist())
         return out
 
     @torch.no_grad()

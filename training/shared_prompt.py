@@ -170,8 +170,7 @@ class PackedPairs:
         for r, row in enumerate(rows):  # the chosen conversations, then the rejected
             pair = packed[r % n_pairs]
             places = pair.places(len(row), rejected=r >= n_pairs)
-            start = min(reply_start(row, self.reply_marker), len(row) - 1)
-            means.append(scores[r % n_pairs, places[start:]].mean())
+            means.append(scores[r % n_pairs, places[reply_start(row, self.reply_marker) :]].mean())
         outputs.logits = torch.stack(means)[:, None]
         return outputs
 
