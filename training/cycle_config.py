@@ -88,12 +88,11 @@ _DEMO_REWARD_MODEL: dict = {
     "micro_batch_size": 1,
     "gradient_checkpointing": False,
     # The score head's mean over the reply's tokens, not its value at the last token
-    # (training/readout.py). On one demo's store, over three seeds: the reward model
-    # 48, 40 and 44 of 60 held-out pairs right against 42, 36 and 33, and 137 of 210 on
-    # the judge's slice against 121; the judge 40, 34 and 46 against 37, 32 and 36, but
-    # 352 of 522 on the policy's slice against 364, no better over both (RECIPES.md,
-    # "The mean readout"). One setting for both. Measured on this preset only: the
-    # other presets read the last token.
+    # (training/readout.py). On two demos' stores, in four draws: the reward model
+    # 182 of 247 held-out pairs right against 151, and 177 of 269 on the judge's slice
+    # against 164; the judge 165 against 147, but 476 of 701 on the policy's slice
+    # against 489, no better over both (RECIPES.md, "The mean readout"). One setting
+    # for both. Measured on this preset only: the other presets read the last token.
     "readout": "mean",
 }
 

@@ -30,9 +30,11 @@ CONFIG_KEY = "ratchet_readout"
 def saved_readout(model: Any) -> Readout:
     """The readout saved in ``model``'s config ("last" where none was: transformers')."""
     readout = getattr(model.config, CONFIG_KEY, "last")
-    if readout not in ("last", "mean"):
-        raise TrainingError(f"unknown reward-model readout {readout!r} in the model's config")
-    return readout
+    if readout == "mean":
+        return "mean"
+    if readout == "last":
+        return "last"
+    raise TrainingError(f"unknown reward-model readout {readout!r} in the model's config")
 
 
 def reply_marker(tokenizer: Any) -> list[int]:

@@ -168,9 +168,8 @@ class PackedPairs:
             return outputs
         means = []
         for r, row in enumerate(rows):  # the chosen conversations, then the rejected
-            pair = packed[r % n_pairs]
-            places = pair.places(len(row), rejected=r >= n_pairs)
-            means.append(scores[r % n_pairs, places[reply_start(row, self.reply_marker) :]].mean())
+            at = packed[r % n_pairs].places(len(row), rejected=r >= n_pairs)
+            means.append(scores[r % n_pairs, at[reply_start(row, self.reply_marker) :]].mean())
         outputs.logits = torch.stack(means)[:, None]
         return outputs
 

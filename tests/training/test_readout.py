@@ -1,6 +1,7 @@
 """The reward model's mean readout: the score head's mean over the reply's tokens,
-read the same way packed and alone, trained packed and unpacked, and saved with the
-model (training/readout.py)."""
+read the same way packed and alone (training/readout.py). Training under it, packed
+and as two sequences, and the readout saved with the weights:
+``test_shared_prompt.py::test_a_reward_model_trained_on_packed_pairs_is_trls``."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
-from tests.training.synthetic import make_pairs
-from tests.training.test_shared_prompt import FP32, _assert_same_training
+from tests.training.test_shared_prompt import (
+    FP32,
+    pairs_and_one_whose_replies_begin_alike,
+    reward_model_with_a_wide_head,
+)
 from training.errors import TrainingError
 from training.readout import CONFIG_KEY, reply_marker, reply_start
-from training.reward import RewardScorer, conversation_ids, train_reward_model
-from training.reward_config import RewardStageConfig
-from training.snapshot import Pair
+from training.reward import RewardScorer, conversation_ids
 
 
 def _head_mean(model, tokenizer, pair_prompt, reply: str) -> float:
@@ -35,17 +36,11 @@ def _head_mean(model, tokenizer, pair_prompt, reply: str) -> float:
 def test_the_mean_readout_is_the_heads_mean_over_the_reply(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    nn.init.normal_(model.score.weight, std=1.0)  # scores far enough apart to compare
+    model, tokenizer = reward_model_with_a_wide_head(tiny_model_dir)
     setattr(model.config, CONFIG_KEY, "mean")
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    pairs = make_pairs(5)
-    start = pairs[0]  # replies that begin alike: more than the prompt is shared
-    pairs.append(Pair(start.prompt, start.chosen, start.chosen + " and more", "conv-x"))
+    pairs = pairs_and_one_whose_replies_begin_alike(5)
     prompts = [p.prompt for p in pairs]
     chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
     want = (
@@ -67,45 +62,6 @@ def test_the_mean_readout_is_the_heads_mean_over_the_reply(
     assert last.reply_marker is None
     at_end = last.model_scores(prompts, chosen)
     assert max(abs(a - m) for a, m in zip(at_end, want[0], strict=True)) > 1e-2
-
-
-def test_a_reward_model_trained_with_the_mean_readout_keeps_it(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """Packed or as two sequences, the same training; the readout is saved with the
-    weights, and the held-out accuracy is the saved model's, read with it."""
-    results, weights = [], []
-    for pack in (True, False):
-        config = RewardStageConfig(
-            epochs=1,
-            learning_rate=1e-3,
-            batch_size=4,
-            max_length=1024,
-            pack_pairs=pack,
-            readout="mean",
-        )
-        result = train_reward_model(
-            tiny_model_dir,
-            make_pairs(8),
-            make_pairs(6, seed=1),
-            tmp_path / str(pack),
-            config,
-            progress=False,
-            placement=FP32,
-        )
-        rm = AutoModelForSequenceClassification.from_pretrained(result.model_dir, num_labels=1)
-        assert getattr(rm.config, CONFIG_KEY) == "mean"
-        results.append(result)
-        weights.append(rm.model.state_dict())
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).model.state_dict()
-    _assert_same_training(start, *weights)
-    packed, unpacked = results
-    assert packed.train_metrics["train_loss"] == pytest.approx(
-        unpacked.train_metrics["train_loss"], rel=1e-3
-    )
-    scorer = RewardScorer(packed.model_dir, placement=FP32)
-    assert scorer.reply_marker is not None
-    assert scorer.accuracy(make_pairs(6, seed=1)) == packed.heldout_accuracy
 
 
 def test_the_mean_readout_needs_an_assistant_turn_to_find(tiny_model_dir: Path) -> None:

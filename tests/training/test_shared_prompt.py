@@ -5,6 +5,7 @@ and a reward model or a DPO policy trained on packed pairs is the one TRL makes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from training.device import Placement
 from training.dpo import train_dpo
 from training.dpo_config import DpoStageConfig
 from training.errors import TrainingError
+from training.readout import CONFIG_KEY as READOUT_KEY
 from training.reward import RewardScorer, conversation_ids, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.shared_prompt import PackedPairs, pack_pair
@@ -95,22 +97,34 @@ def test_packed_scores_and_gradients_are_the_two_sequences(tiny_model_dir: Path,
     _assert_same_gradients(packed_grads, unpacked_grads)
 
 
+def pairs_and_one_whose_replies_begin_alike(n: int) -> list[Pair]:
+    """``make_pairs(n)`` and a pair whose replies share more than the prompt."""
+    pairs = make_pairs(n)
+    start = pairs[0]
+    return [*pairs, Pair(start.prompt, start.chosen, start.chosen + " and more", "conv-x")]
+
+
+def reward_model_with_a_wide_head(tiny_model_dir: Path) -> tuple[Any, Any]:
+    """The tiny model under a one-label head drawn wide (seeded), so that the scores of
+    different replies are far enough apart to compare, and its tokenizer."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    nn.init.normal_(model.score.weight, std=1.0)
+    return model, tokenizer
+
+
 def test_the_scorer_reads_two_replies_to_a_prompt_as_one_sequence(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """The gates and the held-out accuracy score pairs packed: each reply gets the score
     it gets read alone, over batches of pairs of different lengths, and the margins and
     the accuracy follow; ``pack_pairs=False`` reads them one at a time."""
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    nn.init.normal_(model.score.weight, std=1.0)  # scores far enough apart to compare
+    model, tokenizer = reward_model_with_a_wide_head(tiny_model_dir)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    pairs = make_pairs(6)
-    start = pairs[0]  # replies that begin alike: more than the prompt is shared
-    pairs.append(Pair(start.prompt, start.chosen, start.chosen + " and more", "conv-x"))
+    pairs = pairs_and_one_whose_replies_begin_alike(6)
     prompts = [p.prompt for p in pairs]
     chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
     placement = Placement.resolve("cpu", "fp32")
@@ -187,13 +201,24 @@ def _assert_same_training(start: dict, packed: dict, unpacked: dict) -> None:
     assert moved > 10
 
 
+@pytest.mark.parametrize("readout", ["last", "mean"])
 def test_a_reward_model_trained_on_packed_pairs_is_trls(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, readout: str
 ) -> None:
+    """Packed or as two sequences, the same training, under either readout
+    (training/readout.py); the readout is saved with the weights, and the held-out
+    accuracy is the saved model's, read with it."""
     results, weights = [], []
     for pack in (True, False):
-        config = RewardStageConfig(
-            epochs=1, learning_rate=1e-3, batch_size=4, max_length=1024, pack_pairs=pack
+        config = RewardStageConfig.model_validate(
+            {
+                "epochs": 1,
+                "learning_rate": 1e-3,
+                "batch_size": 4,
+                "max_length": 1024,
+                "pack_pairs": pack,
+                "readout": readout,
+            }
         )
         result = train_reward_model(
             tiny_model_dir,
@@ -205,6 +230,7 @@ def test_a_reward_model_trained_on_packed_pairs_is_trls(
             placement=FP32,
         )
         rm = AutoModelForSequenceClassification.from_pretrained(result.model_dir, num_labels=1)
+        assert getattr(rm.config, READOUT_KEY) == readout
         results.append(result)
         weights.append(rm.model.state_dict())
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).model.state_dict()
@@ -214,6 +240,9 @@ def test_a_reward_model_trained_on_packed_pairs_is_trls(
         trl.train_metrics["train_loss"], rel=1e-3
     )
     assert packed.heldout_accuracy == trl.heldout_accuracy
+    scorer = RewardScorer(packed.model_dir, placement=FP32)
+    assert (scorer.reply_marker is not None) == (readout == "mean")
+    assert scorer.accuracy(make_pairs(6)) == packed.heldout_accuracy
 
 
 def test_dpo_on_packed_pairs_is_trls(tiny_model_dir: Path, tmp_path: Path) -> None:
