@@ -86,19 +86,24 @@ def head_outputs(model: Any, head: torch.nn.Module, **call: Any) -> tuple[Any, t
     return outputs, seen[0].squeeze(-1)
 
 
+def score_head(model: Any, purpose: str) -> torch.nn.Module:
+    """The one-label head (``score``) of ``model``, or of the model inside a
+    data-parallel wrapper; a TrainingError naming ``purpose`` where there is none."""
+    inner = model.module if hasattr(model, "module") else model
+    head = getattr(inner, "score", None)
+    if not isinstance(head, torch.nn.Module):
+        raise TrainingError(f"{type(inner).__name__} has no score head (`score`) {purpose}")
+    return head
+
+
 class RepliesMean:
     """``model`` (a sequence-classification model) called on a batch of conversations,
     padded on the right, with each row's score the mean over its reply, ``(batch, 1)``
     in ``logits``: the unpacked reader of the mean readout."""
 
     def __init__(self, model: Any, reply_marker: Sequence[int]) -> None:
-        inner = model.module if hasattr(model, "module") else model
-        head = getattr(inner, "score", None)
-        if not isinstance(head, torch.nn.Module):
-            raise TrainingError(
-                f"{type(inner).__name__} has no score head (`score`) for the mean readout"
-            )
-        self.model, self.head, self.reply_marker = model, head, reply_marker
+        self.model, self.reply_marker = model, reply_marker
+        self.head = score_head(model, "for the mean readout")
 
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool = False

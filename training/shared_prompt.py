@@ -29,7 +29,7 @@ from torch import nn
 from trl import DPOTrainer, RewardTrainer
 
 from training.errors import TrainingError
-from training.readout import RepliesMean, head_outputs, reply_start
+from training.readout import RepliesMean, head_outputs, reply_start, score_head
 
 # Segment of each packed token: it attends to the earlier tokens of its own segment
 # and of the prompt.
@@ -112,12 +112,9 @@ class PackedPairs:
         # (``training.readout``).
         self.reply_marker = reply_marker
         inner = model.module if hasattr(model, "module") else model
-        head = getattr(inner, "score", None)
-        if read == "scores" and not isinstance(head, nn.Module):
-            raise TrainingError(
-                f"{type(inner).__name__} has no score head (`score`) to read packed pairs with"
-            )
-        self.head: nn.Module | None = head
+        self.head: nn.Module | None = (
+            score_head(model, "to read packed pairs with") if read == "scores" else None
+        )
         attention = getattr(inner.config, "_attn_implementation", None)
         if attention not in _MASKED_ATTENTION:
             raise TrainingError(
@@ -174,34 +171,38 @@ class PackedPairs:
         return outputs
 
 
-class SharedPromptRewardTrainer(RewardTrainer):
-    """TRL's ``RewardTrainer`` with each pair packed (:class:`PackedPairs`), scores read
-    at the last token or, with ``reply_marker``, as the mean over each reply."""
+class _ReadingRewardTrainer(RewardTrainer):
+    """TRL's ``RewardTrainer`` calling the model through :meth:`reader`, with the
+    mean readout's ``reply_marker`` (None: the score at the last token)."""
 
     def __init__(self, *args: Any, reply_marker: Sequence[int] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.reply_marker = reply_marker
 
+    def reader(self, model: Any) -> Any:
+        raise NotImplementedError
+
     def compute_loss(
         self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        packed = PackedPairs(model, "scores", self.reply_marker)
-        return super().compute_loss(packed, inputs, return_outputs, num_items_in_batch)
+        return super().compute_loss(self.reader(model), inputs, return_outputs, num_items_in_batch)
 
 
-class MeanReadoutRewardTrainer(RewardTrainer):
+class SharedPromptRewardTrainer(_ReadingRewardTrainer):
+    """TRL's ``RewardTrainer`` with each pair packed (:class:`PackedPairs`), scores read
+    at the last token or, with ``reply_marker``, as the mean over each reply."""
+
+    def reader(self, model: Any) -> Any:
+        return PackedPairs(model, "scores", self.reply_marker)
+
+
+class MeanReadoutRewardTrainer(_ReadingRewardTrainer):
     """TRL's ``RewardTrainer`` with each conversation's score the mean over its reply
-    (:class:`RepliesMean`), each pair as two sequences."""
+    (:class:`RepliesMean`), each pair as two sequences; needs ``reply_marker``."""
 
-    def __init__(self, *args: Any, reply_marker: Sequence[int], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reply_marker = reply_marker
-
-    def compute_loss(
-        self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        read = RepliesMean(model, self.reply_marker)
-        return super().compute_loss(read, inputs, return_outputs, num_items_in_batch)
+    def reader(self, model: Any) -> Any:
+        assert self.reply_marker is not None  # _fit passes the marker
+        return RepliesMean(model, self.reply_marker)
 
 
 class SharedPromptDPOTrainer(DPOTrainer):
