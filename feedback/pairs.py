@@ -6,10 +6,16 @@ Preference pairs come from three kinds of feedback:
   pair. The latest pick per (user, pair of replies) wins, like ratings.
 - **corrections**: the corrected reply is chosen, the original reply rejected.
 - **ratings**: replies to the same prompt (same ``prompt_hash``) are ranked by
-  their mean score over raters (each rater's latest rating, as the store keeps
-  it); the higher-scored reply is chosen; equal scores give no pair. At most
-  ``max_pairs_per_prompt`` pairs per prompt, largest score gap first, so one
-  popular question cannot flood a snapshot.
+  their ratings (each rater's latest, as the store keeps it). A thumb is coarser
+  than stars: up says "good", 4 or 5 stars, and down says "bad", 1 or 2 stars,
+  so each rating stands for a range of the 0-1 score (stars (s - 1) / 4 a
+  point, up 0.75-1, down 0-0.25) and a reply's range is the mean of its raters'.
+  A reply is chosen over another only when its range lies wholly above the
+  other's: a thumbs up over 2 stars or a thumbs down, 4 stars over a thumbs
+  down or 3 stars, but never a thumbs up over 4 stars, nor 5 stars over a
+  thumbs up, which the raters did not order. At most ``max_pairs_per_prompt``
+  pairs per prompt, largest gap first, so one popular question cannot flood a
+  snapshot.
 
 SFT examples are corrections and replies whose every rating is top (thumbs up
 or 5 stars) and that nobody corrected. KTO examples are the thumbs: a reply
@@ -59,9 +65,12 @@ from feedback.redaction import redact, redact_messages
 logger = logging.getLogger(__name__)
 PairSource = Literal["comparison", "correction", "rating"]
 
-# A message's mean score must beat another's by more than this to form a pair
-# (the mean of stars is a float; equal scores must not pair through rounding).
+# A message's range of scores must lie above another's by more than this to form a
+# pair (the mean of stars is a float; equal scores must not pair through rounding).
 _SCORE_EPSILON = 1e-9
+# The stars a thumb stands for, as scores: up is 4 or 5 stars, down 1 or 2.
+_THUMBS_UP_LOW = 0.75
+_THUMBS_DOWN_HIGH = 0.25
 
 
 @dataclass(frozen=True)
@@ -170,7 +179,9 @@ ORDER BY created_at, c.event_id
 
 _RATING_PAIRS = f"""
 WITH scored AS (
-    SELECT m.id, m.prompt_hash, avg(r.score) AS score,
+    SELECT m.id, m.prompt_hash,
+           avg(CASE r.thumbs WHEN 'up' THEN {_THUMBS_UP_LOW} ELSE r.score END) AS low,
+           avg(CASE r.thumbs WHEN 'down' THEN {_THUMBS_DOWN_HIGH} ELSE r.score END) AS high,
            greatest(max(r.stored_at), m.stored_at) AS rated_at
     FROM ratings r JOIN messages m ON m.id = r.message_id
     GROUP BY m.id
@@ -178,9 +189,9 @@ WITH scored AS (
     SELECT c.id AS chosen_id, r.id AS rejected_id,
            greatest(c.rated_at, r.rated_at) AS created_at,
            row_number() OVER (PARTITION BY c.prompt_hash
-                              ORDER BY c.score - r.score DESC, c.id, r.id) AS rank
+                              ORDER BY c.low - r.high DESC, c.id, r.id) AS rank
     FROM scored c JOIN scored r
-      ON r.prompt_hash = c.prompt_hash AND c.score > r.score + {_SCORE_EPSILON}
+      ON r.prompt_hash = c.prompt_hash AND c.low > r.high + {_SCORE_EPSILON}
     WHERE {_WINDOW.format(stamp="greatest(c.rated_at, r.rated_at)")}
 )
 SELECT k.created_at, cm.id AS chosen_id, cm.reply AS chosen, cm.model_version AS chosen_version,

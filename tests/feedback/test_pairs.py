@@ -154,6 +154,37 @@ def test_rating_scores_are_averaged_over_raters(conn: psycopg.Connection) -> Non
     assert [(p.chosen, p.rejected) for p in load_pairs(conn, None, names=[])] == [("B", "A")]
 
 
+def test_a_thumb_pairs_with_stars_only_where_every_reading_orders_them(
+    conn: psycopg.Connection,
+) -> None:
+    # Up is 4 or 5 stars and down 1 or 2: a thumb and stars pair only where the
+    # thumb's whole range lies above or below the stars.
+    cases = {
+        "P?": (thumbs, {"up": True}, 4, None),  # up vs 4 stars: unordered
+        "Q?": (thumbs, {"up": True}, 5, None),  # up vs 5 stars: unordered
+        "R?": (thumbs, {"up": True}, 3, "thumb"),  # up over 3 stars
+        "S?": (thumbs, {"up": False}, 2, None),  # down vs 2 stars: unordered
+        "T?": (thumbs, {"up": False}, 3, "stars"),  # 3 stars over down
+    }
+    events: list = []
+    for prompt, (rate, kw, n, _) in cases.items():
+        by_thumb, by_stars = message("alice", prompt, "thumb"), message("bob", prompt, "stars")
+        events += [by_thumb, by_stars, rate(by_thumb, **kw), stars(by_stars, n)]
+    write_batch(conn, events)
+    got = {p.prompt[0]["content"]: p.chosen for p in load_pairs(conn, None, names=[])}
+    assert got == {prompt: want for prompt, (*_, want) in cases.items() if want is not None}
+
+
+def test_mixed_raters_give_a_range_that_must_clear_the_other(conn: psycopg.Connection) -> None:
+    a, b = message("alice", "Q?", "A"), message("alice", "Q?", "B")
+    # A: up and 4 stars (0.75 to 0.875); B: 3 stars (0.5). A is above B.
+    write_batch(conn, [a, b, thumbs(a), stars(a, 4, user="bob"), stars(b, 3)])
+    assert [(p.chosen, p.rejected) for p in load_pairs(conn, None, names=[])] == [("A", "B")]
+    # carol's 5 stars lift B to 0.75: A's range (from 0.75) no longer clears it.
+    write_batch(conn, [stars(b, 5, user="carol")])
+    assert load_pairs(conn, None, names=[]) == []
+
+
 def test_latest_rating_wins_before_pairing(conn: psycopg.Connection) -> None:
     a, b = message("alice", "Q?", "A"), message("alice", "Q?", "B")
     later = T0 + timedelta(minutes=5)
