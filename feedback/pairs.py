@@ -11,11 +11,11 @@ Preference pairs come from three kinds of feedback:
   so each rating stands for a range of the 0-1 score (stars (s - 1) / 4 a
   point, up 0.75-1, down 0-0.25) and a reply's range is the mean of its raters'.
   A reply is chosen over another only when its range lies wholly above the
-  other's: a thumbs up over 2 stars or a thumbs down, 4 stars over a thumbs
-  down or 3 stars, but never a thumbs up over 4 stars, nor 5 stars over a
-  thumbs up, which the raters did not order. At most ``max_pairs_per_prompt``
-  pairs per prompt, largest gap first, so one popular question cannot flood a
-  snapshot.
+  other's: a thumbs up over a thumbs down or 3 stars or fewer, 3 stars or more
+  over a thumbs down, but never a thumbs up over 4 stars, nor 5 stars over a
+  thumbs up, nor 2 stars over a thumbs down, which the raters did not order.
+  At most ``max_pairs_per_prompt`` pairs per prompt, largest gap first, so one
+  popular question cannot flood a snapshot.
 
 SFT examples are corrections and replies whose every rating is top (thumbs up
 or 5 stars) and that nobody corrected. KTO examples are the thumbs: a reply
