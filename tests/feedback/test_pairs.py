@@ -159,20 +159,20 @@ def test_a_thumb_pairs_with_stars_only_where_every_reading_orders_them(
 ) -> None:
     # Up is 4 or 5 stars and down 1 or 2: a thumb and stars pair only where the
     # thumb's whole range lies above or below the stars.
-    cases = {
-        "P?": (thumbs, {"up": True}, 4, None),  # up vs 4 stars: unordered
-        "Q?": (thumbs, {"up": True}, 5, None),  # up vs 5 stars: unordered
-        "R?": (thumbs, {"up": True}, 3, "thumb"),  # up over 3 stars
-        "S?": (thumbs, {"up": False}, 2, None),  # down vs 2 stars: unordered
-        "T?": (thumbs, {"up": False}, 3, "stars"),  # 3 stars over down
+    cases = {  # prompt: (thumbs up?, stars, the reply chosen)
+        "P?": (True, 4, None),  # up vs 4 stars: unordered
+        "Q?": (True, 5, None),  # up vs 5 stars: unordered
+        "R?": (True, 3, "thumb"),  # up over 3 stars
+        "S?": (False, 2, None),  # down vs 2 stars: unordered
+        "T?": (False, 3, "stars"),  # 3 stars over down
     }
     events: list = []
-    for prompt, (rate, kw, n, _) in cases.items():
+    for prompt, (up, n, _) in cases.items():
         by_thumb, by_stars = message("alice", prompt, "thumb"), message("bob", prompt, "stars")
-        events += [by_thumb, by_stars, rate(by_thumb, **kw), stars(by_stars, n)]
+        events += [by_thumb, by_stars, thumbs(by_thumb, up=up), stars(by_stars, n)]
     write_batch(conn, events)
     got = {p.prompt[0]["content"]: p.chosen for p in load_pairs(conn, None, names=[])}
-    assert got == {prompt: want for prompt, (*_, want) in cases.items() if want is not None}
+    assert got == {prompt: want for prompt, (_, _, want) in cases.items() if want is not None}
 
 
 def test_mixed_raters_give_a_range_that_must_clear_the_other(conn: psycopg.Connection) -> None:
