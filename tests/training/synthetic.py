@@ -43,6 +43,13 @@ def make_pairs(
     return pairs
 
 
+def pairs_and_one_whose_replies_begin_alike(n: int) -> list[Pair]:
+    """``make_pairs(n)`` and a pair whose replies share more than the prompt."""
+    pairs = make_pairs(n)
+    start = pairs[0]
+    return [*pairs, Pair(start.prompt, start.chosen, start.chosen + " and more", "conv-x")]
+
+
 def write_pairs(path: Path, n: int) -> Path:
     """The pairs as ``training.snapshot.JsonlSource`` reads them (one JSON object a line)."""
     with open(path, "w") as fh:

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl.trainer.dpo_trainer import DataCollatorForPreference as DpoCollator
 from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
 
-from tests.training.synthetic import make_pairs
+from tests.training.synthetic import make_pairs, pairs_and_one_whose_replies_begin_alike
 from training.device import Placement
 from training.dpo import train_dpo
 from training.dpo_config import DpoStageConfig
@@ -23,7 +23,6 @@ from training.readout import CONFIG_KEY as READOUT_KEY
 from training.reward import RewardScorer, conversation_ids, train_reward_model
 from training.reward_config import RewardStageConfig
 from training.shared_prompt import PackedPairs, pack_pair
-from training.snapshot import Pair
 
 
 def test_a_pair_packs_its_shared_beginning_once() -> None:
@@ -95,13 +94,6 @@ def test_packed_scores_and_gradients_are_the_two_sequences(tiny_model_dir: Path,
     assert torch.cdist(unpacked, unpacked).max() > 1e-2  # the scores differ
     torch.testing.assert_close(packed, unpacked, atol=1e-5, rtol=1e-4)
     _assert_same_gradients(packed_grads, unpacked_grads)
-
-
-def pairs_and_one_whose_replies_begin_alike(n: int) -> list[Pair]:
-    """``make_pairs(n)`` and a pair whose replies share more than the prompt."""
-    pairs = make_pairs(n)
-    start = pairs[0]
-    return [*pairs, Pair(start.prompt, start.chosen, start.chosen + " and more", "conv-x")]
 
 
 def reward_model_with_a_wide_head(tiny_model_dir: Path) -> tuple[Any, Any]:
