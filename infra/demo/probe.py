@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ from infra.demo.probe_checks import held_out_evaluation, print_gate_figures
 from infra.demo.questions import load_questions, split
 from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
+from ratchet.cli import service_problem
 from ratchet.db import connect
 from training.contrast import contrast_pairs
 from training.contrast_config import ContrastStageConfig
@@ -195,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     ppo.add_argument("--ppo-kl-coef", type=float, default=None, help="init_kl_coef")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    try:
+        return _probe(args)
+    except Exception as exc:
+        problem = service_problem(exc)
+        if problem is None:
+            raise
+        print(f"probe: {problem}", file=sys.stderr)
+        return 2
+
+
+def _probe(args: argparse.Namespace) -> int:
     if args.stage == "ppo":
         from infra.demo.ppo_probe import probe_ppo
 
