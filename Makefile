@@ -76,4 +76,4 @@ gpu-check-smoke: install
 lint: install
 	$(VENV)/bin/ruff check ratchet serving feedback training infra tests
 	$(VENV)/bin/ruff format --check ratchet serving feedback training infra tests
-	$(VENV)/bin/mypy ratchet serving feedback training
+	$(VENV)/bin/mypy ratchet serving feedback training infra

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from infra.demo.settings import DemoSettings
     from infra.demo.steps import StepFailed
 
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     if args.size:
         overrides["size"] = args.size
     if args.fresh:

@@ -55,15 +55,14 @@ def plots(result: DemoResult) -> list[tuple[str, str]]:
             out.append((f"{prefix}{title} (95% Wilson)", _heldout_plot(evals)))
     if len(result.runs) > 1 and result.before is not None:
         out.append(("Held-out yardstick across versions (95% Wilson)", _versions_plot(result)))
-    gates = (result.cycle.gate_report if result.cycle else {}).get("gates", {})
+    report = result.cycle.gate_report if result.cycle else {}
+    gates = report.get("gates", {})
     win = gates.get("win_rate")
     if win and (win.get("detail") or {}).get("win_rate") is not None and win.get("interval"):
         fig, ax = plt.subplots(figsize=(6, 1.8))
         (lo, hi), mid = win["interval"], win["detail"]["win_rate"]
         ax.errorbar([mid], [0], xerr=[[mid - lo], [hi - mid]], fmt="o", capsize=6)
-        threshold = (result.cycle.gate_report.get("thresholds") or {}).get(
-            "win_rate_lower_min", 0.5
-        )
+        threshold = (report.get("thresholds") or {}).get("win_rate_lower_min", 0.5)
         ax.axvline(threshold, color="#c33", linestyle="--", label=f"gate: lower >= {threshold}")
         ax.set_xlim(0, 1)
         ax.set_yticks([])

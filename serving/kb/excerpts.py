@@ -28,7 +28,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 def sentences(text: str) -> list[str]:
     """A chunk's sentences: its paragraphs and list items with their wrapped lines
     joined, split after ``.``, ``!`` or ``?``; Markdown headings dropped."""
-    out = []
+    out: list[str] = []
     for block in _BLOCK.split(text):
         lines = [line.strip() for line in block.splitlines()]
         joined = " ".join(line for line in lines if line and not _HEADING.match(line))
