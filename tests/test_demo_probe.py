@@ -11,24 +11,26 @@ from infra.local.postgres import PrivateCluster
 
 
 @pytest.mark.parametrize(
-    ("database", "named"),
+    ("exists", "named"),
     [
-        ("ratchet_no_such_database", 'database "ratchet_no_such_database" does not exist'),
-        ("ratchet_not_migrated", "run `ratchet db migrate`"),
+        (False, 'database "ratchet_probe_store" does not exist'),
+        (True, "run `ratchet db migrate`"),
     ],
+    ids=["no-such-database", "not-migrated"],
 )
 def test_a_store_it_cannot_read_is_named_not_a_traceback(
     pg_cluster: PrivateCluster,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    database: str,
+    exists: bool,
     named: str,
 ) -> None:
-    if database == "ratchet_not_migrated":
-        with psycopg.connect(pg_cluster.url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-            conn.execute(f'CREATE DATABASE "{database}"')
-    monkeypatch.setenv("DATABASE_URL", pg_cluster.url_for(database))
+    name = "ratchet_probe_store"
+    with psycopg.connect(pg_cluster.url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        if exists:
+            conn.execute(f'CREATE DATABASE "{name}"')  # empty: no migrations applied
+    monkeypatch.setenv("DATABASE_URL", pg_cluster.url_for(name))
 
     assert main(["--stage", "pairs"]) == 2
 
