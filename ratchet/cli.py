@@ -45,11 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratchet {args.command}: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        message = service_problem(exc)
-        if message is None:
-            raise
-        print(f"ratchet {args.command}: {message}", file=sys.stderr)
-        return 2
+        return report_service_problem(f"ratchet {args.command}", exc)
+
+
+def report_service_problem(prog: str, exc: Exception) -> int:
+    """Print ``prog: message`` (:func:`service_problem`) and return the exit status 2;
+    re-raise ``exc`` when it is not such a problem."""
+    message = service_problem(exc)
+    if message is None:
+        raise exc
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 2
 
 
 def service_problem(exc: BaseException) -> str | None:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ from infra.demo.probe_checks import held_out_evaluation, print_gate_figures
 from infra.demo.questions import load_questions, split
 from infra.demo.settings import DemoSettings
 from infra.demo.yardstick import compare
-from ratchet.cli import service_problem
+from ratchet.cli import report_service_problem
 from ratchet.db import connect
 from training.contrast import contrast_pairs
 from training.contrast_config import ContrastStageConfig
@@ -200,11 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _probe(args)
     except Exception as exc:
-        problem = service_problem(exc)
-        if problem is None:
-            raise
-        print(f"probe: {problem}", file=sys.stderr)
-        return 2
+        return report_service_problem("probe", exc)
 
 
 def _probe(args: argparse.Namespace) -> int:
