@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from tests.training.reward_models import FP32, reward_model_with_a_wide_head
 from tests.training.synthetic import pairs_and_one_whose_replies_begin_alike
-from tests.training.test_shared_prompt import FP32, reward_model_with_a_wide_head
 from training.errors import TrainingError
 from training.readout import CONFIG_KEY, reply_marker, reply_start
 from training.reward import RewardScorer, conversation_ids

@@ -5,7 +5,6 @@ and a reward model or a DPO policy trained on packed pairs is the one TRL makes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl.trainer.dpo_trainer import DataCollatorForPreference as DpoCollator
 from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
 
+from tests.training.reward_models import FP32, reward_model_with_a_wide_head
 from tests.training.synthetic import make_pairs, pairs_and_one_whose_replies_begin_alike
 from training.device import Placement
 from training.dpo import train_dpo
@@ -96,17 +96,6 @@ def test_packed_scores_and_gradients_are_the_two_sequences(tiny_model_dir: Path,
     _assert_same_gradients(packed_grads, unpacked_grads)
 
 
-def reward_model_with_a_wide_head(tiny_model_dir: Path) -> tuple[Any, Any]:
-    """The tiny model under a one-label head drawn wide (seeded), so that the scores of
-    different replies are far enough apart to compare, and its tokenizer."""
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    nn.init.normal_(model.score.weight, std=1.0)
-    return model, tokenizer
-
-
 def test_the_scorer_reads_two_replies_to_a_prompt_as_one_sequence(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -174,11 +163,6 @@ def test_packed_logits_and_gradients_are_the_two_sequences(tiny_model_dir: Path)
     torch.testing.assert_close(packed[real], unpacked[real], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(reply_logps(packed), reply_logps(unpacked))
     _assert_same_gradients(packed_grads, unpacked_grads)
-
-
-# Trained in fp32: the two ways agree to fp32's float noise. Under bf16 autocast (`auto`
-# where bf16 is timed faster than fp32) they differ by bf16's, which the tolerances are not for.
-FP32 = Placement.resolve("cpu", "fp32")
 
 
 def _assert_same_training(start: dict, packed: dict, unpacked: dict) -> None:
